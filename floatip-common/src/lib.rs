@@ -1,0 +1,164 @@
+//! Types shared by the kernel programs and the user-space loader.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so that both
+//! sides agree on the layout byte for byte. Addresses are stored as the four
+//! bytes of the address in network order read as a native `u32`
+//! (`u32::from_ne_bytes(ip.octets())`), which is exactly what the programs
+//! read from the packet, so the fast path never swaps bytes.
+#![no_std]
+
+/// Version of the pinned map layout. Bumped whenever a key, value or map
+/// changes shape, so a newer loader never misreads older pinned maps.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// Map names, shared so the loader opens exactly what the programs declare.
+pub mod maps {
+    /// floating IP -> [`super::NatEntry`] holding the fixed IP.
+    pub const FIP_TO_FIXED: &str = "FIP_TO_FIXED";
+    /// fixed IP -> [`super::NatEntry`] holding the floating IP.
+    pub const FIXED_TO_FIP: &str = "FIXED_TO_FIP";
+    /// LPM trie of pool prefixes -> [`super::POOL_MEMBER`] / [`super::POOL_EXCLUDED`].
+    pub const POOLS: &str = "POOLS";
+    /// Per-CPU counters per floating IP.
+    pub const ASSOC_STATS: &str = "ASSOC_STATS";
+    /// Per-CPU counters per outcome, indexed by [`super::outcome`].
+    pub const OUTCOMES: &str = "OUTCOMES";
+    /// ifindex -> [`super::IfaceInfo`] for every NIC floatip manages.
+    pub const IFACES: &str = "IFACES";
+    /// Devmap of managed NICs, the redirect targets of the XDP programs.
+    pub const REDIRECT: &str = "REDIRECT";
+    /// One [`super::Meta`] record: layout version and state generation.
+    pub const META: &str = "META";
+
+    /// Every pinned map, in the order `detach` removes them.
+    pub const ALL: [&str; 8] = [
+        FIP_TO_FIXED,
+        FIXED_TO_FIP,
+        POOLS,
+        ASSOC_STATS,
+        OUTCOMES,
+        IFACES,
+        REDIRECT,
+        META,
+    ];
+}
+
+/// Program names (the function names in `floatip-ebpf`).
+pub mod programs {
+    pub const XDP_EXTERNAL: &str = "floatip_xdp_ext";
+    pub const XDP_INTERNAL: &str = "floatip_xdp_int";
+    pub const TC_EXTERNAL: &str = "floatip_tc_ext";
+    pub const TC_INTERNAL: &str = "floatip_tc_int";
+    /// Benchmark helpers in the `floatip-bench` object.
+    pub const BENCH_PASS: &str = "bench_pass";
+    pub const BENCH_REDIRECT: &str = "bench_redirect";
+    pub const BENCH_DROP: &str = "bench_drop";
+    pub const BENCH_GEN: &str = "bench_gen";
+}
+
+/// Default size of the association maps; `--max-associations` overrides it.
+pub const DEFAULT_MAX_ASSOCIATIONS: u32 = 65_536;
+/// Maximum number of pool prefixes (after splitting ranges into CIDRs).
+pub const MAX_POOL_PREFIXES: u32 = 16_384;
+/// Maximum number of managed interfaces.
+pub const MAX_IFACES: u32 = 64;
+
+/// Value of both association maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    /// The other address of the pair, network byte order.
+    pub addr: u32,
+    /// Reserved; always zero.
+    pub _pad: u32,
+}
+
+/// Value of a pool prefix in the `POOLS` trie (key: prefix length and
+/// address in network order): the address lies in a pool.
+pub const POOL_MEMBER: u32 = 1;
+/// Value of a /32 pool entry: the address is excluded from its pool; the
+/// longest match makes it an ordinary address again.
+pub const POOL_EXCLUDED: u32 = 0;
+
+/// Per-CPU counters of one association.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AssocStats {
+    /// Packets/bytes that arrived for the floating IP (DNAT).
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    /// Packets/bytes the instance sent out from it (SNAT).
+    pub out_packets: u64,
+    pub out_bytes: u64,
+}
+
+/// Per-interface facts the programs need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// The NIC's MAC address: source of ARP replies and redirected frames.
+    pub mac: [u8; 6],
+    /// [`ROLE_EXTERNAL`] or [`ROLE_INTERNAL`].
+    pub role: u8,
+    pub _pad: u8,
+}
+
+pub const ROLE_EXTERNAL: u8 = 1;
+pub const ROLE_INTERNAL: u8 = 2;
+
+/// Global record in the `META` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// [`MAP_LAYOUT_VERSION`] of the maps as created.
+    pub layout_version: u32,
+    /// Non-zero enables aya-log output on the fast path.
+    pub log_enabled: u32,
+    /// Generation of the control-plane state the maps reflect.
+    pub generation: u64,
+}
+
+/// Indices into the `OUTCOMES` per-CPU array.
+pub mod outcome {
+    /// Address rewritten (counted once per translated packet).
+    pub const TRANSLATED: u32 = 0;
+    /// Passed to the kernel untouched: not floatip's business.
+    pub const PASSED: u32 = 1;
+    /// Dropped: destination in a pool but not associated.
+    pub const DROPPED_UNASSOCIATED: u32 = 2;
+    /// Dropped: source address spoofed.
+    pub const DROPPED_SPOOFED: u32 = 3;
+    /// ARP requests for a floating IP answered.
+    pub const ARP_REPLIES: u32 = 4;
+    /// Translated and redirected out of a managed NIC by the program.
+    pub const REDIRECTED: u32 = 5;
+    /// Translated and handed to the kernel to forward (no neighbour yet,
+    /// unmanaged egress) or, with TTL about to expire, left for the kernel.
+    pub const PASSED_TO_KERNEL: u32 = 6;
+    /// Malformed or unexpected input.
+    pub const ERRORS: u32 = 7;
+    pub const COUNT: u32 = 8;
+
+    /// Names in index order, as `floatip status` prints them.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "translated",
+        "passed",
+        "dropped_unassociated",
+        "dropped_spoofed",
+        "arp_replies",
+        "redirected",
+        "passed_to_kernel",
+        "errors",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), hold only integers and have no
+    // implicit padding (explicit `_pad` fields fill every hole).
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for AssocStats {}
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for Meta {}
+}

@@ -1,0 +1,28 @@
+//! Per-CPU counters: per outcome, and per association.
+
+use floatip_common::AssocStats;
+
+use crate::maps::{ASSOC_STATS, OUTCOMES};
+
+#[inline(always)]
+pub fn count(outcome: u32) {
+    if let Some(c) = OUTCOMES.get_ptr_mut(outcome) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Counts a packet for the floating IP `floating`; `inbound` when it
+/// arrived for the floating IP, otherwise sent from it.
+#[inline(always)]
+pub fn count_assoc(floating: u32, inbound: bool, bytes: u64) {
+    if let Some(s) = ASSOC_STATS.get_ptr_mut(floating) {
+        let s: &mut AssocStats = unsafe { &mut *s };
+        if inbound {
+            s.in_packets += 1;
+            s.in_bytes += bytes;
+        } else {
+            s.out_packets += 1;
+            s.out_bytes += bytes;
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `floatip ip ...`: parse and print; the work is in `control`.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+
+use crate::{
+    addr::{parse_bulk, parse_ipv4},
+    control::{Associate, Control, IpQuery, Status},
+    output,
+};
+
+/// `--status` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum StatusArg {
+    /// Associated with a fixed IP.
+    Active,
+    /// Not associated.
+    Down,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpCmd {
+    /// Allocate a floating IP from a pool: the lowest free address unless --address.
+    Create {
+        pool: String,
+        /// Allocate this address of the pool.
+        #[arg(long, value_name = "IP")]
+        address: Option<String>,
+        /// Project the address belongs to (counted against its quota).
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List floating IPs.
+    List {
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, value_enum, ignore_case = true)]
+        status: Option<StatusArg>,
+    },
+    /// Show one floating IP.
+    Show {
+        floating: String,
+        /// Act for this project: other projects' addresses are not found.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Associate a floating IP with an instance's fixed IP (or many, with --from-file).
+    Associate {
+        #[arg(required_unless_present = "from_file")]
+        floating: Option<String>,
+        #[arg(required_unless_present = "from_file")]
+        fixed: Option<String>,
+        /// Name of the instance that owns the fixed IP.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Act for this project: other projects' addresses are not found.
+        #[arg(long)]
+        project: Option<String>,
+        /// Move the floating IP if it is already associated.
+        #[arg(long)]
+        force: bool,
+        /// Associate every `FLOATING FIXED [INSTANCE]` line of FILE in one transaction.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["floating", "fixed", "instance", "force"])]
+        from_file: Option<PathBuf>,
+    },
+    /// Remove the association of a floating IP.
+    Disassociate {
+        floating: String,
+        /// Act for this project: other projects' addresses are not found.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Release a floating IP (disassociating it first).
+    Delete {
+        floating: String,
+        /// Act for this project: other projects' addresses are not found.
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+fn ip(s: &Option<String>) -> Result<Option<Ipv4Addr>> {
+    s.as_deref().map(parse_ipv4).transpose()
+}
+
+pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
+    let fmt = cli.format;
+    let open = || Control::open(&cli.state, &cli.bpffs);
+    match cmd {
+        IpCmd::Create {
+            pool,
+            address,
+            project,
+            description,
+        } => {
+            let address = ip(address)?;
+            let created =
+                open()?.ip_create(pool, address, project.as_deref(), description.as_deref())?;
+            output::print_one(fmt, &created)
+        }
+        IpCmd::List {
+            pool,
+            project,
+            status,
+        } => {
+            let query = IpQuery {
+                pool: pool.as_deref(),
+                project: project.as_deref(),
+                status: status.map(|s| match s {
+                    StatusArg::Active => Status::Active,
+                    StatusArg::Down => Status::Down,
+                }),
+            };
+            output::print_list(fmt, &open()?.ip_list(&query)?)
+        }
+        IpCmd::Show { floating, project } => {
+            let floating = parse_ipv4(floating)?;
+            output::print_one(fmt, &open()?.ip_show(floating, project.as_deref())?)
+        }
+        IpCmd::Associate {
+            from_file: Some(path),
+            project,
+            ..
+        } => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let entries = parse_bulk(&text).with_context(|| path.display().to_string())?;
+            let records = open()?
+                .ip_associate_bulk(&entries, project.as_deref())
+                .with_context(|| path.display().to_string())?;
+            output::print_list(fmt, &records)
+        }
+        IpCmd::Associate {
+            floating,
+            fixed,
+            instance,
+            project,
+            force,
+            from_file: None,
+        } => {
+            let (Some(floating), Some(fixed)) = (ip(floating)?, ip(fixed)?) else {
+                unreachable!("clap requires both without --from-file")
+            };
+            let req = Associate {
+                floating,
+                fixed,
+                instance: instance.as_deref(),
+                project: project.as_deref(),
+                force: *force,
+            };
+            output::print_one(fmt, &open()?.ip_associate(&req)?)
+        }
+        IpCmd::Disassociate { floating, project } => {
+            let floating = parse_ipv4(floating)?;
+            output::print_one(fmt, &open()?.ip_disassociate(floating, project.as_deref())?)
+        }
+        IpCmd::Delete { floating, project } => {
+            let floating = parse_ipv4(floating)?;
+            open()?.ip_delete(floating, project.as_deref()).map(drop)
+        }
+    }
+}

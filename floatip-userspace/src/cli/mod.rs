@@ -1,0 +1,93 @@
+//! Argument parsing and printing. No logic lives here: every command calls into `control`
+//! (pools, addresses, quotas) or `dataplane` (attach, detach, status, nat plumbing).
+
+mod dataplane_cmds;
+mod ip;
+mod pool;
+mod quota;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Output format of commands that print records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "floatip",
+    version,
+    about = "Cloud floating IPs on an eBPF/XDP fast path"
+)]
+pub struct Cli {
+    /// bpffs directory holding floatip's pinned maps and links.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOATIP_BPFFS",
+        default_value = "/sys/fs/bpf/floatip"
+    )]
+    pub bpffs: PathBuf,
+    /// SQLite database holding pools, addresses and associations.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOATIP_STATE",
+        default_value = "/var/lib/floatip/state.db"
+    )]
+    pub state: PathBuf,
+    /// Output format.
+    #[arg(short = 'f', long = "format", global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the programs onto the gateway's NICs, pin them and exit.
+    Attach(dataplane_cmds::AttachArgs),
+    /// Remove programs, links and pins.
+    Detach(dataplane_cmds::DetachArgs),
+    /// Interfaces, mode, program ids, associations and per-outcome counters.
+    Status,
+    /// Plumbing on the pinned maps.
+    #[command(subcommand)]
+    Nat(dataplane_cmds::NatCmd),
+    /// Floating IP pools (admin).
+    #[command(subcommand)]
+    Pool(pool::PoolCmd),
+    /// Floating IP addresses.
+    #[command(subcommand)]
+    Ip(ip::IpCmd),
+    /// Per-project quotas (admin).
+    #[command(subcommand)]
+    Quota(quota::QuotaCmd),
+}
+
+/// Parses the command line, runs the command and turns any error into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Attach(args) => dataplane_cmds::attach(&cli, args),
+        Command::Detach(args) => dataplane_cmds::detach(&cli, args),
+        Command::Status => dataplane_cmds::status(&cli),
+        Command::Nat(cmd) => dataplane_cmds::nat(&cli, cmd),
+        Command::Pool(cmd) => pool::run(&cli, cmd),
+        Command::Ip(cmd) => ip::run(&cli, cmd),
+        Command::Quota(cmd) => quota::run(&cli, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the outermost context and its causes, joined.
+            eprintln!("floatip: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

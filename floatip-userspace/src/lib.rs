@@ -1,0 +1,10 @@
+//! floatip user space: the loader, the control plane and the CLI behind the `floatip` binary.
+
+pub mod addr;
+pub mod cli;
+pub mod control;
+pub mod dataplane;
+pub mod garp;
+pub mod iface;
+pub mod output;
+pub mod store;

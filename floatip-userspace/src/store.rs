@@ -1,0 +1,815 @@
+//! The control-plane state in SQLite: pools, floating IPs and their associations, quotas and
+//! the association generation. The only module that speaks SQL.
+//!
+//! Every mutation runs in one `BEGIN IMMEDIATE` transaction ([`Store::write`]): the write lock is
+//! taken up front, so checks made inside the transaction still hold when it commits, even with
+//! several `floatip` processes running at once.
+
+use std::{
+    cell::Cell,
+    fs::{DirBuilder, OpenOptions},
+    net::Ipv4Addr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+/// Schema migrations; `PRAGMA user_version` is the number already applied. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema. Addresses are INTEGERs (host-order u32) so they sort numerically.
+    "CREATE TABLE pools (
+        name TEXT PRIMARY KEY NOT NULL,
+        ranges TEXT NOT NULL,
+        excludes TEXT NOT NULL DEFAULT '',
+        external_iface TEXT,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    CREATE TABLE floating_ips (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        address INTEGER NOT NULL UNIQUE,
+        pool TEXT NOT NULL REFERENCES pools(name),
+        project TEXT,
+        description TEXT,
+        fixed_ip INTEGER UNIQUE,
+        instance TEXT,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    CREATE INDEX floating_ips_pool ON floating_ips(pool, address);
+    CREATE INDEX floating_ips_project ON floating_ips(project);
+    CREATE TABLE quotas (
+        project TEXT PRIMARY KEY NOT NULL,
+        floating_ips INTEGER NOT NULL CHECK (floating_ips >= 0)
+    );
+    CREATE TABLE meta (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        generation INTEGER NOT NULL
+    );
+    INSERT INTO meta (id, generation) VALUES (0, 0);",
+];
+
+/// A pool as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRow {
+    pub name: String,
+    /// Canonical text of [`crate::addr::PoolRanges::ranges_text`].
+    pub ranges: String,
+    pub excludes: String,
+    pub external_iface: Option<String>,
+    pub created_at: String,
+}
+
+/// A floating IP as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloatingIpRow {
+    pub id: i64,
+    pub address: Ipv4Addr,
+    pub pool: String,
+    pub project: Option<String>,
+    pub description: Option<String>,
+    pub fixed_ip: Option<Ipv4Addr>,
+    pub instance: Option<String>,
+    pub created_at: String,
+}
+
+/// Filter of [`Tx::ip_list`]; `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct IpFilter<'a> {
+    pub pool: Option<&'a str>,
+    pub project: Option<&'a str>,
+    pub associated: Option<bool>,
+}
+
+/// Usage and limit of one project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaRow {
+    pub project: String,
+    pub used: u64,
+    /// `None`: no quota set, unlimited.
+    pub limit: Option<u32>,
+}
+
+/// A connection to the state database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn ip_to_sql(ip: Ipv4Addr) -> i64 {
+    i64::from(u32::from(ip))
+}
+
+fn ip_from_sql(v: i64) -> rusqlite::Result<Ipv4Addr> {
+    u32::try_from(v)
+        .map(Ipv4Addr::from)
+        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, v))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`: parent directory 0700, file 0600, WAL,
+    /// a 5 s busy timeout, foreign keys on, schema migrated to the current version.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_inner(path)
+            .with_context(|| format!("cannot open state database {}", path.display()))
+    }
+
+    fn open_inner(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Only directories created here get 0700; an existing one is left as the admin set it.
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
+        // Create the file ourselves so it is 0600 from the first byte (SQLite would use 0644);
+        // SQLite gives the -wal and -shm files the same mode.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!("cannot switch to WAL mode (journal mode is {mode})");
+        }
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let mut store = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let latest = MIGRATIONS.len() as u32;
+        let version = |c: &Connection| -> rusqlite::Result<u32> {
+            c.query_row("PRAGMA user_version", [], |r| r.get(0))
+        };
+        if version(&self.conn)? == latest {
+            return Ok(());
+        }
+        // Re-read under the write lock: another process may have migrated meanwhile.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = version(&tx)?;
+        if current > latest {
+            bail!(
+                "schema version {current} is newer than this floatip supports ({latest}); upgrade floatip"
+            );
+        }
+        for sql in &MIGRATIONS[current as usize..] {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", latest)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in a read transaction: a consistent snapshot, no lock held against writers.
+    pub fn read<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let tx = Tx::new(
+            self.conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)?,
+        );
+        f(&tx)
+        // Dropping the transaction ends it; nothing was written.
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits only if `f` succeeds; any error
+    /// rolls everything back. `f` may do other work (map updates) that must succeed for the
+    /// transaction to commit.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("cannot lock the state database")?;
+        let tx = Tx::new(tx);
+        let value = f(&tx)?;
+        tx.tx
+            .commit()
+            .context("cannot commit to the state database")?;
+        Ok(value)
+    }
+}
+
+/// An open transaction: every query and mutation of the state.
+pub struct Tx<'c> {
+    tx: rusqlite::Transaction<'c>,
+    /// Whether this transaction already bumped the generation: once is enough.
+    bumped: Cell<bool>,
+}
+
+const IP_COLUMNS: &str = "id, address, pool, project, description, fixed_ip, instance, created_at";
+
+fn ip_row(r: &Row<'_>) -> rusqlite::Result<FloatingIpRow> {
+    Ok(FloatingIpRow {
+        id: r.get(0)?,
+        address: ip_from_sql(r.get(1)?)?,
+        pool: r.get(2)?,
+        project: r.get(3)?,
+        description: r.get(4)?,
+        fixed_ip: r.get::<_, Option<i64>>(5)?.map(ip_from_sql).transpose()?,
+        instance: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+fn pool_row(r: &Row<'_>) -> rusqlite::Result<PoolRow> {
+    Ok(PoolRow {
+        name: r.get(0)?,
+        ranges: r.get(1)?,
+        excludes: r.get(2)?,
+        external_iface: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+impl<'c> Tx<'c> {
+    fn new(tx: rusqlite::Transaction<'c>) -> Self {
+        Self {
+            tx,
+            bumped: Cell::new(false),
+        }
+    }
+
+    /// Marks the transaction as changing associations (see [`Self::generation`]).
+    fn bump_generation(&self) -> Result<()> {
+        if !self.bumped.replace(true) {
+            self.tx.execute(
+                "UPDATE meta SET generation = generation + 1 WHERE id = 0",
+                [],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Generation of the associations: bumped once by every transaction that changes them, so
+    /// the data plane can tell whether its maps reflect this state. Inside a transaction that
+    /// changed associations, the value it will commit.
+    pub fn generation(&self) -> Result<u64> {
+        let g: i64 = self
+            .tx
+            .query_row("SELECT generation FROM meta WHERE id = 0", [], |r| r.get(0))?;
+        Ok(g as u64)
+    }
+
+    // --- pools ---
+
+    pub fn pool_insert(
+        &self,
+        name: &str,
+        ranges: &str,
+        excludes: &str,
+        external_iface: Option<&str>,
+    ) -> Result<PoolRow> {
+        self.tx.execute(
+            "INSERT INTO pools (name, ranges, excludes, external_iface) VALUES (?1, ?2, ?3, ?4)",
+            params![name, ranges, excludes, external_iface],
+        )?;
+        Ok(self.pool_get(name)?.expect("just inserted"))
+    }
+
+    pub fn pool_get(&self, name: &str) -> Result<Option<PoolRow>> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT name, ranges, excludes, external_iface, created_at FROM pools WHERE name = ?1")?
+            .query_row([name], pool_row)
+            .optional()?)
+    }
+
+    pub fn pool_list(&self) -> Result<Vec<PoolRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT name, ranges, excludes, external_iface, created_at FROM pools ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([], pool_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes a pool; false if there was none. Fails (foreign key) while it has addresses.
+    pub fn pool_delete(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .tx
+            .execute("DELETE FROM pools WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    // --- floating IPs ---
+
+    /// Allocates `address` from `pool`.
+    pub fn ip_insert(
+        &self,
+        address: Ipv4Addr,
+        pool: &str,
+        project: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<FloatingIpRow> {
+        self.tx.execute(
+            "INSERT INTO floating_ips (address, pool, project, description) VALUES (?1, ?2, ?3, ?4)",
+            params![ip_to_sql(address), pool, project, description],
+        )?;
+        Ok(self.ip_get(address)?.expect("just inserted"))
+    }
+
+    pub fn ip_get(&self, address: Ipv4Addr) -> Result<Option<FloatingIpRow>> {
+        Ok(self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {IP_COLUMNS} FROM floating_ips WHERE address = ?1"
+            ))?
+            .query_row([ip_to_sql(address)], ip_row)
+            .optional()?)
+    }
+
+    /// The floating IP associated with `fixed`, if any.
+    pub fn ip_by_fixed(&self, fixed: Ipv4Addr) -> Result<Option<FloatingIpRow>> {
+        Ok(self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {IP_COLUMNS} FROM floating_ips WHERE fixed_ip = ?1"
+            ))?
+            .query_row([ip_to_sql(fixed)], ip_row)
+            .optional()?)
+    }
+
+    pub fn ip_list(&self, filter: &IpFilter<'_>) -> Result<Vec<FloatingIpRow>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {IP_COLUMNS} FROM floating_ips
+             WHERE (?1 IS NULL OR pool = ?1) AND (?2 IS NULL OR project = ?2)
+               AND (?3 IS NULL OR (fixed_ip IS NOT NULL) = ?3)
+             ORDER BY address"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![filter.pool, filter.project, filter.associated],
+                ip_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Allocated addresses of `pool`, ascending (what [`crate::addr::PoolRanges::lowest_free`]
+    /// wants).
+    pub fn ip_addresses_in_pool(&self, pool: &str) -> Result<Vec<Ipv4Addr>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT address FROM floating_ips WHERE pool = ?1 ORDER BY address")?;
+        let rows = stmt
+            .query_map([pool], |r| ip_from_sql(r.get(0)?))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn ip_count_in_pool(&self, pool: &str) -> Result<u64> {
+        let n: i64 = self
+            .tx
+            .prepare_cached("SELECT COUNT(*) FROM floating_ips WHERE pool = ?1")?
+            .query_row([pool], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    pub fn ip_count_for_project(&self, project: &str) -> Result<u64> {
+        let n: i64 = self
+            .tx
+            .prepare_cached("SELECT COUNT(*) FROM floating_ips WHERE project = ?1")?
+            .query_row([project], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Sets (or with `None`, clears) the association of `address`; bumps the generation.
+    pub fn ip_set_association(
+        &self,
+        address: Ipv4Addr,
+        fixed: Option<Ipv4Addr>,
+        instance: Option<&str>,
+    ) -> Result<()> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE floating_ips SET fixed_ip = ?2, instance = ?3 WHERE address = ?1",
+            )?
+            .execute(params![ip_to_sql(address), fixed.map(ip_to_sql), instance])?;
+        if n == 0 {
+            bail!("floating IP {address} not found");
+        }
+        self.bump_generation()
+    }
+
+    /// Releases `address`; bumps the generation if it was associated. False if there was none.
+    pub fn ip_delete(&self, address: Ipv4Addr) -> Result<bool> {
+        let Some(row) = self.ip_get(address)? else {
+            return Ok(false);
+        };
+        self.tx.execute(
+            "DELETE FROM floating_ips WHERE address = ?1",
+            [ip_to_sql(address)],
+        )?;
+        if row.fixed_ip.is_some() {
+            self.bump_generation()?;
+        }
+        Ok(true)
+    }
+
+    /// Every association, as (floating, fixed).
+    pub fn associations(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT address, fixed_ip FROM floating_ips WHERE fixed_ip IS NOT NULL ORDER BY address")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((ip_from_sql(r.get(0)?)?, ip_from_sql(r.get(1)?)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    // --- quotas ---
+
+    pub fn quota_set(&self, project: &str, floating_ips: u32) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO quotas (project, floating_ips) VALUES (?1, ?2)
+             ON CONFLICT (project) DO UPDATE SET floating_ips = excluded.floating_ips",
+            params![project, floating_ips],
+        )?;
+        Ok(())
+    }
+
+    /// The project's limit; `None` when no quota is set (unlimited).
+    pub fn quota_get(&self, project: &str) -> Result<Option<u32>> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT floating_ips FROM quotas WHERE project = ?1")?
+            .query_row([project], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Usage and limit of `project`.
+    pub fn quota_row(&self, project: &str) -> Result<QuotaRow> {
+        Ok(QuotaRow {
+            project: project.to_owned(),
+            used: self.ip_count_for_project(project)?,
+            limit: self.quota_get(project)?,
+        })
+    }
+
+    /// Usage and limit of every project that has a quota or a floating IP.
+    pub fn quota_list(&self) -> Result<Vec<QuotaRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT p,
+                    (SELECT COUNT(*) FROM floating_ips f WHERE f.project = p),
+                    (SELECT floating_ips FROM quotas q WHERE q.project = p)
+             FROM (SELECT project AS p FROM quotas
+                   UNION SELECT project FROM floating_ips WHERE project IS NOT NULL)
+             ORDER BY p",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(QuotaRow {
+                    project: r.get(0)?,
+                    used: r.get::<_, i64>(1)? as u64,
+                    limit: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop (tests only; avoids a
+/// dev-dependency).
+#[cfg(test)]
+pub(crate) struct TempDir(pub PathBuf);
+
+#[cfg(test)]
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("floatip-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, os::unix::fs::PermissionsExt, sync::Arc};
+
+    use super::*;
+    use crate::addr::PoolRanges;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn open(dir: &TempDir) -> Store {
+        Store::open(&dir.0.join("state/state.db")).unwrap()
+    }
+
+    fn add_pool(store: &mut Store, name: &str, range: &str) -> PoolRanges {
+        let ranges = PoolRanges::parse(&[range], &[]).unwrap();
+        store
+            .write(|tx| tx.pool_insert(name, &ranges.ranges_text(), &ranges.excludes_text(), None))
+            .unwrap();
+        ranges
+    }
+
+    /// What `ip create` does, minus the checks.
+    fn allocate(
+        store: &mut Store,
+        pool: &str,
+        ranges: &PoolRanges,
+        project: Option<&str>,
+    ) -> Result<Ipv4Addr> {
+        store.write(|tx| {
+            let taken = tx.ip_addresses_in_pool(pool)?;
+            let Some(a) = ranges.lowest_free(&taken) else {
+                bail!("no more floating IPs in pool {pool}")
+            };
+            tx.ip_insert(a, pool, project, None)?;
+            Ok(a)
+        })
+    }
+
+    #[test]
+    fn creates_private_files_and_schema() {
+        let dir = TempDir::new("store-open");
+        let store = open(&dir);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.0.join("state")), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        let v: u32 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as u32);
+        let jm: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jm, "wal");
+        drop(store);
+        // Reopening is a no-op migration and keeps data.
+        let mut store = open(&dir);
+        assert_eq!(store.read(|tx| tx.generation()).unwrap(), 0);
+        // A newer schema is refused.
+        store.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(store);
+        let e = format!(
+            "{:#}",
+            Store::open(&dir.0.join("state/state.db")).err().unwrap()
+        );
+        assert!(e.contains("schema version 99 is newer"), "{e}");
+    }
+
+    #[test]
+    fn pools_and_lowest_allocation() {
+        let dir = TempDir::new("store-alloc");
+        let mut store = open(&dir);
+        let ranges = add_pool(&mut store, "public", "203.0.113.0/29");
+        let pool = store.read(|tx| tx.pool_get("public")).unwrap().unwrap();
+        assert_eq!(pool.ranges, "203.0.113.0/29");
+        assert!(pool.created_at.ends_with('Z'));
+        assert!(
+            store
+                .write(|tx| tx.pool_insert("public", "10.0.0.0/8", "", None))
+                .is_err()
+        );
+
+        let got: Vec<_> = (0..3)
+            .map(|_| allocate(&mut store, "public", &ranges, Some("demo")).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [ip("203.0.113.1"), ip("203.0.113.2"), ip("203.0.113.3")]
+        );
+        // Freeing one makes it the lowest again.
+        store.write(|tx| tx.ip_delete(ip("203.0.113.2"))).unwrap();
+        assert_eq!(
+            allocate(&mut store, "public", &ranges, None).unwrap(),
+            ip("203.0.113.2")
+        );
+        for _ in 0..3 {
+            allocate(&mut store, "public", &ranges, None).unwrap();
+        }
+        let e = allocate(&mut store, "public", &ranges, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "no more floating IPs in pool public");
+        assert_eq!(store.read(|tx| tx.ip_count_in_pool("public")).unwrap(), 6);
+
+        // A pool with addresses cannot be deleted; an empty one can.
+        assert!(store.write(|tx| tx.pool_delete("public")).is_err());
+        add_pool(&mut store, "spare", "198.51.100.0/30");
+        assert!(store.write(|tx| tx.pool_delete("spare")).unwrap());
+        assert!(!store.write(|tx| tx.pool_delete("spare")).unwrap());
+        assert_eq!(store.read(|tx| tx.pool_list()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unique_constraints_and_rollback() {
+        let dir = TempDir::new("store-unique");
+        let mut store = open(&dir);
+        add_pool(&mut store, "public", "203.0.113.0/24");
+        store
+            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
+            .unwrap();
+        store
+            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
+            .unwrap();
+        assert!(
+            store
+                .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
+                .is_err()
+        );
+        // Unknown pool: foreign key.
+        assert!(
+            store
+                .write(|tx| tx.ip_insert(ip("203.0.113.9"), "nope", None, None))
+                .is_err()
+        );
+        store
+            .write(|tx| tx.ip_set_association(ip("203.0.113.5"), Some(ip("10.0.0.5")), Some("vm")))
+            .unwrap();
+        // One fixed IP, one floating IP.
+        assert!(
+            store
+                .write(|tx| tx.ip_set_association(ip("203.0.113.6"), Some(ip("10.0.0.5")), None))
+                .is_err()
+        );
+        assert_eq!(
+            store
+                .read(|tx| tx.ip_by_fixed(ip("10.0.0.5")))
+                .unwrap()
+                .unwrap()
+                .address,
+            ip("203.0.113.5")
+        );
+        // An error in the closure rolls back what the closure did.
+        let r: Result<()> = store.write(|tx| {
+            tx.ip_insert(ip("203.0.113.7"), "public", None, None)?;
+            bail!("map update failed")
+        });
+        assert!(r.is_err());
+        assert!(
+            store
+                .read(|tx| tx.ip_get(ip("203.0.113.7")))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn generation_bumps_once_per_association_change() {
+        let dir = TempDir::new("store-gen");
+        let mut store = open(&dir);
+        add_pool(&mut store, "public", "203.0.113.0/24");
+        let g = |s: &mut Store| s.read(|tx| tx.generation()).unwrap();
+        assert_eq!(g(&mut store), 0);
+        store
+            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
+            .unwrap();
+        store
+            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
+            .unwrap();
+        assert_eq!(g(&mut store), 0, "allocation does not change associations");
+        store
+            .write(|tx| {
+                tx.ip_set_association(ip("203.0.113.5"), Some(ip("10.0.0.5")), None)?;
+                tx.ip_set_association(ip("203.0.113.6"), Some(ip("10.0.0.6")), None)?;
+                assert_eq!(tx.generation()?, 1, "visible inside the transaction");
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(g(&mut store), 1);
+        assert_eq!(
+            store.read(|tx| tx.associations()).unwrap(),
+            [
+                (ip("203.0.113.5"), ip("10.0.0.5")),
+                (ip("203.0.113.6"), ip("10.0.0.6"))
+            ]
+        );
+        // Rolled back: not bumped.
+        let _ = store.write(|tx| -> Result<()> {
+            tx.ip_set_association(ip("203.0.113.5"), None, None)?;
+            bail!("no")
+        });
+        assert_eq!(g(&mut store), 1);
+        store.write(|tx| tx.ip_delete(ip("203.0.113.6"))).unwrap();
+        assert_eq!(
+            g(&mut store),
+            2,
+            "deleting an associated address changes associations"
+        );
+        store
+            .write(|tx| tx.ip_set_association(ip("203.0.113.5"), None, None))
+            .unwrap();
+        store.write(|tx| tx.ip_delete(ip("203.0.113.5"))).unwrap();
+        assert_eq!(g(&mut store), 3);
+    }
+
+    #[test]
+    fn quotas() {
+        let dir = TempDir::new("store-quota");
+        let mut store = open(&dir);
+        add_pool(&mut store, "public", "203.0.113.0/24");
+        store
+            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", Some("demo"), None))
+            .unwrap();
+        store
+            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
+            .unwrap();
+        assert_eq!(store.read(|tx| tx.quota_get("demo")).unwrap(), None);
+        store.write(|tx| tx.quota_set("demo", 2)).unwrap();
+        store.write(|tx| tx.quota_set("demo", 3)).unwrap();
+        store.write(|tx| tx.quota_set("idle", 0)).unwrap();
+        assert_eq!(
+            store.read(|tx| tx.quota_row("demo")).unwrap(),
+            QuotaRow {
+                project: "demo".into(),
+                used: 1,
+                limit: Some(3)
+            }
+        );
+        let all = store.read(|tx| tx.quota_list()).unwrap();
+        assert_eq!(
+            all,
+            [
+                QuotaRow {
+                    project: "demo".into(),
+                    used: 1,
+                    limit: Some(3)
+                },
+                QuotaRow {
+                    project: "idle".into(),
+                    used: 0,
+                    limit: Some(0)
+                },
+            ]
+        );
+        let demo = IpFilter {
+            project: Some("demo"),
+            ..Default::default()
+        };
+        assert_eq!(store.read(|tx| tx.ip_list(&demo)).unwrap().len(), 1);
+        let unassociated = IpFilter {
+            associated: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(store.read(|tx| tx.ip_list(&unassociated)).unwrap().len(), 2);
+        let associated = IpFilter {
+            associated: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(store.read(|tx| tx.ip_list(&associated)).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn concurrent_allocation_hands_out_each_address_once() {
+        let dir = TempDir::new("store-race");
+        let path = dir.0.join("state/state.db");
+        let mut store = Store::open(&path).unwrap();
+        // 20 usable addresses: 198.51.100.1-20.
+        let ranges = Arc::new(add_pool(&mut store, "public", "198.51.100.1-198.51.100.20"));
+        drop(store);
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let (path, ranges) = (path.clone(), ranges.clone());
+                std::thread::spawn(move || {
+                    let mut store = Store::open(&path)?;
+                    allocate(&mut store, "public", &ranges, None)
+                })
+            })
+            .collect();
+        let results: Vec<Result<Ipv4Addr>> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let won: BTreeSet<Ipv4Addr> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 20, "{results:?}");
+        assert_eq!(won.len(), 20);
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(r.to_string(), "no more floating IPs in pool public");
+        }
+    }
+}

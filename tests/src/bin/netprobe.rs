@@ -1,0 +1,430 @@
+//! `netprobe`: a small traffic tool the namespace tests run inside network
+//! namespaces (`nsenter --net=/run/netns/NAME -- netprobe ...`).
+//!
+//! Every subcommand prints one result line on stdout, exits 0 on success and
+//! non-zero with a one-line reason on stderr otherwise. Every socket has a
+//! timeout and the whole process has a watchdog (`NETPROBE_TIMEOUT` seconds,
+//! default 30), so a broken data plane fails a test instead of hanging it.
+//!
+//! ```text
+//! tcp-serve PORT                  accept one connection, echo every byte back, then
+//!                                 append a trailer "fnv=HEX bytes=N peer=IP:PORT";
+//!                                 prints "peer=IP:PORT bytes=N fnv=HEX"
+//! tcp-send ADDR PORT BYTES SEED   send BYTES deterministic bytes, check the echo and
+//!                                 the trailer; prints "ok bytes=N fnv=HEX local=.. server-saw=.."
+//! udp-echo PORT [COUNT]           answer COUNT (default 1) datagrams with
+//!                                 "echo peer=IP:PORT data=PAYLOAD"
+//! udp-ask ADDR PORT               connected socket: send a nonce, expect it echoed
+//! udp-refused ADDR PORT           connected socket: send, expect ECONNREFUSED (an ICMP
+//!                                 port unreachable matched to the socket) within 2 s
+//! spoof SRC DST PORT COUNT        raw socket: send COUNT UDP datagrams from a forged SRC
+//! tcx-count IFACE                 BPF_PROG_QUERY: "ingress=N egress=M" TCX programs
+//! ```
+//!
+//! Servers print `listening <proto> <port>` on stdout once bound, so the
+//! harness can start the client without racing the bind.
+
+use std::{
+    env,
+    io::{self, ErrorKind, Read, Write},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// FNV-1a, 64 bit: a tiny, dependency-free content hash.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*) from a seed.
+struct Stream(u64);
+
+impl Stream {
+    fn new(seed: u64) -> Self {
+        Stream((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Res<T> {
+    let s = args.get(i).ok_or_else(|| format!("missing argument {what}"))?;
+    s.parse().map_err(|_| format!("bad {what}: {s:?}"))
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let limit = env::var("NETPROBE_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(30u64);
+    thread::spawn(move || {
+        thread::sleep(Duration::from_secs(limit));
+        eprintln!("netprobe: watchdog: gave up after {limit} s");
+        std::process::exit(124);
+    });
+    let result = match args.first().map(String::as_str) {
+        Some("tcp-serve") => tcp_serve(&args),
+        Some("tcp-send") => tcp_send(&args),
+        Some("udp-echo") => udp_echo(&args),
+        Some("udp-ask") => udp_ask(&args),
+        Some("udp-refused") => udp_refused(&args),
+        Some("spoof") => spoof(&args),
+        Some("tcx-count") => tcx_count(&args),
+        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|tcx-count ...".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netprobe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ready(proto: &str, port: u16) {
+    println!("listening {proto} {port}");
+    let _ = io::stdout().flush();
+}
+
+fn tcp_serve(args: &[String]) -> Res<()> {
+    let port: u16 = arg(args, 1, "PORT")?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("bind :{port}: {e}"))?;
+    ready("tcp", port);
+    let (mut conn, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut hash = Fnv::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read from {peer} after {total} bytes: {e}")),
+        };
+        hash.update(&buf[..n]);
+        total += n as u64;
+        conn.write_all(&buf[..n]).map_err(|e| format!("echo to {peer} after {total} bytes: {e}"))?;
+    }
+    let trailer = format!("fnv={:016x} bytes={total} peer={peer}\n", hash.0);
+    conn.write_all(trailer.as_bytes()).map_err(|e| format!("trailer to {peer}: {e}"))?;
+    let _ = conn.shutdown(Shutdown::Write);
+    println!("peer={peer} bytes={total} fnv={:016x}", hash.0);
+    Ok(())
+}
+
+/// Connects, retrying while the server is not there yet (refused) for up to 5 s.
+fn connect(addr: SocketAddr) -> Res<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(format!("connect {addr}: {e}")),
+        }
+    }
+}
+
+fn tcp_send(args: &[String]) -> Res<()> {
+    let ip: Ipv4Addr = arg(args, 1, "ADDR")?;
+    let port: u16 = arg(args, 2, "PORT")?;
+    let bytes: u64 = arg(args, 3, "BYTES")?;
+    let seed: u64 = arg(args, 4, "SEED")?;
+    let addr = SocketAddr::from((ip, port));
+    let conn = connect(addr)?;
+    let local = conn.local_addr().map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+
+    // Write in a thread while reading the echo here: writing everything
+    // first would deadlock once both directions' buffers are full.
+    let mut writer = conn.try_clone().map_err(|e| e.to_string())?;
+    let sender = thread::spawn(move || -> Res<u64> {
+        let mut gen = Stream::new(seed);
+        let mut hash = Fnv::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            gen.fill(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            writer.write_all(&buf[..n]).map_err(|e| format!("send after {} bytes: {e}", bytes - left))?;
+            left -= n as u64;
+        }
+        writer.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
+        Ok(hash.0)
+    });
+
+    let mut reader = conn;
+    let mut echo = Fnv::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < bytes {
+        let want = (bytes - got).min(buf.len() as u64) as usize;
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => return Err(format!("connection closed after {got} of {bytes} echoed bytes")),
+            Ok(n) => {
+                echo.update(&buf[..n]);
+                got += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the echo after {got} of {bytes} bytes: {e}")),
+        }
+    }
+    let mut trailer = String::new();
+    reader.read_to_string(&mut trailer).map_err(|e| format!("reading the trailer: {e}"))?;
+    let sent = sender.join().map_err(|_| "sender thread panicked".to_string())??;
+
+    if echo.0 != sent {
+        return Err(format!("echoed bytes differ: sent fnv={sent:016x}, echo fnv={:016x}", echo.0));
+    }
+    let expect = format!("fnv={sent:016x} bytes={bytes} ");
+    if !trailer.starts_with(&expect) {
+        return Err(format!("server saw different bytes: expected {expect:?}..., server said {:?}", trailer.trim()));
+    }
+    let server_saw = trailer.trim().rsplit("peer=").next().unwrap_or("");
+    println!("ok bytes={bytes} fnv={sent:016x} local={local} server-saw={server_saw}");
+    Ok(())
+}
+
+fn udp_echo(args: &[String]) -> Res<()> {
+    let port: u16 = arg(args, 1, "PORT")?;
+    let count: u32 = if args.len() > 2 { arg(args, 2, "COUNT")? } else { 1 };
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("bind :{port}: {e}"))?;
+    ready("udp", port);
+    let mut buf = [0u8; 2048];
+    for _ in 0..count {
+        let (n, peer) = sock.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+        let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let reply = format!("echo peer={peer} data={data}");
+        sock.send_to(reply.as_bytes(), peer).map_err(|e| format!("reply to {peer}: {e}"))?;
+        println!("peer={peer} data={data}");
+        let _ = io::stdout().flush();
+    }
+    Ok(())
+}
+
+fn connected_udp(ip: Ipv4Addr, port: u16) -> Res<UdpSocket> {
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("bind: {e}"))?;
+    sock.connect((ip, port)).map_err(|e| format!("connect {ip}:{port}: {e}"))?;
+    Ok(sock)
+}
+
+fn udp_ask(args: &[String]) -> Res<()> {
+    let ip: Ipv4Addr = arg(args, 1, "ADDR")?;
+    let port: u16 = arg(args, 2, "PORT")?;
+    let sock = connected_udp(ip, port)?;
+    sock.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let nonce = format!("ask-{}-{}", std::process::id(), now.as_nanos());
+    let mut buf = [0u8; 2048];
+    let mut last = String::from("no attempt");
+    for _ in 0..5 {
+        if let Err(e) = sock.send(nonce.as_bytes()) {
+            last = format!("send: {e}");
+            thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if !reply.ends_with(&format!("data={nonce}")) {
+                    return Err(format!("unexpected reply {reply:?} to {nonce:?}"));
+                }
+                let local = sock.local_addr().map_err(|e| e.to_string())?;
+                println!("ok local={local} reply={reply}");
+                return Ok(());
+            }
+            // The server may not be bound yet; a port unreachable says so.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                last = format!("recv: {e}");
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => last = format!("recv: {e}"),
+        }
+    }
+    Err(format!("no answer from {ip}:{port} after 5 attempts (last: {last})"))
+}
+
+fn udp_refused(args: &[String]) -> Res<()> {
+    let ip: Ipv4Addr = arg(args, 1, "ADDR")?;
+    let port: u16 = arg(args, 2, "PORT")?;
+    let sock = connected_udp(ip, port)?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 2048];
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        if let Err(e) = sock.send(b"anyone there?") {
+            if e.kind() == ErrorKind::ConnectionRefused {
+                println!("refused (on send)");
+                return Ok(());
+            }
+            outcomes.push(format!("send: {e}"));
+            continue;
+        }
+        match sock.recv(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                println!("refused");
+                return Ok(());
+            }
+            Err(e) => outcomes.push(format!("recv: {e}")),
+            Ok(n) => outcomes.push(format!("got a {n}-byte answer")),
+        }
+    }
+    Err(format!("no ECONNREFUSED from {ip}:{port}: {}", outcomes.join("; ")))
+}
+
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+        sum += u32::from(w);
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", io::Error::last_os_error())
+}
+
+fn spoof(args: &[String]) -> Res<()> {
+    let src: Ipv4Addr = arg(args, 1, "SRC")?;
+    let dst: Ipv4Addr = arg(args, 2, "DST")?;
+    let port: u16 = arg(args, 3, "PORT")?;
+    let count: u32 = arg(args, 4, "COUNT")?;
+    let payload = b"spoofed by netprobe";
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut pkt = vec![0u8; total];
+    pkt[0] = 0x45;
+    pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    pkt[8] = 64;
+    pkt[9] = libc::IPPROTO_UDP as u8;
+    pkt[12..16].copy_from_slice(&src.octets());
+    pkt[16..20].copy_from_slice(&dst.octets());
+    let ip_sum = csum_fold(csum_add(0, &pkt[..20]));
+    pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    pkt[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    pkt[22..24].copy_from_slice(&port.to_be_bytes());
+    pkt[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    pkt[28..].copy_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    let udp_sum = csum_fold(csum_add(csum_add(0, &pseudo), &pkt[20..]));
+    pkt[26..28].copy_from_slice(&udp_sum.to_be_bytes());
+
+    // SAFETY: plain socket syscalls on a socket this function owns.
+    unsafe {
+        // IPPROTO_RAW implies IP_HDRINCL: the header above goes out as written.
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            return Err(os_err("raw socket"));
+        }
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+        for i in 0..count {
+            let n = libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            if n < 0 {
+                let e = os_err(&format!("sendto (datagram {i})"));
+                libc::close(fd);
+                return Err(e);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        libc::close(fd);
+    }
+    println!("sent {count} UDP datagrams {src} -> {dst}:{port}");
+    Ok(())
+}
+
+/// `union bpf_attr` as BPF_PROG_QUERY reads it.
+#[repr(C)]
+#[derive(Default)]
+struct ProgQuery {
+    target_ifindex: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+
+fn tcx_count(args: &[String]) -> Res<()> {
+    let name: String = arg(args, 1, "IFACE")?;
+    let cname = std::ffi::CString::new(name.clone()).map_err(|e| e.to_string())?;
+    // SAFETY: NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(os_err(&format!("no interface {name}")));
+    }
+    let mut counts = Vec::new();
+    for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
+        let mut q = ProgQuery { target_ifindex: ifindex, attach_type, ..Default::default() };
+        // SAFETY: `q` is a valid, zero-padded bpf_attr prefix of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut q as *mut ProgQuery,
+                std::mem::size_of::<ProgQuery>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            return Err(os_err(&format!("BPF_PROG_QUERY {name} type {attach_type}")));
+        }
+        counts.push(q.prog_cnt);
+    }
+    println!("ingress={} egress={}", counts[0], counts[1]);
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! `cargo xtask demo|bench|fuzz`: run a binary of the `tests` crate.
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::{build, util};
+
+#[derive(Args)]
+pub struct BinArgs {
+    /// Passed unchanged to the binary (including `--help`)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// Setup + build, then `cargo run --release -p tests --bin <name> -- <args>`.
+pub fn run_tests_bin(name: &str, args: &[String]) -> Result<()> {
+    build::build()?;
+    util::run(
+        util::cargo()
+            .args(["run", "--release", "-p", "tests", "--bin", name, "--"])
+            .args(args),
+    )
+}

@@ -1,0 +1,28 @@
+//! `cargo xtask test`: the README's (and CI's) test command.
+
+use anyhow::{Result, bail};
+
+use crate::{setup, util};
+
+pub fn test(packages: &[String], args: &[String]) -> Result<()> {
+    // Checked first so a non-root run fails immediately with one clear line
+    // instead of deep inside a test.
+    if !util::is_root() {
+        bail!(
+            "tests create network namespaces and must run as root (e.g. `sudo -E cargo xtask test`)"
+        );
+    }
+    setup::setup()?;
+    let mut cargo = util::cargo();
+    cargo.args(["test", "--release"]);
+    if packages.is_empty() {
+        // The eBPF crate only builds for the bpf target (via aya-build).
+        cargo.args(["--workspace", "--exclude", "floatip-ebpf"]);
+    } else {
+        for package in packages {
+            cargo.args(["-p", package]);
+        }
+    }
+    // Thread count is left to the test binaries: namespace tests serialize themselves.
+    util::run(cargo.arg("--").args(args))
+}

@@ -1,0 +1,133 @@
+//! Helpers for locating things and running child processes.
+
+use std::{
+    env,
+    ffi::{OsStr, OsString},
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The workspace root (parent of this crate), so commands work from any cwd.
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+}
+
+pub fn home() -> Result<PathBuf> {
+    env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .context("HOME is not set")
+}
+
+/// Where `cargo install` puts binaries (bpf-linker lives here).
+pub fn cargo_bin_dir() -> Result<PathBuf> {
+    Ok(match env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {
+        Some(cargo_home) => PathBuf::from(cargo_home).join("bin"),
+        None => home()?.join(".cargo/bin"),
+    })
+}
+
+/// PATH for children with the cargo bin dir first: aya-build looks up
+/// `bpf-linker` and `rustup` on PATH, and a login shell may not have it.
+fn child_path() -> &'static OsString {
+    static PATH: OnceLock<OsString> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let mut dirs: Vec<PathBuf> = cargo_bin_dir().into_iter().collect();
+        if let Some(path) = env::var_os("PATH") {
+            dirs.extend(env::split_paths(&path));
+        }
+        env::join_paths(dirs).unwrap_or_else(|_| env::var_os("PATH").unwrap_or_default())
+    })
+}
+
+/// A command whose program is looked up (and whose children look things up)
+/// with the cargo bin dir on PATH.
+pub fn cmd(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("PATH", child_path());
+    cmd
+}
+
+/// `cargo` of the toolchain running xtask (cargo sets $CARGO), so a
+/// `cargo +toolchain xtask ...` invocation is honoured by child builds.
+pub fn cargo() -> Command {
+    let mut cmd = cmd(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// `cargo` of the nightly toolchain, via rustup (the $CARGO binary would not
+/// understand `+nightly`).
+pub fn nightly_cargo() -> Command {
+    let mut cmd = cmd("rustup");
+    cmd.args(["run", "nightly", "cargo"]);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+/// Run with inherited stdio; fail if it does not exit successfully.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = display(cmd);
+    eprintln!("+ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Stdout of a quiet probe, or None if it cannot start or fails: presence
+/// checks treat both as "missing".
+pub fn probe(cmd: &mut Command) -> Option<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Stdout of a command that must succeed (used where failure is a real error).
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let shown = display(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("failed to start `{shown}`"))?;
+    if !out.status.success() {
+        bail!("`{shown}` failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Effective uid 0, read from /proc to avoid a libc dependency.
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            // "Uid:\treal\teffective\tsaved\tfs"
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
