@@ -44,6 +44,10 @@ pub trait Maps {
     fn nat_del(&mut self, floating: Ipv4Addr) -> Result<Ipv4Addr>;
     fn nat_purge(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()>;
     fn nat_list(&self) -> Result<Vec<Pair>>;
+    fn nat_list_reverse(&self) -> Result<Vec<Pair>>;
+    fn internal_route(&self, fixed: Ipv4Addr) -> Result<Option<String>>;
+    /// Tells the external network that `floating` now lives here (gratuitous ARP).
+    fn announce(&self, _floating: Ipv4Addr) {}
     fn nat_add_bulk(&mut self, pairs: &[Pair]) -> Result<()>;
     fn pool_prefix_add(&mut self, addr: Ipv4Addr, len: u8, excluded: bool) -> Result<()>;
     fn pool_prefix_del(&mut self, addr: Ipv4Addr, len: u8) -> Result<()>;
@@ -66,6 +70,15 @@ impl Maps for Dataplane {
     }
     fn nat_list(&self) -> Result<Vec<Pair>> {
         Dataplane::nat_list(self)
+    }
+    fn nat_list_reverse(&self) -> Result<Vec<Pair>> {
+        Dataplane::nat_list_reverse(self)
+    }
+    fn internal_route(&self, fixed: Ipv4Addr) -> Result<Option<String>> {
+        Dataplane::internal_route(self, fixed)
+    }
+    fn announce(&self, floating: Ipv4Addr) {
+        announce(self, floating)
     }
     fn nat_add_bulk(&mut self, pairs: &[Pair]) -> Result<()> {
         Dataplane::nat_add_bulk(self, pairs)
@@ -216,14 +229,9 @@ impl Control<Dataplane> {
     }
 }
 
-/// The data plane if it is attached. TODO(lead): replace the directory probe with
-/// `Dataplane::open_if_attached(bpffs) -> Result<Option<Dataplane>>`.
+/// The data plane if it is attached.
 fn open_dataplane(bpffs: &Path) -> Result<Option<Dataplane>> {
-    let mut entries = match std::fs::read_dir(bpffs) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        r => r.with_context(|| format!("cannot read {}", bpffs.display()))?,
-    };
-    if entries.next().is_none() {
+    if !Dataplane::is_attached(bpffs) {
         return Ok(None);
     }
     Dataplane::open(bpffs).map(Some)
@@ -444,7 +452,7 @@ impl<M: Maps> Control<M> {
             {
                 bail!("floating IP {floating} is already associated with {current}; use --force to move it");
             }
-            check_reachable(fixed)?;
+            check_reachable(maps, fixed)?;
             tx.ip_set_association(floating, Some(fixed), instance)?;
             let moving = row.fixed_ip.is_some();
             let generation = update_maps(tx, maps, |m| {
@@ -453,6 +461,9 @@ impl<M: Maps> Control<M> {
             Ok((get_ip(tx, floating)?, Some(generation)))
         })?;
         finish(maps, generation);
+        if generation.is_some() {
+            maps.announce(floating);
+        }
         Ok(record)
     }
 
@@ -496,7 +507,7 @@ impl<M: Maps> Control<M> {
                     ))
                     .with_context(line);
                 }
-                check_reachable(e.fixed).with_context(line)?;
+                check_reachable(maps, e.fixed).with_context(line)?;
                 tx.ip_set_association(e.floating, Some(e.fixed), e.instance.as_deref())?;
                 pairs.push(Pair {
                     floating: e.floating,
@@ -632,11 +643,13 @@ fn sync_maps<M: Maps>(tx: &Tx<'_>, maps: &mut M) -> Result<u64> {
 fn repair<M: Maps>(tx: &Tx<'_>, maps: &mut M) -> Result<usize> {
     let want: HashMap<Ipv4Addr, Ipv4Addr> = tx.associations()?.into_iter().collect();
     let have = maps.nat_list()?;
+    let reverse = maps.nat_list_reverse()?;
     let mut fixed_up: HashSet<Ipv4Addr> = HashSet::new();
     // Purging an extra pair also drops entries that mention either of its addresses, which
-    // may belong to a wanted pair: those are re-added below.
+    // may belong to a wanted pair: those are re-added below. Reverse entries are checked too,
+    // so a fixed->floating half pair left by a crash is found.
     let mut purged: HashSet<Ipv4Addr> = HashSet::new();
-    for p in &have {
+    for p in have.iter().chain(reverse.iter()) {
         if want.get(&p.floating) != Some(&p.fixed) {
             maps.nat_purge(p.floating, p.fixed)?;
             purged.extend([p.floating, p.fixed]);
@@ -661,8 +674,6 @@ fn repair<M: Maps>(tx: &Tx<'_>, maps: &mut M) -> Result<usize> {
             fixed_up.insert(floating);
         }
     }
-    // TODO(lead): `nat_list` reads floating->fixed only, so a reverse entry without a forward
-    // one (fixed->floating half pair) is not seen here; a `nat_list_reverse` would close that.
     Ok(fixed_up.len())
 }
 
@@ -728,12 +739,30 @@ fn trie_del<M: Maps>(maps: &mut M, entries: &[TrieEntry]) -> Result<()> {
     Ok(())
 }
 
-/// TODO(lead): fail unless `fixed` is reachable through an internal NIC of the gateway, with
-/// a data plane method such as `Dataplane::internal_route(&self, fixed: Ipv4Addr) ->
-/// Result<Option<String>>` (the internal interface that routes to `fixed`, `None` if none):
-/// "fixed IP {fixed} is not reachable through an internal interface of the gateway".
-fn check_reachable(_fixed: Ipv4Addr) -> Result<()> {
-    Ok(())
+/// Sends gratuitous ARP for `floating` out of every external NIC so that
+/// neighbours drop stale entries; a failure is reported, not fatal (the
+/// mapping already works, neighbours just learn it later).
+pub fn announce(dp: &Dataplane, floating: Ipv4Addr) {
+    match dp.nics(crate::dataplane::Role::External) {
+        Ok(nics) => {
+            for (idx, mac) in nics {
+                if let Err(e) = crate::garp::announce(idx, &mac, floating) {
+                    eprintln!("floatip: warning: gratuitous ARP for {floating} failed: {e:#}");
+                }
+            }
+        }
+        Err(e) => eprintln!("floatip: warning: cannot list external NICs: {e:#}"),
+    }
+}
+
+/// Fails unless the kernel routes `fixed` out of one of the gateway's internal NICs.
+fn check_reachable<M: Maps>(maps: &M, fixed: Ipv4Addr) -> Result<()> {
+    match maps.internal_route(fixed)? {
+        Some(_) => Ok(()),
+        None => bail!(
+            "fixed IP {fixed} is not reachable through an internal interface of the gateway"
+        ),
+    }
 }
 
 // --- helpers: validation ---
@@ -961,6 +990,18 @@ mod tests {
                 .iter()
                 .map(|(&floating, &fixed)| Pair { floating, fixed })
                 .collect())
+        }
+        fn nat_list_reverse(&self) -> Result<Vec<Pair>> {
+            Ok(self
+                .0
+                .borrow()
+                .rev
+                .iter()
+                .map(|(&fixed, &floating)| Pair { floating, fixed })
+                .collect())
+        }
+        fn internal_route(&self, fixed: Ipv4Addr) -> Result<Option<String>> {
+            Ok(fixed.octets()[0].eq(&10).then(|| "int0".to_string()))
         }
         fn nat_add_bulk(&mut self, pairs: &[Pair]) -> Result<()> {
             self.0

@@ -505,6 +505,23 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether a data plane is attached (its maps are pinned) under `bpffs`.
+    pub fn is_attached(bpffs: &Path) -> bool {
+        maps_dir(bpffs).join(names::META).exists()
+    }
+
+    /// The internal NIC through which the kernel routes to `fixed`, if any.
+    pub fn internal_route(&self, fixed: Ipv4Addr) -> Result<Option<String>> {
+        let Some(oif) = iface::route_oif(fixed)? else {
+            return Ok(None);
+        };
+        let internal = self.nics(Role::Internal)?;
+        Ok(internal
+            .iter()
+            .find(|(idx, _)| *idx == oif)
+            .map(|(idx, _)| iface::name(*idx).unwrap_or_else(|| format!("#{idx}"))))
+    }
+
     /// Opens the pinned maps; fails with a one-line error naming `floatip
     /// attach` when the data plane is not attached.
     pub fn open(bpffs: &Path) -> Result<Self> {

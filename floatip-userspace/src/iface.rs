@@ -88,3 +88,67 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// The interface the kernel's routing table sends `dst` out of
+/// (RTM_GETROUTE over rtnetlink, like `ip route get`); `None` when there is
+/// no route.
+pub fn route_oif(dst: Ipv4Addr) -> Result<Option<u32>> {
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // nlmsghdr (16) + rtmsg (12) + RTA_DST (4 + 4).
+    let mut req = [0u8; 36];
+    req[0..4].copy_from_slice(&36u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_INET as u8;
+    req[17] = 32; // rtm_dst_len
+    req[28..30].copy_from_slice(&8u16.to_ne_bytes());
+    req[30..32].copy_from_slice(&RTA_DST.to_ne_bytes());
+    req[32..36].copy_from_slice(&dst.octets());
+    let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
+    let mut buf = vec![0u8; 4096];
+    let n = if sent < 0 {
+        -1
+    } else {
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) }
+    };
+    let err = io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if n < 0 {
+        return Err(err.into());
+    }
+    let msg = &buf[..n as usize];
+    if msg.len() < 16 {
+        bail!("short rtnetlink reply");
+    }
+    let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+    if kind == libc::NLMSG_ERROR as u16 {
+        // ENETUNREACH and friends: no route.
+        return Ok(None);
+    }
+    let mut off = 16 + 12;
+    while off + 4 <= msg.len() {
+        let len = u16::from_ne_bytes([msg[off], msg[off + 1]]) as usize;
+        let ty = u16::from_ne_bytes([msg[off + 2], msg[off + 3]]);
+        if len < 4 || off + len > msg.len() {
+            break;
+        }
+        if ty == RTA_OIF && len >= 8 {
+            let v = &msg[off + 4..off + 8];
+            return Ok(Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])));
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(None)
+}

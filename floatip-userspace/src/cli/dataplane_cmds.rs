@@ -8,71 +8,10 @@ use floatip_common::DEFAULT_MAX_ASSOCIATIONS;
 
 use super::{Cli, Format};
 use crate::{
-    dataplane::{AttachOptions, Dataplane, Mode, Role},
-    garp,
+    control::{self, Control},
+    dataplane::{AttachOptions, Dataplane, Mode},
+    output::{self, render_table},
 };
-
-// TODO(lead): switch to the shared output module once it lands.
-struct Table {
-    head: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(head: &[&str]) -> Self {
-        Self {
-            head: head.iter().map(|s| s.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-    fn row(&mut self, r: Vec<String>) {
-        self.rows.push(r);
-    }
-    fn print(&self) {
-        let mut w: Vec<usize> = self.head.iter().map(|h| h.len()).collect();
-        for r in &self.rows {
-            for (i, c) in r.iter().enumerate() {
-                w[i] = w[i].max(c.len());
-            }
-        }
-        for r in std::iter::once(&self.head).chain(self.rows.iter()) {
-            let line: Vec<String> = r
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-                .collect();
-            println!("{}", line.join("  ").trim_end());
-        }
-    }
-}
-
-mod output {
-    pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        Ok(())
-    }
-}
-
-mod control {
-    use super::*;
-    pub fn attach(
-        _state: &std::path::Path,
-        bpffs: &std::path::Path,
-        opts: &AttachOptions,
-    ) -> Result<usize> {
-        Dataplane::attach(bpffs, opts)?;
-        Ok(0)
-    }
-    pub fn announce(dp: &Dataplane, ip: Ipv4Addr) {
-        if let Ok(nics) = dp.nics(Role::External) {
-            for (idx, mac) in nics {
-                if let Err(e) = garp::announce(idx, &mac, ip) {
-                    eprintln!("floatip: gratuitous ARP for {ip} failed: {e}");
-                }
-            }
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ModeArg {
@@ -133,7 +72,10 @@ pub fn attach(cli: &Cli, args: &AttachArgs) -> Result<()> {
         mode: args.mode.into(),
         max_associations: args.max_associations,
     };
-    let restored = control::attach(&cli.state, &cli.bpffs, &opts)?;
+    Dataplane::attach(&cli.bpffs, &opts)?;
+    // The database is the source of truth: fresh maps (after a reboot) get
+    // every pool and association back.
+    let restored = Control::open(&cli.state, &cli.bpffs)?.resync()?;
     println!(
         "attached in {} mode: external {}, internal {}; {restored} associations loaded",
         opts.mode.as_str(),
@@ -156,11 +98,12 @@ pub fn detach(cli: &Cli, args: &DetachArgs) -> Result<()> {
 pub fn status(cli: &Cli) -> Result<()> {
     let st = Dataplane::open(&cli.bpffs)?.status()?;
     if cli.format == Format::Json {
-        return output::json(&st);
+        return output::print_one(cli.format, &st);
     }
-    let mut t = Table::new(&["interface", "ifindex", "role", "mode", "program_id", "mac"]);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let head: &[&str] = &["interface", "ifindex", "role", "mode", "program_id", "mac"];
     for i in &st.interfaces {
-        t.row(vec![
+        rows.push(vec![
             i.name.clone(),
             i.ifindex.to_string(),
             format!("{:?}", i.role).to_lowercase(),
@@ -169,16 +112,17 @@ pub fn status(cli: &Cli) -> Result<()> {
             i.mac.clone(),
         ]);
     }
-    t.print();
+    print!("{}", render_table(head, &rows));
     println!(
         "\nassociations: {} of {} (layout v{}, generation {})\n",
         st.associations, st.max_associations, st.layout_version, st.generation
     );
-    let mut c = Table::new(&["outcome", "packets"]);
+    let mut crows: Vec<Vec<String>> = Vec::new();
+    let chead: &[&str] = &["outcome", "packets"];
     for (name, v) in &st.counters {
-        c.row(vec![name.to_string(), v.to_string()]);
+        crows.push(vec![name.to_string(), v.to_string()]);
     }
-    c.print();
+    print!("{}", render_table(chead, &crows));
     Ok(())
 }
 
@@ -186,40 +130,46 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
     let mut dp = Dataplane::open(&cli.bpffs)?;
     match cmd {
         NatCmd::Add { floating, fixed } => {
+            // Plumbing bypasses the database: mark the maps so the next
+            // control-plane command compares and repairs them.
+            dp.set_generation(control::GENERATION_DIRTY)?;
             dp.nat_add(*floating, *fixed)?;
             control::announce(&dp, *floating);
             println!("{floating} -> {fixed}");
         }
         NatCmd::Del { floating } => {
+            dp.set_generation(control::GENERATION_DIRTY)?;
             let fixed = dp.nat_del(*floating)?;
             println!("removed {floating} -> {fixed}");
         }
         NatCmd::List => {
             let pairs = dp.nat_list()?;
             if cli.format == Format::Json {
-                return output::json(&pairs);
+                return output::print_one(cli.format, &pairs);
             }
-            let mut t = Table::new(&["floating", "fixed"]);
+            let mut rows: Vec<Vec<String>> = Vec::new();
+    let head: &[&str] = &["floating", "fixed"];
             for p in pairs {
-                t.row(vec![p.floating.to_string(), p.fixed.to_string()]);
+                rows.push(vec![p.floating.to_string(), p.fixed.to_string()]);
             }
-            t.print();
+            print!("{}", render_table(head, &rows));
         }
         NatCmd::Stats { floating } => {
             let stats = dp.pair_stats(*floating)?;
             if cli.format == Format::Json {
-                return output::json(&stats);
+                return output::print_one(cli.format, &stats);
             }
-            let mut t = Table::new(&[
+            let mut rows: Vec<Vec<String>> = Vec::new();
+    let head: &[&str] = &[
                 "floating",
                 "fixed",
                 "in_packets",
                 "in_bytes",
                 "out_packets",
                 "out_bytes",
-            ]);
+            ];
             for s in stats {
-                t.row(vec![
+                rows.push(vec![
                     s.floating.to_string(),
                     s.fixed.to_string(),
                     s.in_packets.to_string(),
@@ -228,7 +178,7 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
                     s.out_bytes.to_string(),
                 ]);
             }
-            t.print();
+            print!("{}", render_table(head, &rows));
         }
     }
     Ok(())

@@ -165,13 +165,13 @@ fn tcp_send(args: &[String]) -> Res<()> {
     // first would deadlock once both directions' buffers are full.
     let mut writer = conn.try_clone().map_err(|e| e.to_string())?;
     let sender = thread::spawn(move || -> Res<u64> {
-        let mut gen = Stream::new(seed);
+        let mut stream = Stream::new(seed);
         let mut hash = Fnv::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut left = bytes;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
-            gen.fill(&mut buf[..n]);
+            stream.fill(&mut buf[..n]);
             hash.update(&buf[..n]);
             writer.write_all(&buf[..n]).map_err(|e| format!("send after {} bytes: {e}", bytes - left))?;
             left -= n as u64;
