@@ -759,9 +759,9 @@ pub fn announce(dp: &Dataplane, floating: Ipv4Addr) {
 fn check_reachable<M: Maps>(maps: &M, fixed: Ipv4Addr) -> Result<()> {
     match maps.internal_route(fixed)? {
         Some(_) => Ok(()),
-        None => bail!(
-            "fixed IP {fixed} is not reachable through an internal interface of the gateway"
-        ),
+        None => {
+            bail!("fixed IP {fixed} is not reachable through an internal interface of the gateway")
+        }
     }
 }
 

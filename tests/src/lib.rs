@@ -1,2 +1,5 @@
-pub mod pkt;
+pub mod fixture;
+pub mod malformed;
 pub mod netns;
+pub mod pkt;
+pub mod rng;

@@ -83,7 +83,10 @@ pub fn serialize() -> Serial {
         // SAFETY: flock on a descriptor this function owns; released when the file closes.
         unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
     }
-    Serial { _guard: guard, _lock: lock }
+    Serial {
+        _guard: guard,
+        _lock: lock,
+    }
 }
 
 /// Fails (does not skip) when not root: these tests need CAP_NET_ADMIN and
@@ -118,7 +121,11 @@ impl Output {
 
     /// `Ok(self)` on success, otherwise an error showing the command and everything it printed.
     pub fn check(self) -> Result<Output> {
-        if self.success() { Ok(self) } else { Err(anyhow!("{self}")) }
+        if self.success() {
+            Ok(self)
+        } else {
+            Err(anyhow!("{self}"))
+        }
     }
 
     /// stdout followed by stderr.
@@ -164,13 +171,19 @@ pub fn assert_success(out: &Output) {
 #[track_caller]
 pub fn assert_contains(out: &Output, needle: &str) {
     assert_success(out);
-    assert!(out.all().contains(needle), "output lacks {needle:?}:\n{out}");
+    assert!(
+        out.all().contains(needle),
+        "output lacks {needle:?}:\n{out}"
+    );
 }
 
 /// Panics if the command's output contains `needle`.
 #[track_caller]
 pub fn assert_not_contains(out: &Output, needle: &str) {
-    assert!(!out.all().contains(needle), "output contains {needle:?}:\n{out}");
+    assert!(
+        !out.all().contains(needle),
+        "output contains {needle:?}:\n{out}"
+    );
 }
 
 /// A background process, killed (SIGKILL) when dropped. Its stdout and
@@ -189,7 +202,10 @@ fn pump(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHand
         loop {
             match r.read(&mut b) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&b[..n]),
+                Ok(n) => buf
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&b[..n]),
             }
         }
     })
@@ -219,7 +235,13 @@ impl Spawned {
             pump(child.stdout.take().expect("piped stdout"), out.clone()),
             pump(child.stderr.take().expect("piped stderr"), err.clone()),
         ];
-        Ok(Spawned { cmd: desc, child: Some(child), out, err, readers })
+        Ok(Spawned {
+            cmd: desc,
+            child: Some(child),
+            out,
+            err,
+            readers,
+        })
     }
 
     pub fn cmd(&self) -> &str {
@@ -326,7 +348,9 @@ impl Drop for Spawned {
 /// network stack but keeps our mounts (bpffs pins stay visible).
 pub fn ns_command(ns: &str, argv: &[&str]) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").args(argv);
+    cmd.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(argv);
     cmd
 }
 
@@ -342,7 +366,13 @@ pub fn run(cmd: Command, timeout: Duration) -> Output {
     let desc = describe(&cmd);
     match Spawned::start(cmd) {
         Ok(s) => s.finish(timeout),
-        Err(e) => Output { cmd: desc, status: None, stdout: String::new(), stderr: format!("{e:#}"), timed_out: false },
+        Err(e) => Output {
+            cmd: desc,
+            status: None,
+            stdout: String::new(),
+            stderr: format!("{e:#}"),
+            timed_out: false,
+        },
     }
 }
 
@@ -418,7 +448,14 @@ impl Topology {
         self.namespaces.push(name.clone());
         config(&["ip", "-n", &name, "link", "set", "lo", "up"])?;
         for key in ["all", "default"] {
-            config_in(&name, &["sysctl", "-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")])?;
+            config_in(
+                &name,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+                ],
+            )?;
         }
         Ok(name)
     }
@@ -431,7 +468,10 @@ impl Topology {
                 bail!("interface name {n:?} must have 1 to 15 bytes");
             }
         }
-        config(&["ip", "-n", a_ns, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b_ns])?;
+        config(&[
+            "ip", "-n", a_ns, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns",
+            b_ns,
+        ])?;
         self.links.push((a_ns.to_string(), a_if.to_string()));
         Ok(())
     }
@@ -462,12 +502,19 @@ impl Drop for Topology {
             let _ = catch_unwind(AssertUnwindSafe(f));
         }
         for (ns, ifname) in self.links.drain(..).rev() {
-            let _ = run(host_command(&["ip", "-n", &ns, "link", "del", &ifname]), EXEC_TIMEOUT);
+            let _ = run(
+                host_command(&["ip", "-n", &ns, "link", "del", &ifname]),
+                EXEC_TIMEOUT,
+            );
         }
         for ns in self.namespaces.drain(..).rev() {
             // Anything still running in our namespace was started by this test.
             let pids = run(host_command(&["ip", "netns", "pids", &ns]), EXEC_TIMEOUT);
-            for pid in pids.stdout.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()) {
+            for pid in pids
+                .stdout
+                .split_whitespace()
+                .filter_map(|p| p.parse::<libc::pid_t>().ok())
+            {
                 // SAFETY: kill has no memory-safety preconditions.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -513,7 +560,10 @@ pub fn floatip_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().and_then(Path::parent).unwrap_or(Path::new("target/release"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("target/release"));
     dir.join("floatip")
 }
 
@@ -564,8 +614,12 @@ impl Lab {
         // Remove the pins even if the test fails: detach while the gateway
         // namespace (and its NICs) still exist, then delete what is left.
         {
-            let (gw, bpffs, floatip, state) =
-                (gw.clone(), bpffs.clone(), floatip_bin.to_path_buf(), workdir.join("state.db"));
+            let (gw, bpffs, floatip, state) = (
+                gw.clone(),
+                bpffs.clone(),
+                floatip_bin.to_path_buf(),
+                workdir.join("state.db"),
+            );
             topo.on_drop(move || {
                 if bpffs.exists() {
                     let out = exec(
@@ -607,7 +661,18 @@ impl Lab {
         topo.veth(&inst2, "eth0", &sw, "s-i2")?;
 
         // The tenant L2: a bridge (no STP, so ports forward at once).
-        config(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge", "stp_state", "0"])?;
+        config(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+        ])?;
         for port in ["s-gw", "s-i1", "s-i2"] {
             config(&["ip", "-n", &sw, "link", "set", port, "master", "br0"])?;
         }
@@ -623,11 +688,26 @@ impl Lab {
         for ns in [&rtr, &gw] {
             config_in(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             for key in ["all", "default"] {
-                config_in(ns, &["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")])?;
+                config_in(
+                    ns,
+                    &["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
+                )?;
             }
         }
-        for (ns, ifname) in [(&rtr, "r-ext"), (&rtr, "r-gw"), (&gw, "gw-ext"), (&gw, "gw-int")] {
-            config_in(ns, &["sysctl", "-qw", &format!("net.ipv4.conf.{ifname}.rp_filter=0")])?;
+        for (ns, ifname) in [
+            (&rtr, "r-ext"),
+            (&rtr, "r-gw"),
+            (&gw, "gw-ext"),
+            (&gw, "gw-int"),
+        ] {
+            config_in(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{ifname}.rp_filter=0"),
+                ],
+            )?;
         }
 
         // Offloads.
@@ -646,7 +726,13 @@ impl Lab {
                 // a frame that leaves a veth through XDP loses the skb's partial
                 // checksum state and arrives with a half-done checksum. So the
                 // hosts compute checksums in software, like a real peer.
-                for (ns, ifname) in [(&ext, "eth0"), (&rtr, "r-ext"), (&rtr, "r-gw"), (&inst1, "eth0"), (&inst2, "eth0")] {
+                for (ns, ifname) in [
+                    (&ext, "eth0"),
+                    (&rtr, "r-ext"),
+                    (&rtr, "r-gw"),
+                    (&inst1, "eth0"),
+                    (&inst2, "eth0"),
+                ] {
                     config_in(ns, &["ethtool", "-K", ifname, "tx", "off"])?;
                 }
             }
@@ -665,7 +751,9 @@ impl Lab {
         }
 
         // Addresses and routes.
-        let addr = |ns: &str, ifname: &str, cidr: &str| config(&["ip", "-n", ns, "addr", "add", cidr, "dev", ifname]);
+        let addr = |ns: &str, ifname: &str, cidr: &str| {
+            config(&["ip", "-n", ns, "addr", "add", cidr, "dev", ifname])
+        };
         addr(&ext, "eth0", "198.51.100.2/24")?;
         addr(&rtr, "r-ext", "198.51.100.1/24")?;
         addr(&rtr, "r-gw", "203.0.113.1/24")?;
@@ -677,7 +765,8 @@ impl Lab {
             config(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
         }
         config(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
-        let default_via = |ns: &str, via: &str| config(&["ip", "-n", ns, "route", "add", "default", "via", via]);
+        let default_via =
+            |ns: &str, via: &str| config(&["ip", "-n", ns, "route", "add", "default", "via", via]);
         default_via(&ext, RTR_EXT_IP)?;
         default_via(&gw, RTR_GW_IP)?;
         default_via(&inst1, GW_INT_IP)?;
@@ -716,7 +805,15 @@ impl Lab {
 
     /// `floatip attach --external gw-ext --internal gw-int --mode MODE`.
     pub fn attach(&self) -> Output {
-        self.floatip(&["attach", "--external", "gw-ext", "--internal", "gw-int", "--mode", self.mode.as_str()])
+        self.floatip(&[
+            "attach",
+            "--external",
+            "gw-ext",
+            "--internal",
+            "gw-int",
+            "--mode",
+            self.mode.as_str(),
+        ])
     }
 
     pub fn detach(&self) -> Output {
@@ -757,7 +854,11 @@ impl Lab {
 
     /// The MAC address of `ifname` in `ns`, read through netlink (`ip -j link`).
     pub fn mac(&self, ns: &str, ifname: &str) -> Result<String> {
-        let out = run(host_command(&["ip", "-n", ns, "-j", "link", "show", "dev", ifname]), EXEC_TIMEOUT).check()?;
+        let out = run(
+            host_command(&["ip", "-n", ns, "-j", "link", "show", "dev", ifname]),
+            EXEC_TIMEOUT,
+        )
+        .check()?;
         let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
         v[0]["address"]
             .as_str()
@@ -771,9 +872,18 @@ impl Lab {
     pub fn capture(&self, ns: &str, ifname: &str, name: &str) -> Result<Capture> {
         let file = self.workdir.join(format!("{name}.pcap"));
         let f = file.to_string_lossy();
-        let mut s = spawn(ns, &["tcpdump", "-Z", "root", "-n", "-U", "-Q", "in", "-i", ifname, "-w", &f])?;
+        let mut s = spawn(
+            ns,
+            &[
+                "tcpdump", "-Z", "root", "-n", "-U", "-Q", "in", "-i", ifname, "-w", &f,
+            ],
+        )?;
         s.wait_for("listening on", Duration::from_secs(10))?;
-        Ok(Capture { ns: ns.to_string(), file, proc: s })
+        Ok(Capture {
+            ns: ns.to_string(),
+            file,
+            proc: s,
+        })
     }
 }
 

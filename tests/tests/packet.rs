@@ -8,70 +8,13 @@
 //! kernel" with its TTL untouched. Forwarding itself is covered by the
 //! namespace tests.
 
-use std::{
-    net::Ipv4Addr,
-    sync::atomic::{AtomicU32, Ordering},
+use std::net::Ipv4Addr;
+
+use floatip::dataplane::TestProgram;
+use tests::{
+    fixture::*,
+    pkt::{self, Ip, MAC_A, MAC_B},
 };
-
-use floatip::dataplane::{TestProgram, TestPrograms};
-use tests::pkt::{self, Ip, MAC_A, MAC_B};
-
-const FIP1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const FIP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
-const FIXED1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
-const FIXED2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
-const UNASSOC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const LO: u32 = 1;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-/// Loaded programs with two associations and the pool 203.0.113.0/24
-/// (router address excluded); pins removed on drop, also on failure.
-struct Fixture(Option<TestPrograms>);
-
-impl Fixture {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = format!(
-            "/sys/fs/bpf/floatip-pkt-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let progs = TestPrograms::load(dir.as_ref(), 1024, LO, MAC_A).expect("load programs");
-        let fx = Fixture(Some(progs));
-        let mut dp = fx.progs().dataplane().unwrap();
-        dp.nat_add(FIP1, FIXED1).unwrap();
-        dp.nat_add(FIP2, FIXED2).unwrap();
-        dp.pool_prefix_add(Ipv4Addr::new(203, 0, 113, 0), 24, false)
-            .unwrap();
-        dp.pool_prefix_add(ROUTER, 32, true).unwrap();
-        fx
-    }
-
-    fn progs(&self) -> &TestPrograms {
-        self.0.as_ref().unwrap()
-    }
-
-    fn run(&mut self, p: TestProgram, frame: &[u8]) -> (u32, Vec<u8>) {
-        let out = self.0.as_mut().unwrap().run(p, frame, LO, 1).unwrap();
-        (out.action, out.data)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = p.cleanup();
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Side {

@@ -148,7 +148,7 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
                 return output::print_one(cli.format, &pairs);
             }
             let mut rows: Vec<Vec<String>> = Vec::new();
-    let head: &[&str] = &["floating", "fixed"];
+            let head: &[&str] = &["floating", "fixed"];
             for p in pairs {
                 rows.push(vec![p.floating.to_string(), p.fixed.to_string()]);
             }
@@ -160,7 +160,7 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
                 return output::print_one(cli.format, &stats);
             }
             let mut rows: Vec<Vec<String>> = Vec::new();
-    let head: &[&str] = &[
+            let head: &[&str] = &[
                 "floating",
                 "fixed",
                 "in_packets",

@@ -958,7 +958,14 @@ impl TestPrograms {
                 prog.test_run(opts)
             }
         }
-        .map_err(|e: ProgramError| anyhow!("BPF_PROG_TEST_RUN failed: {e}"))?;
+        .map_err(|e: ProgramError| {
+            anyhow!(
+                "BPF_PROG_TEST_RUN failed: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string())
+            )
+        })?;
         let n = result.data_size_out as usize;
         out.truncate(n);
         Ok(TestRunOutput {

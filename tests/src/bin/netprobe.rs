@@ -70,7 +70,9 @@ impl Stream {
 type Res<T> = Result<T, String>;
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Res<T> {
-    let s = args.get(i).ok_or_else(|| format!("missing argument {what}"))?;
+    let s = args
+        .get(i)
+        .ok_or_else(|| format!("missing argument {what}"))?;
     s.parse().map_err(|_| format!("bad {what}: {s:?}"))
 }
 
@@ -78,7 +80,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
-    let limit = env::var("NETPROBE_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(30u64);
+    let limit = env::var("NETPROBE_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30u64);
     thread::spawn(move || {
         thread::sleep(Duration::from_secs(limit));
         eprintln!("netprobe: watchdog: gave up after {limit} s");
@@ -92,7 +97,10 @@ fn main() -> ExitCode {
         Some("udp-refused") => udp_refused(&args),
         Some("spoof") => spoof(&args),
         Some("tcx-count") => tcx_count(&args),
-        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|tcx-count ...".into()),
+        _ => Err(
+            "usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|tcx-count ..."
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,11 +118,14 @@ fn ready(proto: &str, port: u16) {
 
 fn tcp_serve(args: &[String]) -> Res<()> {
     let port: u16 = arg(args, 1, "PORT")?;
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("bind :{port}: {e}"))?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        .map_err(|e| format!("bind :{port}: {e}"))?;
     ready("tcp", port);
     let (mut conn, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let mut hash = Fnv::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
@@ -127,10 +138,12 @@ fn tcp_serve(args: &[String]) -> Res<()> {
         };
         hash.update(&buf[..n]);
         total += n as u64;
-        conn.write_all(&buf[..n]).map_err(|e| format!("echo to {peer} after {total} bytes: {e}"))?;
+        conn.write_all(&buf[..n])
+            .map_err(|e| format!("echo to {peer} after {total} bytes: {e}"))?;
     }
     let trailer = format!("fnv={:016x} bytes={total} peer={peer}\n", hash.0);
-    conn.write_all(trailer.as_bytes()).map_err(|e| format!("trailer to {peer}: {e}"))?;
+    conn.write_all(trailer.as_bytes())
+        .map_err(|e| format!("trailer to {peer}: {e}"))?;
     let _ = conn.shutdown(Shutdown::Write);
     println!("peer={peer} bytes={total} fnv={:016x}", hash.0);
     Ok(())
@@ -158,8 +171,10 @@ fn tcp_send(args: &[String]) -> Res<()> {
     let addr = SocketAddr::from((ip, port));
     let conn = connect(addr)?;
     let local = conn.local_addr().map_err(|e| e.to_string())?;
-    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
 
     // Write in a thread while reading the echo here: writing everything
     // first would deadlock once both directions' buffers are full.
@@ -173,10 +188,14 @@ fn tcp_send(args: &[String]) -> Res<()> {
             let n = left.min(buf.len() as u64) as usize;
             stream.fill(&mut buf[..n]);
             hash.update(&buf[..n]);
-            writer.write_all(&buf[..n]).map_err(|e| format!("send after {} bytes: {e}", bytes - left))?;
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| format!("send after {} bytes: {e}", bytes - left))?;
             left -= n as u64;
         }
-        writer.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
         Ok(hash.0)
     });
 
@@ -187,25 +206,43 @@ fn tcp_send(args: &[String]) -> Res<()> {
     while got < bytes {
         let want = (bytes - got).min(buf.len() as u64) as usize;
         match reader.read(&mut buf[..want]) {
-            Ok(0) => return Err(format!("connection closed after {got} of {bytes} echoed bytes")),
+            Ok(0) => {
+                return Err(format!(
+                    "connection closed after {got} of {bytes} echoed bytes"
+                ));
+            }
             Ok(n) => {
                 echo.update(&buf[..n]);
                 got += n as u64;
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading the echo after {got} of {bytes} bytes: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "reading the echo after {got} of {bytes} bytes: {e}"
+                ));
+            }
         }
     }
     let mut trailer = String::new();
-    reader.read_to_string(&mut trailer).map_err(|e| format!("reading the trailer: {e}"))?;
-    let sent = sender.join().map_err(|_| "sender thread panicked".to_string())??;
+    reader
+        .read_to_string(&mut trailer)
+        .map_err(|e| format!("reading the trailer: {e}"))?;
+    let sent = sender
+        .join()
+        .map_err(|_| "sender thread panicked".to_string())??;
 
     if echo.0 != sent {
-        return Err(format!("echoed bytes differ: sent fnv={sent:016x}, echo fnv={:016x}", echo.0));
+        return Err(format!(
+            "echoed bytes differ: sent fnv={sent:016x}, echo fnv={:016x}",
+            echo.0
+        ));
     }
     let expect = format!("fnv={sent:016x} bytes={bytes} ");
     if !trailer.starts_with(&expect) {
-        return Err(format!("server saw different bytes: expected {expect:?}..., server said {:?}", trailer.trim()));
+        return Err(format!(
+            "server saw different bytes: expected {expect:?}..., server said {:?}",
+            trailer.trim()
+        ));
     }
     let server_saw = trailer.trim().rsplit("peer=").next().unwrap_or("");
     println!("ok bytes={bytes} fnv={sent:016x} local={local} server-saw={server_saw}");
@@ -214,15 +251,21 @@ fn tcp_send(args: &[String]) -> Res<()> {
 
 fn udp_echo(args: &[String]) -> Res<()> {
     let port: u16 = arg(args, 1, "PORT")?;
-    let count: u32 = if args.len() > 2 { arg(args, 2, "COUNT")? } else { 1 };
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("bind :{port}: {e}"))?;
+    let count: u32 = if args.len() > 2 {
+        arg(args, 2, "COUNT")?
+    } else {
+        1
+    };
+    let sock =
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("bind :{port}: {e}"))?;
     ready("udp", port);
     let mut buf = [0u8; 2048];
     for _ in 0..count {
         let (n, peer) = sock.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
         let data = String::from_utf8_lossy(&buf[..n]).into_owned();
         let reply = format!("echo peer={peer} data={data}");
-        sock.send_to(reply.as_bytes(), peer).map_err(|e| format!("reply to {peer}: {e}"))?;
+        sock.send_to(reply.as_bytes(), peer)
+            .map_err(|e| format!("reply to {peer}: {e}"))?;
         println!("peer={peer} data={data}");
         let _ = io::stdout().flush();
     }
@@ -231,7 +274,8 @@ fn udp_echo(args: &[String]) -> Res<()> {
 
 fn connected_udp(ip: Ipv4Addr, port: u16) -> Res<UdpSocket> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("bind: {e}"))?;
-    sock.connect((ip, port)).map_err(|e| format!("connect {ip}:{port}: {e}"))?;
+    sock.connect((ip, port))
+        .map_err(|e| format!("connect {ip}:{port}: {e}"))?;
     Ok(sock)
 }
 
@@ -239,8 +283,11 @@ fn udp_ask(args: &[String]) -> Res<()> {
     let ip: Ipv4Addr = arg(args, 1, "ADDR")?;
     let port: u16 = arg(args, 2, "PORT")?;
     let sock = connected_udp(ip, port)?;
-    sock.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    sock.set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let nonce = format!("ask-{}-{}", std::process::id(), now.as_nanos());
     let mut buf = [0u8; 2048];
     let mut last = String::from("no attempt");
@@ -268,14 +315,17 @@ fn udp_ask(args: &[String]) -> Res<()> {
             Err(e) => last = format!("recv: {e}"),
         }
     }
-    Err(format!("no answer from {ip}:{port} after 5 attempts (last: {last})"))
+    Err(format!(
+        "no answer from {ip}:{port} after 5 attempts (last: {last})"
+    ))
 }
 
 fn udp_refused(args: &[String]) -> Res<()> {
     let ip: Ipv4Addr = arg(args, 1, "ADDR")?;
     let port: u16 = arg(args, 2, "PORT")?;
     let sock = connected_udp(ip, port)?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 2048];
     let mut outcomes = Vec::new();
     for _ in 0..3 {
@@ -296,12 +346,19 @@ fn udp_refused(args: &[String]) -> Res<()> {
             Ok(n) => outcomes.push(format!("got a {n}-byte answer")),
         }
     }
-    Err(format!("no ECONNREFUSED from {ip}:{port}: {}", outcomes.join("; ")))
+    Err(format!(
+        "no ECONNREFUSED from {ip}:{port}: {}",
+        outcomes.join("; ")
+    ))
 }
 
 fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
         sum += u32::from(w);
     }
     sum
@@ -410,7 +467,11 @@ fn tcx_count(args: &[String]) -> Res<()> {
     }
     let mut counts = Vec::new();
     for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
-        let mut q = ProgQuery { target_ifindex: ifindex, attach_type, ..Default::default() };
+        let mut q = ProgQuery {
+            target_ifindex: ifindex,
+            attach_type,
+            ..Default::default()
+        };
         // SAFETY: `q` is a valid, zero-padded bpf_attr prefix of the size passed.
         let rc = unsafe {
             libc::syscall(
