@@ -21,12 +21,7 @@ const AF_INET: u8 = 2;
 /// Looks the translated packet up; on success rewrites MACs and TTL and
 /// returns the egress ifindex.
 #[inline(always)]
-pub fn prepare<F: Frame>(
-    f: &F,
-    ctx: *mut core::ffi::c_void,
-    ifindex: u32,
-    l3: usize,
-) -> Option<u32> {
+pub fn prepare<F: Frame>(f: &F, ifindex: u32, l3: usize) -> Option<u32> {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = read_u8(f, l3 + 9).ok()?;
@@ -35,7 +30,14 @@ pub fn prepare<F: Frame>(
     p.__bindgen_anon_2.tos = read_u8(f, l3 + 1).ok()?;
     p.__bindgen_anon_3.ipv4_src = read_u32(f, l3 + 12).ok()?;
     p.__bindgen_anon_4.ipv4_dst = read_u32(f, l3 + 16).ok()?;
-    let rc = unsafe { bpf_fib_lookup(ctx, &mut p, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe {
+        bpf_fib_lookup(
+            f.ctx_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }

@@ -20,9 +20,12 @@ pub trait Frame {
 
     /// Length of the frame in bytes.
     #[inline(always)]
-    fn len(&self) -> usize {
+    fn frame_len(&self) -> usize {
         self.data_end() - self.data()
     }
+
+    /// The program context, for helpers that take it (`bpf_fib_lookup`).
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void;
 
     /// Updates a TCP/UDP checksum at `off` for an address in the
     /// pseudo-header changing from `old` to `new`.
@@ -86,6 +89,11 @@ pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl Frame for Xdp<'_> {
     #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.0.ctx.cast()
+    }
+
+    #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()
     }
@@ -119,6 +127,11 @@ impl Frame for Xdp<'_> {
 pub struct Tc<'a>(pub &'a TcContext);
 
 impl Frame for Tc<'_> {
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.0.skb.skb.cast()
+    }
+
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()

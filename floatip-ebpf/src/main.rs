@@ -67,7 +67,7 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
             let egress = if vlan {
                 None
             } else {
-                forward::prepare(&Xdp(ctx), ctx.ctx.cast(), ifindex, l3)
+                forward::prepare(&Xdp(ctx), ifindex, l3)
             };
             match egress.map(|e| REDIRECT.redirect(e, 0)) {
                 Some(Ok(action)) => {
@@ -100,7 +100,7 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
             let egress = if vlan {
                 None
             } else {
-                forward::prepare(&Tc(ctx), ctx.skb.skb.cast(), ifindex, l3)
+                forward::prepare(&Tc(ctx), ifindex, l3)
             };
             match egress {
                 Some(e) => {

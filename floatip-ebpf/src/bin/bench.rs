@@ -1,13 +1,188 @@
 //! Programs for benchmarks and tests only, never attached by `floatip`.
+//!
+//! - `bench_pass`: returns XDP_PASS, the floor every program cost is measured against.
+//! - `bench_redirect`: redirects every frame through `BENCH_TX[0]`, no translation: the
+//!   ceiling of any XDP forwarder on a machine.
+//! - `bench_drop`: the sink, counts frames in `BENCH_COUNT` and drops them.
+//! - `bench_gen`: the traffic generator, run through `BPF_PROG_TEST_RUN` with live frames.
+//! - `bench_cost`: writes the same kind of frame, then tail-calls the program under test
+//!   in `BENCH_JUMP[0]`, so every repetition of a test run sees a fresh packet.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
 
-/// The floor every program cost is measured against.
+/// What `bench_gen` and `bench_cost` write. Mirrored byte for byte by
+/// `floatip::dataplane::bench::GenConfig` (floatip-common is not touched for
+/// benchmark-only types); addresses and ports are host-order numbers so the
+/// programs can spread them by adding an index.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenConfig {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// First UDP source port; `flows` consecutive ports are used.
+    pub sport: u16,
+    pub dport: u16,
+    /// First source address; `src_count` consecutive addresses are used.
+    pub src_ip: u32,
+    /// First destination address; `dst_count` consecutive addresses are used.
+    pub dst_ip: u32,
+    pub src_count: u32,
+    pub dst_count: u32,
+    /// Destination index = (sequence + `dst_offset`) mod `dst_count`, so a
+    /// hairpin frame's destination belongs to another pair than its source.
+    pub dst_offset: u32,
+    pub flows: u32,
+    /// XDP action `bench_gen` returns (XDP_TX in the generator).
+    pub action: u32,
+    pub _pad: u32,
+}
+
+/// Length of every generated frame: a 64-byte Ethernet frame without its FCS.
+const FRAME_LEN: usize = 60;
+const IP_TOT_LEN: u16 = 46;
+const UDP_LEN: u16 = 26;
+const TTL: u16 = 64;
+const IPPROTO_UDP: u16 = 17;
+
+#[map(name = "BENCH_TX")]
+static BENCH_TX: DevMap = DevMap::with_max_entries(1, 0);
+
+#[map(name = "BENCH_COUNT")]
+static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "GEN_CONFIG")]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU frame sequence number; spreads flows without atomics.
+#[map(name = "GEN_SEQ")]
+static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "BENCH_JUMP")]
+static BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_redirect(_ctx: XdpContext) -> u32 {
+    BENCH_TX.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    match write_frame(&ctx) {
+        Some(cfg) => cfg.action,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[xdp]
+pub fn bench_cost(ctx: XdpContext) -> u32 {
+    if write_frame(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // Only returns when the slot is empty.
+    unsafe { BENCH_JUMP.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+#[inline(always)]
+unsafe fn put<T>(base: usize, off: usize, v: T) {
+    unsafe { core::ptr::write_unaligned((base + off) as *mut T, v) }
+}
+
+/// Writes every byte of a UDP/IPv4 frame for the next sequence number:
+/// with live frames the kernel recycles pages without resetting them, so
+/// nothing of what a previous run (or the device under test) left may
+/// survive. Checksums are computed from scratch.
+#[inline(always)]
+fn write_frame(ctx: &XdpContext) -> Option<GenConfig> {
+    let cfg = *GEN_CONFIG.get(0)?;
+    let seq_ptr = GEN_SEQ.get_ptr_mut(0)?;
+    let seq = unsafe {
+        let s = *seq_ptr;
+        *seq_ptr = s + 1;
+        s
+    };
+    let data = ctx.data();
+    if data + FRAME_LEN > ctx.data_end() {
+        return None;
+    }
+    // `max(1)` also proves the divisors non-zero, so no panic path is emitted.
+    let src = cfg
+        .src_ip
+        .wrapping_add((seq % cfg.src_count.max(1) as u64) as u32);
+    let dst = cfg
+        .dst_ip
+        .wrapping_add(((seq + cfg.dst_offset as u64) % cfg.dst_count.max(1) as u64) as u32);
+    let sport = cfg
+        .sport
+        .wrapping_add((seq % cfg.flows.max(1) as u64) as u16);
+    let id = seq as u16;
+    let addr_sum = (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff);
+    let ip_sum = 0x4500
+        + IP_TOT_LEN as u32
+        + id as u32
+        + 0x4000
+        + ((TTL << 8) | IPPROTO_UDP) as u32
+        + addr_sum;
+    let ip_check = !fold(ip_sum);
+    // Pseudo-header (addresses, protocol, length) + header; the payload is zeros.
+    let udp_sum = addr_sum
+        + IPPROTO_UDP as u32
+        + UDP_LEN as u32
+        + sport as u32
+        + cfg.dport as u32
+        + UDP_LEN as u32;
+    let mut udp_check = !fold(udp_sum);
+    if udp_check == 0 {
+        udp_check = 0xffff;
+    }
+    unsafe {
+        put(data, 0, cfg.dst_mac);
+        put(data, 6, cfg.src_mac);
+        put(data, 12, 0x0800u16.to_be());
+        put(data, 14, 0x4500u16.to_be());
+        put(data, 16, IP_TOT_LEN.to_be());
+        put(data, 18, id.to_be());
+        put(data, 20, 0x4000u16.to_be());
+        put(data, 22, ((TTL << 8) | IPPROTO_UDP).to_be());
+        put(data, 24, ip_check.to_be());
+        put(data, 26, src.to_be());
+        put(data, 30, dst.to_be());
+        put(data, 34, sport.to_be());
+        put(data, 36, cfg.dport.to_be());
+        put(data, 38, UDP_LEN.to_be());
+        put(data, 40, udp_check.to_be());
+        put(data, 42, 0u64);
+        put(data, 50, 0u64);
+        put(data, 58, 0u16);
+    }
+    Some(cfg)
 }
 
 #[cfg(not(test))]

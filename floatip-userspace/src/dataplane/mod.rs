@@ -8,6 +8,8 @@
 //!   program attached after `floatip attach` exits and lets a newer program
 //!   replace it atomically (`BPF_LINK_UPDATE`).
 
+pub mod bench;
+
 use std::{
     collections::BTreeMap,
     fs,
