@@ -30,7 +30,6 @@ use super::{BENCH_OBJECT, Dataplane, ensure_bpffs, links_dir, load, maps_dir};
 /// The wrapper that writes a fresh frame and tail-calls the program under test.
 pub const BENCH_COST: &str = "bench_cost";
 const GEN_CONFIG: &str = "GEN_CONFIG";
-const GEN_SEQ: &str = "GEN_SEQ";
 const BENCH_COUNT: &str = "BENCH_COUNT";
 const BENCH_TX: &str = "BENCH_TX";
 const BENCH_JUMP: &str = "BENCH_JUMP";

@@ -283,7 +283,14 @@ fn walkthrough() -> Result<()> {
     check_interrupt()?;
     let demo = Demo { lab, me };
     let result = steps(&demo);
-    if result.is_err() {
+    if let Err(e) = &result {
+        if let Some(secs) = env::var("DEMO_PAUSE_ON_FAILURE").ok().and_then(|s| s.parse::<u64>().ok()) {
+            eprintln!("demo failed: {e:#}\nDEMO_PAUSE_ON_FAILURE: keeping the lab for {secs} s (prefix {})", demo.lab.topology().prefix());
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < deadline && !interrupted() {
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
         say("\nSomething went wrong; tearing down.");
     }
     drop(demo); // detaches if still attached, kills helpers, deletes namespaces and directories

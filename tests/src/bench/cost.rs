@@ -1,0 +1,293 @@
+//! Program cost: ns per packet of the data-plane programs under
+//! `BPF_PROG_TEST_RUN` (repeat ≥ 1,000,000), with 1, 10,000 and 1,000,000
+//! associations in maps of exactly that size.
+//!
+//! Every repetition runs `bench_cost`, which writes a fresh frame for the
+//! next address of the associated set (uniformly spread: frame n uses pair
+//! n mod N) and tail-calls the program under test. The wrapper's own cost
+//! is measured the same way with `bench_pass` behind it, and the figures
+//! that matter are the differences to that floor.
+//!
+//! The runs happen in a namespace of their own where the FIB lookup of a
+//! translated packet succeeds (routes and static neighbours behind two
+//! veths the programs manage), so a hit takes the full path up to the
+//! redirect. Association addresses are 10.128.0.0/9 (floating) and
+//! 10.0.0.0/9 (fixed): map keys only, no packet ever leaves a test run.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use floatip::{
+    dataplane::{
+        Pair,
+        bench::{
+            CostRig, CostTarget, GenConfig, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread,
+        },
+    },
+    iface,
+};
+use tests::netns::Topology;
+
+use super::env::{self, check_stop, in_ns, link_up, median, netns_path, sh};
+
+const FLOATING_BASE: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 1);
+const FIXED_BASE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// Neither associated nor in a pool: the miss case.
+const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    /// `bench_pass` alone, no wrapper: the floor of any XDP program.
+    BarePass,
+    /// The wrapper + `bench_pass`: the floor the other cases are compared to.
+    Pass,
+    Miss,
+    Dnat,
+    Snat,
+    Hairpin,
+}
+
+impl Case {
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::BarePass => "xdp-pass (bare)",
+            Case::Pass => "xdp-pass",
+            Case::Miss => "miss",
+            Case::Dnat => "dnat-hit",
+            Case::Snat => "snat-hit",
+            Case::Hairpin => "hairpin-hit",
+        }
+    }
+}
+
+pub const CASES: [Case; 6] = [
+    Case::BarePass,
+    Case::Pass,
+    Case::Miss,
+    Case::Dnat,
+    Case::Snat,
+    Case::Hairpin,
+];
+
+/// The medians of one association count.
+#[derive(Clone, Debug)]
+pub struct CostResult {
+    pub associations: u32,
+    /// Median ns per packet per case, in [`CASES`] order.
+    pub ns: Vec<(Case, f64)>,
+    /// Time to load the associations with `nat_add_bulk`.
+    pub load_time: Duration,
+    /// `memlock` of each data-plane map, by name.
+    pub map_memory: Vec<(String, u64)>,
+}
+
+impl CostResult {
+    pub fn get(&self, case: Case) -> f64 {
+        self.ns
+            .iter()
+            .find(|(c, _)| *c == case)
+            .map_or(f64::NAN, |(_, v)| *v)
+    }
+}
+
+fn addr(base: Ipv4Addr, i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(base) + i)
+}
+
+/// Namespace with an external and an internal veth and everything a
+/// successful FIB lookup needs; removed on drop.
+pub struct CostNs {
+    topo: Topology,
+    ns: String,
+}
+
+impl CostNs {
+    pub fn build() -> Result<Self> {
+        let mut topo = Topology::new();
+        let ns = topo.namespace("cost")?;
+        topo.veth(&ns, "cx", &ns, "cxp")?;
+        topo.veth(&ns, "ci", &ns, "cip")?;
+        for ifname in ["cx", "cxp", "ci", "cip"] {
+            link_up(&ns, ifname)?;
+        }
+        for (cidr, dev) in [("198.51.100.1/24", "cx"), ("10.255.0.1/16", "ci")] {
+            sh(&["ip", "-n", &ns, "addr", "add", cidr, "dev", dev])?;
+        }
+        sh(&[
+            "ip", "-n", &ns, "route", "add", "10.0.0.0/9", "via", "10.255.0.2", "dev", "ci",
+        ])?;
+        for (ip, dev) in [("198.51.100.2", "cxp"), ("10.255.0.2", "cip")] {
+            let peer_mac = env::fmt_mac(&env::mac(&ns, dev)?);
+            let ours = if dev == "cxp" { "cx" } else { "ci" };
+            sh(&[
+                "ip", "-n", &ns, "neigh", "replace", ip, "lladdr", &peer_mac, "dev", ours, "nud",
+                "permanent",
+            ])?;
+        }
+        in_ns(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(Self { topo, ns })
+    }
+}
+
+/// Measures every case for each association count in `counts`.
+pub fn run(counts: &[u32], repeat: u32, rounds: usize) -> Result<Vec<CostResult>> {
+    let cost_ns = CostNs::build()?;
+    let prefix = cost_ns.topo.prefix().to_string();
+    let mut results = Vec::new();
+    for &n in counts {
+        check_stop()?;
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(format!("{prefix}-cost-{n}"));
+        // Pins go even when a run fails half way.
+        let _pins = PinGuard(bpffs.clone());
+        let r = in_netns(&netns_path(&cost_ns.ns), || {
+            pin_thread(1)?;
+            measure(&bpffs, n, repeat, rounds)
+        })
+        .with_context(|| format!("program cost with {n} associations"))?;
+        eprintln!(
+            "  cost with {:>9} associations: {}",
+            n,
+            r.ns.iter()
+                .map(|(c, v)| format!("{} {v:.1}", c.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        results.push(r);
+    }
+    Ok(results)
+}
+
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(src: Ipv4Addr, src_count: u32, dst: Ipv4Addr, dst_count: u32, offset: u32) -> GenConfig {
+    GenConfig {
+        dst_mac: [0x02, 0, 0, 0, 0, 0x0a],
+        src_mac: [0x02, 0, 0, 0, 0, 0x0b],
+        sport: 40_000,
+        dport: 53,
+        src_ip: u32::from(src),
+        dst_ip: u32::from(dst),
+        src_count,
+        dst_count,
+        dst_offset: offset,
+        flows: 1024,
+        action: XDP_PASS,
+        _pad: 0,
+    }
+}
+
+/// Runs inside the cost namespace.
+fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Result<CostResult> {
+    let ext = iface::index("cx")?;
+    let int = iface::index("ci")?;
+    let nics = [(ext, iface::mac("cx")?, true), (int, iface::mac("ci")?, false)];
+    let mut rig = CostRig::load(bpffs, n, &nics)?;
+    let result = (|| {
+        let pairs: Vec<Pair> = (0..n)
+            .map(|i| Pair {
+                floating: addr(FLOATING_BASE, i),
+                fixed: addr(FIXED_BASE, i),
+            })
+            .collect();
+        let t = Instant::now();
+        rig.dataplane()?.nat_add_bulk(&pairs)?;
+        let load_time = t.elapsed();
+        let map_memory = rig.map_memory()?;
+        let mut samples: Vec<(Case, Vec<f64>)> = CASES.iter().map(|c| (*c, Vec::new())).collect();
+        for _ in 0..rounds {
+            for (case, list) in samples.iter_mut() {
+                check_stop()?;
+                list.push(run_case(&mut rig, *case, n, ext, int, repeat)?);
+            }
+        }
+        Ok(CostResult {
+            associations: n,
+            ns: samples
+                .into_iter()
+                .map(|(c, v)| (c, median(&v)))
+                .collect(),
+            load_time,
+            map_memory,
+        })
+    })();
+    rig.cleanup()?;
+    result
+}
+
+/// One run of `case`; checks that every repetition took the intended path.
+fn run_case(rig: &mut CostRig, case: Case, n: u32, ext: u32, int: u32, repeat: u32) -> Result<f64> {
+    let half = n / 2;
+    let (target, cfg, ingress, action, translated) = match case {
+        Case::BarePass => {
+            let r = rig.run_bare_pass(ext, repeat)?;
+            if r.action != XDP_PASS {
+                bail!("bench_pass returned {}", r.action);
+            }
+            return Ok(r.ns_per_packet);
+        }
+        Case::Pass => (
+            CostTarget::Pass,
+            config(REMOTE, 1, FLOATING_BASE, n, 0),
+            ext,
+            XDP_PASS,
+            false,
+        ),
+        Case::Miss => (
+            CostTarget::External,
+            config(REMOTE, 1, STRANGER, 1, 0),
+            ext,
+            XDP_PASS,
+            false,
+        ),
+        Case::Dnat => (
+            CostTarget::External,
+            config(REMOTE, 1, FLOATING_BASE, n, 0),
+            ext,
+            XDP_REDIRECT,
+            true,
+        ),
+        Case::Snat => (
+            CostTarget::Internal,
+            config(FIXED_BASE, n, REMOTE, 1, 0),
+            int,
+            XDP_REDIRECT,
+            true,
+        ),
+        // Source pair i, destination pair i + n/2: another instance's floating IP.
+        Case::Hairpin => (
+            CostTarget::Internal,
+            config(FIXED_BASE, n, FLOATING_BASE, n, half),
+            int,
+            XDP_REDIRECT,
+            true,
+        ),
+    };
+    let r = rig.run(target, &cfg, ingress, repeat)?;
+    if r.action != action {
+        bail!(
+            "{}: the last repetition returned action {} instead of {action}",
+            case.name(),
+            r.action
+        );
+    }
+    let want = if translated { u64::from(repeat) } else { 0 };
+    if r.translated != want {
+        bail!(
+            "{}: {} of {repeat} repetitions were translated, expected {want}",
+            case.name(),
+            r.translated
+        );
+    }
+    Ok(r.ns_per_packet)
+}

@@ -1,0 +1,713 @@
+//! Data-plane throughput: generator namespace → veth → gateway namespace
+//! (the device under test, in one of several modes) → veth → sink
+//! namespace, which counts in XDP and drops. Modes are interleaved round by
+//! round and the median per mode is reported.
+//!
+//! ```text
+//!  gen                     gw                                    sink
+//!  g<pid> 198.51.100.2 --- x<pid> 198.51.100.1 | i<pid> 10.0.0.1 --- s<pid> 10.0.0.11
+//! ```
+//!
+//! The frames go to the floating IP 203.0.113.10, which floatip and
+//! nftables translate to 10.0.0.11; in `linux-forward` a /32 route sends
+//! 203.0.113.10 itself to the sink. Neighbours are static, so no ARP.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use floatip::{
+    dataplane::bench::{BenchObject, GenConfig, XDP_TX, in_netns, pin_thread},
+    iface,
+};
+use tests::netns::{self, Spawned, Topology};
+
+use super::env::{
+    self, check_stop, fmt_mac, in_ns, link_up, median, netns_path, ns_sysfs_write, sh,
+};
+
+pub const FLOATING: &str = "203.0.113.10";
+pub const FIXED: &str = "10.0.0.11";
+const GEN_IP: &str = "198.51.100.2";
+const FIRST_PORT: u16 = 1024;
+const DPORT: u16 = 9;
+
+/// The device-under-test configurations, in the order they run in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    FloatipXdp,
+    FloatipXdpGeneric,
+    FloatipTc,
+    /// `dnat`/`snat` rules with conntrack; with `n` > 1 the rule for the
+    /// benchmark's floating IP is the last of `n` DNAT and `n` SNAT rules.
+    NftablesNat(u32),
+    LinuxForward,
+    XdpRedirect,
+    SinkOnly,
+}
+
+impl Mode {
+    pub fn name(self) -> String {
+        match self {
+            Mode::FloatipXdp => "floatip-xdp".into(),
+            Mode::FloatipXdpGeneric => "floatip-xdp-generic".into(),
+            Mode::FloatipTc => "floatip-tc".into(),
+            Mode::NftablesNat(1) => "nftables-nat".into(),
+            Mode::NftablesNat(n) => format!("nftables-nat-{n}-rules"),
+            Mode::LinuxForward => "linux-forward".into(),
+            Mode::XdpRedirect => "xdp-redirect".into(),
+            Mode::SinkOnly => "sink-only".into(),
+        }
+    }
+
+    fn floatip_mode(self) -> Option<&'static str> {
+        match self {
+            Mode::FloatipXdp => Some("xdp"),
+            Mode::FloatipXdpGeneric => Some("xdp-generic"),
+            Mode::FloatipTc => Some("tc"),
+            _ => None,
+        }
+    }
+}
+
+pub const MODES: [Mode; 7] = [
+    Mode::FloatipXdp,
+    Mode::FloatipXdpGeneric,
+    Mode::FloatipTc,
+    Mode::NftablesNat(1),
+    Mode::LinuxForward,
+    Mode::XdpRedirect,
+    Mode::SinkOnly,
+];
+
+/// Where the generator and the gateway run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Generator, gateway and sink all on CPU 0.
+    OneCpu,
+    /// Generator on CPU 0; the gateway's ingress NAPI (threaded) and the
+    /// sink it feeds on CPU 1.
+    TwoCpus,
+}
+
+impl Placement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::OneCpu => "one-cpu",
+            Placement::TwoCpus => "two-cpus",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeneratorKind {
+    /// `bench_gen` through BPF_PROG_TEST_RUN with live frames.
+    Xdp,
+    /// netsniff-ng's trafgen (PF_PACKET TX ring).
+    Trafgen,
+}
+
+impl GeneratorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            GeneratorKind::Xdp => "xdp-live-frames",
+            GeneratorKind::Trafgen => "trafgen",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub rounds: usize,
+    pub warmup: Duration,
+    pub window: Duration,
+}
+
+/// One measurement of one mode.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// Delivered at the sink over the window.
+    pub mpps: f64,
+    /// What the generator sent over its whole run (XDP generator only).
+    pub offered_mpps: Option<f64>,
+}
+
+/// Results of one placement: every sample per mode, in round order.
+#[derive(Clone, Debug)]
+pub struct PlacementResult {
+    pub placement: Placement,
+    pub samples: Vec<(Mode, Vec<Sample>)>,
+}
+
+impl PlacementResult {
+    pub fn median(&self, mode: Mode) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, s)| median(&s.iter().map(|x| x.mpps).collect::<Vec<_>>()))
+    }
+}
+
+/// The three namespaces and the sink; removed on drop.
+pub struct Rig {
+    gen_ns: String,
+    gw_ns: String,
+    gen_if: String,
+    gwx: String,
+    gwi: String,
+    gen_mac: [u8; 6],
+    gwx_mac: [u8; 6],
+    floatip: PathBuf,
+    bpffs: PathBuf,
+    state: PathBuf,
+    workdir: PathBuf,
+    flows: u32,
+    sink: Option<BenchObject>,
+    // Last: dropped after the sink program is gone.
+    _topo: Topology,
+}
+
+impl Rig {
+    pub fn build(floatip: &Path, flows: u32) -> Result<Rig> {
+        if !(1..=64_512).contains(&flows) {
+            bail!("--flows must be between 1 and 64512 (source ports 1024..65535)");
+        }
+        let mut topo = Topology::new();
+        let workdir = topo.temp_dir("bench")?;
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(format!("{}-bench", topo.prefix()));
+        let gen_ns = topo.namespace("gen")?;
+        let gw_ns = topo.namespace("gw")?;
+        let sink_ns = topo.namespace("sink")?;
+        {
+            let (gw, bpffs, floatip, state) = (
+                gw_ns.clone(),
+                bpffs.clone(),
+                floatip.to_path_buf(),
+                workdir.join("state.db"),
+            );
+            topo.on_drop(move || {
+                if bpffs.exists() {
+                    let mut c = vec![floatip.to_string_lossy().into_owned()];
+                    for a in ["--bpffs", &bpffs.to_string_lossy(), "--state"] {
+                        c.push(a.to_string());
+                    }
+                    c.push(state.to_string_lossy().into_owned());
+                    c.push("detach".into());
+                    let argv: Vec<&str> = c.iter().map(String::as_str).collect();
+                    let _ = netns::exec(&gw, &argv);
+                    let _ = fs::remove_dir_all(&bpffs);
+                }
+            });
+        }
+        // Interface names carry our pid: the kernel names a threaded NAPI's
+        // thread after its device, and that name must be ours alone.
+        let pid = std::process::id();
+        let (gen_if, gwx, gwi, sink_if) = (
+            format!("g{pid}"),
+            format!("x{pid}"),
+            format!("i{pid}"),
+            format!("s{pid}"),
+        );
+        topo.veth(&gen_ns, &gen_if, &gw_ns, &gwx)?;
+        topo.veth(&gw_ns, &gwi, &sink_ns, &sink_if)?;
+        // A veth accepts XDP-redirected (and XDP_TX'd) frames only when its
+        // peer runs NAPI, which GRO (or an XDP program) provides: GRO on
+        // every end, so every mode sees the same receive path.
+        for (ns, ifname) in [
+            (&gen_ns, &gen_if),
+            (&gw_ns, &gwx),
+            (&gw_ns, &gwi),
+            (&sink_ns, &sink_if),
+        ] {
+            in_ns(ns, &["ethtool", "-K", ifname, "gro", "on"])?;
+            link_up(ns, ifname)?;
+        }
+        let addr = |ns: &str, ifname: &str, cidr: &str| {
+            sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", ifname]).map(drop)
+        };
+        addr(&gen_ns, &gen_if, "198.51.100.2/24")?;
+        addr(&gw_ns, &gwx, "198.51.100.1/24")?;
+        addr(&gw_ns, &gwi, "10.0.0.1/24")?;
+        addr(&sink_ns, &sink_if, "10.0.0.11/24")?;
+        for key in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"] {
+            in_ns(&gw_ns, &["sysctl", "-qw", key])?;
+        }
+        for ifname in [&gwx, &gwi] {
+            in_ns(
+                &gw_ns,
+                &["sysctl", "-qw", &format!("net.ipv4.conf.{ifname}.rp_filter=0")],
+            )?;
+        }
+        let gen_mac = env::mac(&gen_ns, &gen_if)?;
+        let gwx_mac = env::mac(&gw_ns, &gwx)?;
+        let sink_mac = env::mac(&sink_ns, &sink_if)?;
+        for (ip, dev, mac) in [
+            (FIXED, &gwi, sink_mac),
+            (FLOATING, &gwi, sink_mac),
+            (GEN_IP, &gwx, gen_mac),
+        ] {
+            sh(&[
+                "ip", "-n", &gw_ns, "neigh", "replace", ip, "lladdr", &fmt_mac(&mac), "dev",
+                dev, "nud", "permanent",
+            ])?;
+        }
+        let sink = in_netns(&netns_path(&sink_ns), || {
+            let mut s = BenchObject::load()?;
+            s.attach_sink(iface::index(&sink_if)?)?;
+            Ok(s)
+        })?;
+        Ok(Rig {
+            gen_ns,
+            gw_ns,
+            gen_if,
+            gwx,
+            gwi,
+            gen_mac,
+            gwx_mac,
+            floatip: floatip.to_path_buf(),
+            state: workdir.join("state.db"),
+            bpffs,
+            workdir,
+            flows,
+            sink: Some(sink),
+            _topo: topo,
+        })
+    }
+
+    fn floatip(&self, args: &[&str]) -> Result<()> {
+        let bin = self.floatip.to_string_lossy();
+        let bpffs = self.bpffs.to_string_lossy();
+        let state = self.state.to_string_lossy();
+        let mut argv: Vec<&str> = vec![&bin, "--bpffs", &bpffs, "--state", &state];
+        argv.extend_from_slice(args);
+        in_ns(&self.gw_ns, &argv).map(drop)
+    }
+
+    fn floatip_counter(&self, name: &str) -> Result<u64> {
+        let bin = self.floatip.to_string_lossy();
+        let bpffs = self.bpffs.to_string_lossy();
+        let state = self.state.to_string_lossy();
+        let out = in_ns(
+            &self.gw_ns,
+            &[&bin, "--bpffs", &bpffs, "--state", &state, "status", "-f", "json"],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        v["counters"][name]
+            .as_u64()
+            .ok_or_else(|| anyhow!("floatip status has no counter {name}"))
+    }
+
+    fn gen_config(&self) -> GenConfig {
+        GenConfig {
+            dst_mac: self.gwx_mac,
+            src_mac: self.gen_mac,
+            sport: FIRST_PORT,
+            dport: DPORT,
+            src_ip: u32::from(GEN_IP.parse::<std::net::Ipv4Addr>().unwrap()),
+            dst_ip: u32::from(FLOATING.parse::<std::net::Ipv4Addr>().unwrap()),
+            src_count: 1,
+            dst_count: 1,
+            dst_offset: 0,
+            flows: self.flows,
+            action: XDP_TX,
+            _pad: 0,
+        }
+    }
+
+    /// The trafgen configuration of the same traffic as [`Self::gen_config`].
+    fn trafgen_config(&self) -> Result<PathBuf> {
+        let path = self.workdir.join("trafgen.cfg");
+        let last = FIRST_PORT as u32 + self.flows - 1;
+        let text = format!(
+            "{{\n  eth(da={}, sa={}),\n  ipv4(saddr={GEN_IP}, daddr={FLOATING}, ttl=64, df),\n  udp(sport=dinc({FIRST_PORT}, {last}), dport={DPORT}),\n  fill(0x00, 18)\n}}\n",
+            fmt_mac(&self.gwx_mac),
+            fmt_mac(&self.gen_mac)
+        );
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Sets threaded NAPI on the gateway's ingress veth.
+    fn set_threaded(&self, on: bool) -> Result<()> {
+        ns_sysfs_write(
+            &self.gw_ns,
+            &format!("/sys/class/net/{}/threaded", self.gwx),
+            if on { "1" } else { "0" },
+        )
+    }
+
+    /// Pins the NAPI threads of the gateway's ingress veth to `cpu`; their
+    /// names are `napi/<ifname>-<napi id>` (cut to 15 bytes).
+    fn pin_napi_threads(&self, cpu: usize) -> Result<usize> {
+        let prefix = format!("napi/{}-", self.gwx);
+        let mut n = 0;
+        for entry in fs::read_dir("/proc")? {
+            let entry = entry?;
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+                continue;
+            };
+            let Ok(comm) = fs::read_to_string(entry.path().join("comm")) else {
+                continue;
+            };
+            if !comm.trim_end().starts_with(&prefix) {
+                continue;
+            }
+            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+            if unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) } != 0 {
+                bail!(
+                    "cannot pin {} ({pid}) to CPU {cpu}: {}",
+                    comm.trim_end(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Puts the gateway in `mode`; the returned guard undoes it.
+    fn setup(&self, mode: Mode) -> Result<Active<'_>> {
+        let mut active = Active {
+            rig: self,
+            mode,
+            object: None,
+        };
+        if let Some(m) = mode.floatip_mode() {
+            self.floatip(&[
+                "attach",
+                "--external",
+                &self.gwx,
+                "--internal",
+                &self.gwi,
+                "--mode",
+                m,
+            ])?;
+            self.floatip(&["nat", "add", FLOATING, FIXED])?;
+            return Ok(active);
+        }
+        match mode {
+            Mode::NftablesNat(n) => {
+                let path = self.workdir.join(format!("nat-{n}.nft"));
+                fs::write(&path, nft_ruleset(n))?;
+                in_ns(&self.gw_ns, &["nft", "-f", &path.to_string_lossy()])?;
+            }
+            Mode::LinuxForward => {
+                sh(&[
+                    "ip", "-n", &self.gw_ns, "route", "add", &format!("{FLOATING}/32"), "dev",
+                    &self.gwi,
+                ])?;
+            }
+            Mode::XdpRedirect => {
+                let (gwx, gwi) = (&self.gwx, &self.gwi);
+                active.object = Some(in_netns(&netns_path(&self.gw_ns), || {
+                    let mut o = BenchObject::load()?;
+                    o.attach_redirect(iface::index(gwx)?, iface::index(gwi)?)?;
+                    Ok(o)
+                })?);
+            }
+            Mode::SinkOnly => {
+                let gwx = &self.gwx;
+                active.object = Some(in_netns(&netns_path(&self.gw_ns), || {
+                    let mut o = BenchObject::load()?;
+                    o.attach_sink(iface::index(gwx)?)?;
+                    Ok(o)
+                })?);
+            }
+            _ => unreachable!("floatip modes are handled above"),
+        }
+        Ok(active)
+    }
+
+    fn teardown(&self, mode: Mode) -> Result<()> {
+        if mode.floatip_mode().is_some() {
+            return self.floatip(&["detach"]);
+        }
+        match mode {
+            Mode::NftablesNat(_) => {
+                in_ns(&self.gw_ns, &["nft", "delete", "table", "ip", "fbench"])?;
+                // The next round starts from an empty connection table too.
+                in_ns(&self.gw_ns, &["conntrack", "-F"]).map(drop).or_else(|e| {
+                    // conntrack -F exits 1 when the table is already empty on some versions.
+                    if e.to_string().contains("0 flow entries") {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            }
+            Mode::LinuxForward => sh(&[
+                "ip", "-n", &self.gw_ns, "route", "del", &format!("{FLOATING}/32"), "dev",
+                &self.gwi,
+            ])
+            .map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// The counter the sink of `mode` keeps.
+    fn delivered(&self, active: &Active<'_>) -> Result<u64> {
+        match &active.object {
+            Some(o) if active.mode == Mode::SinkOnly => o.sink_count(),
+            _ => self
+                .sink
+                .as_ref()
+                .ok_or_else(|| anyhow!("no sink"))?
+                .sink_count(),
+        }
+    }
+
+    /// Measures `mode` once: start the generator, wait out the warm-up,
+    /// count delivered frames over the window, stop the generator.
+    pub fn measure(
+        &self,
+        mode: Mode,
+        placement: Placement,
+        generator: GeneratorKind,
+        timing: &Timing,
+    ) -> Result<Sample> {
+        check_stop()?;
+        let active = self.setup(mode)?;
+        let sample = self.measure_active(&active, placement, generator, timing);
+        drop(active);
+        let teardown = self.teardown(mode);
+        let sample = sample?;
+        teardown?;
+        Ok(sample)
+    }
+
+    fn measure_active(
+        &self,
+        active: &Active<'_>,
+        placement: Placement,
+        generator: GeneratorKind,
+        timing: &Timing,
+    ) -> Result<Sample> {
+        if placement == Placement::TwoCpus && self.pin_napi_threads(1)? == 0 {
+            bail!("no threaded NAPI thread of {} to pin", self.gwx);
+        }
+        let translated_before = match active.mode.floatip_mode() {
+            Some(_) => Some(self.floatip_counter("translated")?),
+            None => None,
+        };
+        let mut gen = match generator {
+            GeneratorKind::Xdp => Generator::start_xdp(self)?,
+            GeneratorKind::Trafgen => Generator::start_trafgen(self)?,
+        };
+        let result = (|| {
+            env::sleep(timing.warmup)?;
+            gen.check()?;
+            let (c0, t0) = (self.delivered(active)?, Instant::now());
+            env::sleep(timing.window)?;
+            let (c1, t1) = (self.delivered(active)?, Instant::now());
+            gen.check()?;
+            Ok(((c1 - c0) as f64 / (t1 - t0).as_secs_f64()) / 1e6)
+        })();
+        let offered = gen.stop()?;
+        let mpps = result?;
+        if let Some(before) = translated_before {
+            // The sink counts whatever arrives: make sure floatip really
+            // translated it rather than the kernel forwarding something.
+            let translated = self.floatip_counter("translated")? - before;
+            if mpps > 0.0 && translated == 0 {
+                bail!("{}: the sink counted frames but floatip translated none", active.mode.name());
+            }
+        }
+        Ok(Sample {
+            mpps,
+            offered_mpps: offered,
+        })
+    }
+
+    /// Runs the whole matrix of `modes` × `rounds` for one placement.
+    pub fn run_placement(
+        &self,
+        placement: Placement,
+        modes: &[Mode],
+        generator: GeneratorKind,
+        timing: &Timing,
+    ) -> Result<PlacementResult> {
+        self.set_threaded(placement == Placement::TwoCpus)?;
+        let mut samples: Vec<(Mode, Vec<Sample>)> = modes.iter().map(|m| (*m, Vec::new())).collect();
+        for round in 0..timing.rounds {
+            for (mode, list) in samples.iter_mut() {
+                let s = self
+                    .measure(*mode, placement, generator, timing)
+                    .with_context(|| format!("{} ({}, round {})", mode.name(), placement.name(), round + 1))?;
+                eprintln!(
+                    "  {:<8} round {}/{}  {:<28} {:>7.3} Mpps{}",
+                    placement.name(),
+                    round + 1,
+                    timing.rounds,
+                    mode.name(),
+                    s.mpps,
+                    s.offered_mpps
+                        .map(|o| format!("  (offered {o:.3})"))
+                        .unwrap_or_default()
+                );
+                list.push(s);
+            }
+        }
+        self.set_threaded(false)?;
+        Ok(PlacementResult { placement, samples })
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Detach the sink before the namespaces go.
+        self.sink.take();
+    }
+}
+
+/// A mode in place; holds the benchmark object of the XDP-only modes.
+struct Active<'a> {
+    #[allow(dead_code)]
+    rig: &'a Rig,
+    mode: Mode,
+    object: Option<BenchObject>,
+}
+
+/// nftables NAT the way the Neutron L3 agent does floating IPs: one DNAT
+/// and one SNAT rule per floating IP, conntrack doing the rest. With `n`
+/// > 1, `n - 1` other floating IPs come first (from 198.18.0.0/15, the
+/// benchmarking range; never on a wire).
+pub fn nft_ruleset(n: u32) -> String {
+    let mut dnat = String::new();
+    let mut snat = String::new();
+    for i in 1..n {
+        let f = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
+        let x = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 1, 0, 0)) + i);
+        dnat.push_str(&format!("    ip daddr {f} dnat to {x}\n"));
+        snat.push_str(&format!("    ip saddr {x} snat to {f}\n"));
+    }
+    format!(
+        "table ip fbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}    ip daddr {FLOATING} dnat to {FIXED}\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{snat}    ip saddr {FIXED} snat to {FLOATING}\n  }}\n}}\n"
+    )
+}
+
+/// A running traffic generator.
+enum Generator {
+    Xdp {
+        stop: Arc<AtomicBool>,
+        sent: Arc<AtomicU64>,
+        started: Instant,
+        thread: Option<JoinHandle<Result<()>>>,
+    },
+    Trafgen(Option<Spawned>),
+}
+
+/// Frames per BPF_PROG_TEST_RUN call: a few tens of ms at the rates seen
+/// here, so a stop request is honoured quickly.
+const GEN_CHUNK: u32 = 1 << 18;
+const GEN_BATCH: u32 = 64;
+
+impl Generator {
+    fn start_xdp(rig: &Rig) -> Result<Generator> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (ns, ifname, cfg) = (netns_path(&rig.gen_ns), rig.gen_if.clone(), rig.gen_config());
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let thread = thread::spawn(move || {
+            in_netns(&ns, || {
+                pin_thread(0)?;
+                let mut g = BenchObject::load()?;
+                g.set_gen_config(&cfg)?;
+                let idx = iface::index(&ifname)?;
+                while !stop2.load(Ordering::Relaxed) {
+                    g.gen_run(idx, GEN_CHUNK, GEN_BATCH)?;
+                    sent2.fetch_add(GEN_CHUNK as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        });
+        Ok(Generator::Xdp {
+            stop,
+            sent,
+            started: Instant::now(),
+            thread: Some(thread),
+        })
+    }
+
+    fn start_trafgen(rig: &Rig) -> Result<Generator> {
+        let cfg = rig.trafgen_config()?;
+        let cfg = cfg.to_string_lossy();
+        // One process on CPU 0 (-P 1 pins it there); -Q: a veth has no IRQ to touch.
+        let s = netns::spawn(
+            &rig.gen_ns,
+            &[
+                "taskset", "-c", "0", "trafgen", "--dev", &rig.gen_if, "--conf", &cfg, "-P", "1",
+                "-Q", "-C",
+            ],
+        )?;
+        Ok(Generator::Trafgen(Some(s)))
+    }
+
+    /// Fails if the generator died.
+    fn check(&mut self) -> Result<()> {
+        match self {
+            Generator::Xdp { thread, .. } => {
+                if thread.as_ref().is_some_and(|t| t.is_finished()) {
+                    let t = thread.take().unwrap();
+                    return match t.join() {
+                        Ok(Ok(())) => Err(anyhow!("the generator stopped early")),
+                        Ok(Err(e)) => Err(e.context("generator")),
+                        Err(_) => Err(anyhow!("the generator panicked")),
+                    };
+                }
+                Ok(())
+            }
+            Generator::Trafgen(s) => {
+                let out = s.as_ref().map(|s| s.stderr_so_far()).unwrap_or_default();
+                if out.contains("rror") {
+                    bail!("trafgen: {}", out.trim());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops the generator; returns the offered rate when known.
+    fn stop(&mut self) -> Result<Option<f64>> {
+        match self {
+            Generator::Xdp {
+                stop,
+                sent,
+                started,
+                thread,
+            } => {
+                stop.store(true, Ordering::Relaxed);
+                if let Some(t) = thread.take() {
+                    t.join().map_err(|_| anyhow!("the generator panicked"))??;
+                }
+                let secs = started.elapsed().as_secs_f64();
+                Ok(Some(sent.load(Ordering::Relaxed) as f64 / secs / 1e6))
+            }
+            Generator::Trafgen(s) => {
+                if let Some(mut p) = s.take() {
+                    p.signal(libc::SIGINT);
+                    let out = p.finish(Duration::from_secs(10));
+                    if out.timed_out {
+                        bail!("trafgen did not stop on SIGINT:\n{out}");
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
