@@ -99,7 +99,14 @@ fn random_frame(rng: &mut Rng, t: &Table, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u
             d.extend_from_slice(&data);
             let dgram = pkt::udp(src, dst, 1000, 53, &d, true);
             let frags = pkt::fragments(&ip, &dgram, 32);
-            wrap(frags[if rng.below(2) == 0 { 0 } else { frags.len() - 1 }].clone())
+            wrap(
+                frags[if rng.below(2) == 0 {
+                    0
+                } else {
+                    frags.len() - 1
+                }]
+                .clone(),
+            )
         }
         _ => {
             let m = [0x02, 0, 0, 0, 0, 0x77];

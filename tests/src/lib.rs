@@ -1,7 +1,7 @@
+pub mod differential;
 pub mod fixture;
 pub mod malformed;
+pub mod model;
 pub mod netns;
 pub mod pkt;
 pub mod rng;
-pub mod differential;
-pub mod model;

@@ -8,5 +8,8 @@ fn programs_match_the_reference_model() {
         .unwrap_or(10_000);
     let translated = tests::differential::run(cases, 0xd1ff);
     // A generator that never produced translatable packets would prove nothing.
-    assert!(translated > cases / 10, "only {translated} of {cases} cases translated");
+    assert!(
+        translated > cases / 10,
+        "only {translated} of {cases} cases translated"
+    );
 }

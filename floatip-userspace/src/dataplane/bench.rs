@@ -21,9 +21,7 @@ use aya::{
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, ProgramArray, xdp::DevMapHash},
     programs::{TestRun, Xdp, xdp::XdpMode},
 };
-use floatip_common::{
-    IfaceInfo, ROLE_EXTERNAL, ROLE_INTERNAL, maps as names, outcome, programs,
-};
+use floatip_common::{IfaceInfo, ROLE_EXTERNAL, ROLE_INTERNAL, maps as names, outcome, programs};
 
 use super::{BENCH_OBJECT, Dataplane, ensure_bpffs, links_dir, load, maps_dir};
 
@@ -96,7 +94,10 @@ pub fn pin_thread(cpu: usize) -> Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe { libc::CPU_SET(cpu, &mut set) };
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
-        bail!("cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+        bail!(
+            "cannot pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -193,10 +194,7 @@ impl BenchObject {
             .test_run(opts)
             .map_err(|e| anyhow!("BPF_PROG_TEST_RUN with live frames failed: {e}"))?;
         if result.return_value != 0 {
-            bail!(
-                "the live-frames test run returned {}",
-                result.return_value
-            );
+            bail!("the live-frames test run returned {}", result.return_value);
         }
         Ok(result.duration)
     }
@@ -248,7 +246,11 @@ impl CostRig {
     /// Loads with association maps of `max_associations` entries; `nics`
     /// are (ifindex, MAC, external?) of the interfaces the programs manage,
     /// in the namespace the runs will happen in.
-    pub fn load(bpffs: &Path, max_associations: u32, nics: &[(u32, [u8; 6], bool)]) -> Result<Self> {
+    pub fn load(
+        bpffs: &Path,
+        max_associations: u32,
+        nics: &[(u32, [u8; 6], bool)],
+    ) -> Result<Self> {
         if bpffs.exists() {
             bail!("{} already exists", bpffs.display());
         }

@@ -284,8 +284,14 @@ fn walkthrough() -> Result<()> {
     let demo = Demo { lab, me };
     let result = steps(&demo);
     if let Err(e) = &result {
-        if let Some(secs) = env::var("DEMO_PAUSE_ON_FAILURE").ok().and_then(|s| s.parse::<u64>().ok()) {
-            eprintln!("demo failed: {e:#}\nDEMO_PAUSE_ON_FAILURE: keeping the lab for {secs} s (prefix {})", demo.lab.topology().prefix());
+        if let Some(secs) = env::var("DEMO_PAUSE_ON_FAILURE")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            eprintln!(
+                "demo failed: {e:#}\nDEMO_PAUSE_ON_FAILURE: keeping the lab for {secs} s (prefix {})",
+                demo.lab.topology().prefix()
+            );
             let deadline = Instant::now() + Duration::from_secs(secs);
             while Instant::now() < deadline && !interrupted() {
                 thread::sleep(Duration::from_millis(200));
