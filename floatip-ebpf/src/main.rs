@@ -61,7 +61,9 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
             xdp_action::XDP_PASS
         }
         Ok(Verdict::Drop) => xdp_action::XDP_DROP,
-        Ok(Verdict::Reply) => xdp_action::XDP_TX,
+        // Redirected to its own NIC rather than XDP_TX: on veth, XDP_TX does
+        // not wake the peer, so the reply would sit until other traffic came.
+        Ok(Verdict::Reply) => REDIRECT.redirect(ifindex, 0).unwrap_or(xdp_action::XDP_TX),
         Ok(Verdict::Forward { l3, vlan }) => {
             // A tagged frame belongs to a VLAN device the kernel owns.
             let egress = if vlan {

@@ -686,12 +686,15 @@ fn update_maps<M: Maps>(
 ) -> Result<u64> {
     let generation = tx.generation()?;
     maps.set_generation(GENERATION_DIRTY)?;
+    crate::failpoint::hit("maps-marked-dirty");
     f(maps)?;
+    crate::failpoint::hit("maps-updated-before-commit");
     Ok(generation)
 }
 
 /// After the commit: records the generation the maps now reflect.
 fn finish<M: Maps>(maps: &mut M, generation: Option<u64>) {
+    crate::failpoint::hit("committed-before-generation");
     if let Some(g) = generation
         && let Err(e) = maps.set_generation(g)
     {

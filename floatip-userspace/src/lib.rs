@@ -4,6 +4,7 @@ pub mod addr;
 pub mod cli;
 pub mod control;
 pub mod dataplane;
+pub mod failpoint;
 pub mod garp;
 pub mod iface;
 pub mod output;

@@ -13,6 +13,13 @@ pub fn test(packages: &[String], args: &[String]) -> Result<()> {
         );
     }
     setup::setup()?;
+    // The namespace and control-plane tests drive the real `floatip` binary,
+    // which `cargo test` does not build for another package's tests. Built
+    // for the whole workspace so it carries the same features (failpoints,
+    // turned on by the tests crate) as the test build and is not rebuilt.
+    let mut build = util::cargo();
+    build.args(["build", "--release", "--workspace", "--exclude", "floatip-ebpf", "--bins"]);
+    util::run(&mut build)?;
     let mut cargo = util::cargo();
     cargo.args(["test", "--release"]);
     if packages.is_empty() {

@@ -1,6 +1,7 @@
 //! Argument parsing and printing. No logic lives here: every command calls into `control`
 //! (pools, addresses, quotas) or `dataplane` (attach, detach, status, nat plumbing).
 
+mod bench;
 mod dataplane_cmds;
 mod ip;
 mod pool;
@@ -68,6 +69,9 @@ pub enum Command {
     /// Per-project quotas (admin).
     #[command(subcommand)]
     Quota(quota::QuotaCmd),
+    /// Benchmark tools: `bench gen`, the traffic generator.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 /// Parses the command line, runs the command and turns any error into one line on stderr.
@@ -81,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Pool(cmd) => pool::run(&cli, cmd),
         Command::Ip(cmd) => ip::run(&cli, cmd),
         Command::Quota(cmd) => quota::run(&cli, cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,8 @@
 //! Pins live under one bpffs directory (`--bpffs`, default
 //! `/sys/fs/bpf/floatip`):
 //! - `maps/<NAME>`: every map, by the names in `floatip_common::maps`;
-//! - `links/<ifindex>.<mode>`: one bpf_link per interface, which keeps the
+//! - `links/<ifindex>_<mode>`: one bpf_link per interface (bpffs refuses
+//!   dots in names), which keeps the
 //!   program attached after `floatip attach` exits and lets a newer program
 //!   replace it atomically (`BPF_LINK_UPDATE`).
 
@@ -215,7 +216,7 @@ fn find_link(bpffs: &Path, ifindex: u32) -> Result<Option<(PathBuf, Mode)>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((idx, mode)) = name.split_once('.')
+        if let Some((idx, mode)) = name.split_once('_')
             && idx.parse::<u32>() == Ok(ifindex)
             && let Some(mode) = Mode::parse(mode)
         {
@@ -287,7 +288,7 @@ fn attach_one(
     role: Role,
     mode: Mode,
 ) -> Result<()> {
-    let pin = links_dir(bpffs).join(format!("{ifindex}.{}", mode.as_str()));
+    let pin = links_dir(bpffs).join(format!("{ifindex}_{}", mode.as_str()));
     let existing = find_link(bpffs, ifindex)?;
     // A link in another mode cannot be updated in place: remove it first.
     if let Some((path, old_mode)) = &existing
@@ -466,7 +467,7 @@ impl Dataplane {
                 let idx = path
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .and_then(|n| n.split_once('.'))
+                    .and_then(|n| n.split_once('_'))
                     .and_then(|(i, _)| i.parse::<u32>().ok());
                 if !indexes.is_empty() && !idx.is_some_and(|i| indexes.contains(&i)) {
                     continue;
@@ -587,6 +588,7 @@ impl Dataplane {
         self.fixed_to_fip
             .insert(x, NatEntry { addr: f, _pad: 0 }, BPF_NOEXIST)
             .with_context(|| format!("cannot map fixed IP {fixed}"))?;
+        crate::failpoint::hit("pair-half-written");
         if let Err(e) = self
             .fip_to_fixed
             .insert(f, NatEntry { addr: x, _pad: 0 }, BPF_NOEXIST)
@@ -630,6 +632,7 @@ impl Dataplane {
             .fixed_of(floating)?
             .ok_or_else(|| anyhow!("floating IP {floating} is not mapped"))?;
         self.fip_to_fixed.remove(&to_key(floating))?;
+        crate::failpoint::hit("pair-half-written");
         self.fixed_to_fip.remove(&to_key(fixed))?;
         let _ = self.stats.remove(&to_key(floating));
         Ok(fixed)
@@ -684,6 +687,9 @@ impl Dataplane {
     /// On failure the pairs already added by this call are removed again.
     pub fn nat_add_bulk(&mut self, pairs: &[Pair]) -> Result<()> {
         for (i, p) in pairs.iter().enumerate() {
+            if i == pairs.len() / 2 {
+                crate::failpoint::hit("bulk-middle");
+            }
             if let Err(e) = self.nat_add(p.floating, p.fixed) {
                 for q in &pairs[..i] {
                     let _ = self.nat_purge(q.floating, q.fixed);

@@ -14,7 +14,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -73,9 +73,24 @@ pub struct ControlResult {
     pub notes: Vec<String>,
 }
 
+/// A floatip command line with the control benchmark's pins and database.
+#[derive(Clone)]
+struct Cli {
+    bin: PathBuf,
+    bpffs: PathBuf,
+    state: PathBuf,
+}
+
+impl Cli {
+    fn cmd(&self, args: &[&str]) -> Command {
+        floatip_cmd(&self.bin, &self.bpffs, &self.state, args)
+    }
+}
+
 /// One gateway namespace with floatip attached, a pool, and addresses.
 struct Ctl {
-    topo: Topology,
+    // Last use is its drop: removes the namespace after detaching.
+    _topo: Topology,
     ns: String,
     bin: PathBuf,
     bpffs: PathBuf,
@@ -109,7 +124,7 @@ impl Ctl {
         // Every fixed IP is on-link behind the internal NIC, as `ip associate` checks.
         sh(&["ip", "-n", &ns, "addr", "add", "10.0.0.1/8", "dev", "ci"])?;
         let ctl = Ctl {
-            topo,
+            _topo: topo,
             ns,
             bin: bin.to_path_buf(),
             bpffs,
@@ -131,7 +146,15 @@ impl Ctl {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        floatip_cmd(&self.bin, &self.bpffs, &self.state, args)
+        self.cli().cmd(args)
+    }
+
+    fn cli(&self) -> Cli {
+        Cli {
+            bin: self.bin.clone(),
+            bpffs: self.bpffs.clone(),
+            state: self.state.clone(),
+        }
     }
 
     fn floatip(&self, args: &[&str]) -> Result<()> {
@@ -146,19 +169,21 @@ impl Ctl {
         args: impl Fn(usize) -> Vec<String> + Send + Sync,
         after: impl Fn(usize) -> Option<Vec<String>> + Send + Sync,
     ) -> Result<Vec<f64>> {
+        // The namespace guard is not Sync: the thread gets the command line only.
+        let cli = self.cli();
         in_netns(&netns_path(&self.ns), || {
             let mut ms = Vec::with_capacity(runs);
             for r in 0..runs {
                 check_stop()?;
                 let a = args(r);
                 let a: Vec<&str> = a.iter().map(String::as_str).collect();
-                let c = self.cmd(&a);
+                let c = cli.cmd(&a);
                 let t = Instant::now();
                 run_quiet(c)?;
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
                 if let Some(a) = after(r) {
                     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-                    run_quiet(self.cmd(&a))?;
+                    run_quiet(cli.cmd(&a))?;
                 }
             }
             Ok(ms)
@@ -348,5 +373,3 @@ fn neutron_ruleset(n: u32) -> String {
     s
 }
 
-#[allow(dead_code)]
-fn _unused(_: Duration) {}

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use tests::netns::{self, EXEC_TIMEOUT, Output, Topology};
+use tests::netns::{self, EXEC_TIMEOUT, Output};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -100,19 +100,21 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// Creates namespace `role` in `topo` and brings up veth pairs given as
-/// (our end, peer namespace, peer end) later with [`link_up`].
-pub fn namespace(topo: &mut Topology, role: &str) -> Result<String> {
-    topo.namespace(role)
-}
-
 pub fn link_up(ns: &str, ifname: &str) -> Result<()> {
     sh(&["ip", "-n", ns, "link", "set", ifname, "up"]).map(drop)
 }
 
-/// The `floatip` binary (see `tests::netns::floatip_binary`).
+/// The `floatip` binary: `$FLOATIP_BIN`, else `floatip` beside this
+/// executable (`cargo run` puts both in target/<profile>/), else where the
+/// test harness looks.
 pub fn floatip_binary() -> Result<PathBuf> {
-    let p = netns::floatip_binary();
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("floatip")));
+    let p = match beside {
+        Some(p) if std::env::var_os("FLOATIP_BIN").is_none() && p.is_file() => p,
+        _ => netns::floatip_binary(),
+    };
     if !p.is_file() {
         bail!(
             "floatip binary not found at {} (build it: `cargo build --release -p floatip-userspace`, or set FLOATIP_BIN)",

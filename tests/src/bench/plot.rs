@@ -7,7 +7,10 @@ use std::path::Path;
 use anyhow::{Result, anyhow};
 use plotters::{
     prelude::*,
-    style::{FontStyle, register_font},
+    style::{
+        FontStyle, register_font,
+        text_anchor::{HPos, Pos, VPos},
+    },
 };
 
 /// One bar group: the mode and its value per placement (NaN when not measured).
@@ -70,12 +73,13 @@ pub fn bar_chart(path: &Path, title: &str, series: &[&str], groups: &[Group]) ->
                 )))
                 .map_err(|e| anyhow!("{e}"))?;
         }
-        chart
-            .draw_series(std::iter::once(Text::new(
-                g.label.clone(),
-                (gi as f64 + 0.08, -max * 0.04),
-                ("sans-serif", 14).into_font(),
-            )))
+        // Under the axis, centred on the group, in pixels of the whole image.
+        let (px, py) = chart.backend_coord(&(gi as f64 + 0.5, 0.0));
+        let style = ("sans-serif", 13)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Top));
+        root.draw(&Text::new(g.label.clone(), (px, py + 10), style))
             .map_err(|e| anyhow!("{e}"))?;
     }
     for (si, name) in series.iter().enumerate() {

@@ -220,15 +220,21 @@ impl Rig {
         topo.veth(&gw_ns, &gwi, &sink_ns, &sink_if)?;
         // A veth accepts XDP-redirected (and XDP_TX'd) frames only when its
         // peer runs NAPI, which GRO (or an XDP program) provides: GRO on
-        // every end, so every mode sees the same receive path.
-        for (ns, ifname) in [
+        // every end, so every mode sees the same receive path. Only after
+        // the links are up: the kernel re-evaluates whether the peer may
+        // send such frames (NETDEV_XDP_ACT_NDO_XMIT) only when GRO changes
+        // on a running device.
+        let ends = [
             (&gen_ns, &gen_if),
             (&gw_ns, &gwx),
             (&gw_ns, &gwi),
             (&sink_ns, &sink_if),
-        ] {
-            in_ns(ns, &["ethtool", "-K", ifname, "gro", "on"])?;
+        ];
+        for (ns, ifname) in ends {
             link_up(ns, ifname)?;
+        }
+        for (ns, ifname) in ends {
+            in_ns(ns, &["ethtool", "-K", ifname, "gro", "on"])?;
         }
         let addr = |ns: &str, ifname: &str, cidr: &str| {
             sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", ifname]).map(drop)
@@ -376,9 +382,8 @@ impl Rig {
     }
 
     /// Puts the gateway in `mode`; the returned guard undoes it.
-    fn setup(&self, mode: Mode) -> Result<Active<'_>> {
+    fn setup(&self, mode: Mode) -> Result<Active> {
         let mut active = Active {
-            rig: self,
             mode,
             object: None,
         };
@@ -455,7 +460,7 @@ impl Rig {
     }
 
     /// The counter the sink of `mode` keeps.
-    fn delivered(&self, active: &Active<'_>) -> Result<u64> {
+    fn delivered(&self, active: &Active) -> Result<u64> {
         match &active.object {
             Some(o) if active.mode == Mode::SinkOnly => o.sink_count(),
             _ => self
@@ -487,7 +492,7 @@ impl Rig {
 
     fn measure_active(
         &self,
-        active: &Active<'_>,
+        active: &Active,
         placement: Placement,
         generator: GeneratorKind,
         timing: &Timing,
@@ -499,20 +504,20 @@ impl Rig {
             Some(_) => Some(self.floatip_counter("translated")?),
             None => None,
         };
-        let mut gen = match generator {
+        let mut source = match generator {
             GeneratorKind::Xdp => Generator::start_xdp(self)?,
             GeneratorKind::Trafgen => Generator::start_trafgen(self)?,
         };
-        let result = (|| {
+        let result: Result<f64> = (|| {
             env::sleep(timing.warmup)?;
-            gen.check()?;
+            source.check()?;
             let (c0, t0) = (self.delivered(active)?, Instant::now());
             env::sleep(timing.window)?;
             let (c1, t1) = (self.delivered(active)?, Instant::now());
-            gen.check()?;
+            source.check()?;
             Ok(((c1 - c0) as f64 / (t1 - t0).as_secs_f64()) / 1e6)
         })();
-        let offered = gen.stop()?;
+        let offered = source.stop()?;
         let mpps = result?;
         if let Some(before) = translated_before {
             // The sink counts whatever arrives: make sure floatip really
@@ -570,9 +575,7 @@ impl Drop for Rig {
 }
 
 /// A mode in place; holds the benchmark object of the XDP-only modes.
-struct Active<'a> {
-    #[allow(dead_code)]
-    rig: &'a Rig,
+struct Active {
     mode: Mode,
     object: Option<BenchObject>,
 }

@@ -16,8 +16,12 @@
 //! demo needs no curl or python on the machine. The control-plane tests use
 //! them too (`trickle-send`/`trickle-recv`).
 //!
+//! `FLOATIP_BIN` overrides where `floatip` is looked up (default: next to
+//! this binary). `DEMO_PAUSE_ON_FAILURE=SECS` keeps the lab that long after a
+//! failed step, for a look inside (Ctrl-C ends the pause).
+//!
 //! ```text
-//! demo                              run the walk-through
+//! demo [--mode xdp|xdp-generic|tc]  run the walk-through (default: native XDP)
 //! demo http-serve PORT NAME         answer every HTTP request with "hello from NAME ..."
 //! demo http-get URL                 GET http://IP[:PORT]/PATH, print the body (like curl -s)
 //! demo tcp-listen PORT              accept one connection, print its peer and what it sent
@@ -77,26 +81,46 @@ fn check_interrupt() -> Result<()> {
 
 // ---------------------------------------------------------------- main
 
+const HELPERS: &[&str] = &[
+    "http-serve",
+    "http-get",
+    "tcp-listen",
+    "tcp-send",
+    "trickle-send",
+    "trickle-recv",
+];
+
+const USAGE: &str = "\
+usage: demo [--mode xdp|xdp-generic|tc]   run the floatip walk-through (as root; `cargo xtask demo`)
+       demo HELPER ARGS...               a traffic helper, run inside the namespaces:
+            http-serve PORT NAME | http-get URL | tcp-listen PORT | tcp-send IP PORT MESSAGE |
+            trickle-send IP PORT | trickle-recv PORT";
+
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
-    let helper = match args.first().map(String::as_str) {
-        None => None,
-        Some("-h" | "--help") => {
-            println!(
-                "usage: demo                  run the floatip walk-through (as root; cargo xtask demo)\n       \
-                 demo http-serve PORT NAME | http-get URL | tcp-listen PORT | tcp-send IP PORT MSG |\n            \
-                 trickle-send IP PORT | trickle-recv PORT   (traffic helpers run inside the namespaces)"
-            );
-            return ExitCode::SUCCESS;
-        }
-        Some(cmd) => Some(cmd),
-    };
-    if let Some(cmd) = helper {
+    if let Some(cmd) = args.first().filter(|a| HELPERS.contains(&a.as_str())) {
         return probe::main(cmd, &args[1..]);
     }
+    let mode = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] | ["--mode", "xdp"] => Mode::Xdp,
+        ["--mode", "xdp-generic"] => Mode::XdpGeneric,
+        ["--mode", "tc"] => Mode::Tc,
+        ["-h" | "--help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
 
+    // Not alongside the namespace tests (they share this lock). Taken before the
+    // handlers are installed, so Ctrl-C while waiting for it just ends the demo.
+    let serial = netns::serialize();
     install_signal_handlers();
-    let result = walkthrough();
+    let result = walkthrough(mode);
+    drop(serial);
     // The lab (namespaces, links, pins, state) is gone by now: it lived in `walkthrough`.
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,14 +172,18 @@ fn blank() {
 }
 
 fn show_output(out: &Output) {
-    print!("{}", out.stdout);
-    if !out.stdout.is_empty() && !out.stdout.ends_with('\n') {
-        println!();
-    }
+    show_text(out);
+    println!();
+    let _ = io::stdout().flush();
+}
+
+fn show_text(out: &Output) {
     // floatip reports problems (and map repairs) on stderr: part of the story.
-    print!("{}", out.stderr);
-    if !out.stderr.is_empty() && !out.stderr.ends_with('\n') {
-        println!();
+    for text in [&out.stdout, &out.stderr] {
+        let text = text.trim_end();
+        if !text.is_empty() {
+            println!("{text}");
+        }
     }
     let _ = io::stdout().flush();
 }
@@ -251,7 +279,7 @@ fn created_address(out: &Output) -> Result<String> {
         })
 }
 
-fn walkthrough() -> Result<()> {
+fn walkthrough(mode: Mode) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -278,8 +306,7 @@ fn walkthrough() -> Result<()> {
          floatip runs on the gateway; FLOATIP_STATE and FLOATIP_BPFFS point it at this\n\
          demo's database and pins. Commands on other hosts are shown as [host]$.");
     // The `netprobe` slot of the lab is not used here: this binary carries its own helpers.
-    let lab =
-        Lab::build(Mode::Xdp, &floatip, &me).context("cannot build the namespace topology")?;
+    let lab = Lab::build(mode, &floatip, &me).context("cannot build the namespace topology")?;
     check_interrupt()?;
     let demo = Demo { lab, me };
     let result = steps(&demo);
@@ -297,19 +324,30 @@ fn walkthrough() -> Result<()> {
                 thread::sleep(Duration::from_millis(200));
             }
         }
-        say("\nSomething went wrong; tearing down.");
+        if interrupted() {
+            say("\nInterrupted; tearing down.");
+        } else {
+            say("\nSomething went wrong; tearing down.");
+        }
     }
     drop(demo); // detaches if still attached, kills helpers, deletes namespaces and directories
     result
 }
 
 fn steps(d: &Demo) -> Result<()> {
+    let mode = d.lab.mode.as_str();
     let (ext, inst1, inst2) = (&d.lab.ext, &d.lab.inst1, &d.lab.inst2);
 
     blank();
-    say(
-        "Load the data plane onto the gateway's NICs (native XDP): gw-ext faces the\nexternal network, gw-int the tenant network.",
-    );
+    let how = match d.lab.mode {
+        Mode::Xdp => "native XDP",
+        Mode::XdpGeneric => "generic XDP",
+        Mode::Tc => "TC",
+    };
+    say(&format!(
+        "Load the data plane onto the gateway's NICs ({how}): gw-ext faces the\n\
+         external network, gw-int the tenant network."
+    ));
     d.floatip(&[
         "attach",
         "--external",
@@ -317,10 +355,9 @@ fn steps(d: &Demo) -> Result<()> {
         "--internal",
         "gw-int",
         "--mode",
-        "xdp",
+        mode,
     ])?;
 
-    blank();
     say("1. The admin creates a pool of external addresses behind gw-ext.");
     d.floatip(&[
         "pool",
@@ -333,19 +370,16 @@ fn steps(d: &Demo) -> Result<()> {
     ])?;
     d.floatip(&["pool", "list"])?;
 
-    blank();
     say("2. Project \"demo\" allocates two floating IPs: the lowest free addresses.");
     let fip1 = created_address(&d.floatip(&["ip", "create", "public", "--project", "demo"])?)?;
     let fip2 = created_address(&d.floatip(&["ip", "create", "public", "--project", "demo"])?)?;
     d.floatip(&["ip", "list"])?;
 
-    blank();
     say("3. Associate them with the instances' fixed IPs.");
     d.floatip(&["ip", "associate", &fip1, INST1_IP, "--instance", "web1"])?;
     d.floatip(&["ip", "associate", &fip2, INST2_IP, "--instance", "web2"])?;
     d.floatip(&["ip", "list"])?;
 
-    blank();
     say(
         "4. Each instance runs a tiny web server (built into this demo binary) that\nanswers with its name and the address it sees the client at.",
     );
@@ -371,7 +405,6 @@ fn steps(d: &Demo) -> Result<()> {
         );
     }
 
-    blank();
     say(
         "5. A connection an instance opens leaves through its floating IP: the client\nsees 203.0.113.x, never the tenant address.",
     );
@@ -382,7 +415,13 @@ fn steps(d: &Demo) -> Result<()> {
         &["demo", "tcp-send", EXT_IP, "9000", "hello from web1"],
     )?;
     let heard = listener.finish(Duration::from_secs(10));
-    println!("[client] (tcp-listen) {}", heard.stdout.trim_end());
+    say("The client's listener printed:");
+    let printed: Vec<&str> = heard
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("listening"))
+        .collect();
+    println!("{}\n", printed.join("\n"));
     ensure!(heard.success(), "the client's listener failed:\n{heard}");
     ensure!(
         heard.stdout.contains(&format!("connection from {fip1}:")),
@@ -390,12 +429,10 @@ fn steps(d: &Demo) -> Result<()> {
         heard.stdout
     );
 
-    blank();
-    say("6. Per-address counters, kept by the XDP programs.");
+    say("6. Counters, kept by the XDP programs: per address, and per outcome.");
     d.floatip(&["nat", "stats"])?;
-    d.floatip(&["ip", "show", &fip1])?;
+    d.floatip(&["status"])?;
 
-    blank();
     say(&format!(
         "7. Disassociate {fip2}: from the next packet on, it leads nowhere."
     ));
@@ -409,10 +446,9 @@ fn steps(d: &Demo) -> Result<()> {
         !out.success() && out.stdout.contains("100% packet loss"),
         "ping to the disassociated {fip2} should get no reply"
     );
-    say(&format!("(no reply: expected) {fip1} is unaffected:"));
+    say(&format!("No reply, as expected. {fip1} is unaffected:"));
     d.host_ok("client", ext, &["ping", "-c", "1", "-W", "2", &fip1])?;
 
-    blank();
     say(&format!(
         "8. Delete {fip2}: it goes back to the pool (free 9 -> 10)."
     ));
@@ -426,7 +462,6 @@ fn steps(d: &Demo) -> Result<()> {
     );
     d.floatip(&["ip", "list"])?;
 
-    blank();
     say("Tear down: unload the data plane, then delete the namespaces.");
     d.floatip(&["detach"])?;
     say("Done.");

@@ -1,0 +1,626 @@
+//! The benchmark driver behind `cargo xtask bench`: parses the flags, runs
+//! the parts (program cost, data-plane throughput, control plane and
+//! memory), prints one Markdown report, and writes `--json` and `--plot`.
+
+mod control;
+mod cost;
+mod env;
+mod plot;
+mod throughput;
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+
+use self::{
+    control::ControlResult,
+    cost::{Case, CostResult},
+    throughput::{GeneratorKind, MODES, Mode, Placement, PlacementResult, Rig, Timing},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GeneratorArg {
+    /// The project's own: `bench_gen` through BPF_PROG_TEST_RUN with live frames.
+    Xdp,
+    /// netsniff-ng's trafgen.
+    Trafgen,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Cost,
+    Throughput,
+    Control,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask bench",
+    about = "floatip against nftables NAT and plain forwarding, side by side, in namespaces of its own"
+)]
+struct Args {
+    /// Smoke check in under 2 minutes: short windows, smaller scales.
+    #[arg(long)]
+    quick: bool,
+    /// Write every figure as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Draw the throughput comparison as a PNG bar chart at PATH.
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+    /// Distinct UDP source ports of the offered traffic.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    flows: u32,
+    /// Traffic generator of the throughput matrix.
+    #[arg(long, value_enum, default_value_t = GeneratorArg::Xdp)]
+    generator: GeneratorArg,
+    /// Run only these parts (repeatable); all by default.
+    #[arg(long, value_enum, value_name = "PART")]
+    only: Vec<Part>,
+    /// Rounds of the throughput matrix (default 3 with --quick, else 5).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Measure only these throughput modes (repeatable), e.g. `--mode floatip-xdp`.
+    #[arg(long = "mode", value_name = "MODE")]
+    modes: Vec<String>,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    env::install_signal_handlers();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Machine {
+    cpu: String,
+    cores: usize,
+    kernel: String,
+    load: f64,
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel,
+        load: env::load_average(),
+    }
+}
+
+/// Everything measured, for the report and the JSON.
+#[derive(Default)]
+struct Results {
+    cost: Vec<CostResult>,
+    cost_repeat: u32,
+    cost_rounds: usize,
+    throughput: Vec<PlacementResult>,
+    timing: Option<Timing>,
+    control: Option<ControlResult>,
+}
+
+fn run(args: &Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark must run as root (namespaces, veths, XDP, bpffs)");
+    }
+    let started = Instant::now();
+    let floatip = env::floatip_binary()?;
+    let m = machine();
+    if m.load > 1.5 {
+        eprintln!(
+            "warning: load average {:.2} on {} cores: other work will skew the figures",
+            m.load, m.cores
+        );
+    }
+    let want = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let mut res = Results::default();
+
+    if want(Part::Cost) {
+        eprintln!("program cost (BPF_PROG_TEST_RUN)");
+        let counts: &[u32] = if args.quick {
+            &[1, 10_000]
+        } else {
+            &[1, 10_000, 1_000_000]
+        };
+        res.cost_repeat = if args.quick { 1_000_000 } else { 2_000_000 };
+        res.cost_rounds = if args.quick { 1 } else { 5 };
+        res.cost = cost::run(counts, res.cost_repeat, res.cost_rounds)?;
+    }
+
+    if want(Part::Throughput) {
+        let generator = match args.generator {
+            GeneratorArg::Xdp => GeneratorKind::Xdp,
+            GeneratorArg::Trafgen => GeneratorKind::Trafgen,
+        };
+        let timing = if args.quick {
+            Timing {
+                rounds: args.rounds.unwrap_or(3),
+                warmup: Duration::from_millis(300),
+                window: Duration::from_millis(700),
+            }
+        } else {
+            Timing {
+                rounds: args.rounds.unwrap_or(5),
+                warmup: Duration::from_secs(1),
+                window: Duration::from_secs(3),
+            }
+        };
+        eprintln!(
+            "data-plane throughput ({} generator, {} flows, {} rounds)",
+            generator.name(),
+            args.flows,
+            timing.rounds
+        );
+        let modes: Vec<Mode> = MODES
+            .iter()
+            .copied()
+            .filter(|m| args.modes.is_empty() || args.modes.contains(&m.name()))
+            .collect();
+        if modes.is_empty() {
+            bail!(
+                "no such mode; the modes are {}",
+                MODES.map(Mode::name).join(", ")
+            );
+        }
+        let rig = Rig::build(&floatip, args.flows)?;
+        for placement in [Placement::OneCpu, Placement::TwoCpus] {
+            res.throughput
+                .push(rig.run_placement(placement, &modes, generator, &timing)?);
+        }
+        if !args.quick && args.modes.is_empty() {
+            // nftables throughput with a Neutron-sized ruleset in front of the rule that matches.
+            let big: Vec<Mode> = [1_000, 10_000, 100_000]
+                .map(Mode::NftablesNat)
+                .to_vec();
+            let r = rig.run_placement(Placement::OneCpu, &big, generator, &timing)?;
+            let one = res
+                .throughput
+                .iter_mut()
+                .find(|p| p.placement == Placement::OneCpu)
+                .expect("measured above");
+            one.samples.extend(r.samples);
+        }
+        drop(rig);
+        res.timing = Some(timing);
+    }
+
+    if want(Part::Control) {
+        eprintln!("control plane");
+        let (levels, runs, nft): (&[u32], usize, &[u32]) = if args.quick {
+            (&[0, 10_000], 30, &[1_000, 10_000])
+        } else {
+            (&[0, 10_000, 100_000], 200, &[1_000, 10_000, 100_000])
+        };
+        res.control = Some(control::run(&floatip, levels, runs, nft)?);
+    }
+
+    let report = markdown(args, &m, &res);
+    println!("{report}");
+    if let Some(path) = &args.json {
+        let v = to_json(args, &m, &res, started.elapsed());
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        if res.throughput.is_empty() {
+            eprintln!("no throughput measured: no chart drawn");
+        } else {
+            draw(path, args, &res)?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn generator_name(args: &Args) -> &'static str {
+    match args.generator {
+        GeneratorArg::Xdp => GeneratorKind::Xdp.name(),
+        GeneratorArg::Trafgen => GeneratorKind::Trafgen.name(),
+    }
+}
+
+fn draw(path: &std::path::Path, args: &Args, res: &Results) -> Result<()> {
+    let series: Vec<&str> = res
+        .throughput
+        .iter()
+        .map(|p| match p.placement {
+            Placement::OneCpu => "everything on one CPU",
+            Placement::TwoCpus => "generator CPU0, gateway CPU1",
+        })
+        .collect();
+    let groups: Vec<plot::Group> = MODES
+        .iter()
+        .map(|m| plot::Group {
+            label: m.name(),
+            values: res
+                .throughput
+                .iter()
+                .map(|p| p.median(*m).unwrap_or(f64::NAN))
+                .collect(),
+        })
+        .collect();
+    let title = format!(
+        "64-byte UDP to a floating IP, {} flows, {} generator",
+        args.flows,
+        generator_name(args)
+    );
+    plot::bar_chart(path, &title, &series, &groups)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## Machine\n");
+    let _ = writeln!(
+        s,
+        "{}, {} cores, kernel {}; load average {:.2} at the start.\n",
+        m.cpu, m.cores, m.kernel, m.load
+    );
+    if !res.cost.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Program cost (BPF_PROG_TEST_RUN, {} repetitions per run, median of {} runs, ns per packet)\n",
+            res.cost_repeat, res.cost_rounds
+        );
+        let _ = write!(s, "| case |");
+        for c in &res.cost {
+            let _ = write!(s, " {} assoc. |", thousands(c.associations as u64));
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in &res.cost {
+            let _ = write!(s, "---:|");
+        }
+        s.push('\n');
+        for case in cost::CASES {
+            let _ = write!(s, "| {} |", case.name());
+            for c in &res.cost {
+                let _ = write!(s, " {:.1} |", c.get(case));
+            }
+            s.push('\n');
+        }
+        for case in [Case::Miss, Case::Dnat, Case::Snat, Case::Hairpin] {
+            let _ = write!(s, "| {} − xdp-pass |", case.name());
+            for c in &res.cost {
+                let _ = write!(s, " **{:+.1}** |", c.get(case) - c.get(Case::Pass));
+            }
+            s.push('\n');
+        }
+        let _ = writeln!(
+            s,
+            "\n`xdp-pass` is the frame-writing wrapper (`bench_cost`) in front of `bench_pass`; every other case is the same wrapper in front of the floatip program, so the difference is the program's own cost. `xdp-pass (bare)` is `bench_pass` alone.\n"
+        );
+        for c in &res.cost {
+            let _ = writeln!(
+                s,
+                "- {} associations loaded with `nat_add_bulk` in {:.2} s",
+                thousands(c.associations as u64),
+                c.load_time.as_secs_f64()
+            );
+        }
+        s.push('\n');
+    }
+    if !res.throughput.is_empty() {
+        let t = res.timing.as_ref();
+        let _ = writeln!(
+            s,
+            "## Data-plane throughput ({} generator, 64-byte UDP to a floating IP from {} source ports; Mpps counted at the sink, median of {} rounds of {:.1} s windows)\n",
+            generator_name(args),
+            args.flows,
+            t.map_or(0, |t| t.rounds),
+            t.map_or(0.0, |t| t.window.as_secs_f64())
+        );
+        let _ = write!(s, "| mode |");
+        for p in &res.throughput {
+            let _ = write!(s, " {} Mpps | × nftables-nat |", p.placement.name());
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in &res.throughput {
+            let _ = write!(s, "---:|---:|");
+        }
+        s.push('\n');
+        let mut modes: Vec<Mode> = MODES.to_vec();
+        for p in &res.throughput {
+            for (m, _) in &p.samples {
+                if !modes.contains(m) {
+                    modes.push(*m);
+                }
+            }
+        }
+        for mode in modes {
+            let _ = write!(s, "| {} |", mode.name());
+            for p in &res.throughput {
+                let v = p.median(mode);
+                let nft = p.median(Mode::NftablesNat(1));
+                let _ = write!(s, " {} | {} |", fmt_opt(v, 3), fmt_opt(ratio(v, nft), 2));
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+        for p in &res.throughput {
+            let _ = writeln!(
+                s,
+                "- {}: floatip-xdp / xdp-redirect = **{}**, floatip-xdp / nftables-nat = **{}**",
+                p.placement.name(),
+                fmt_opt(ratio(p.median(Mode::FloatipXdp), p.median(Mode::XdpRedirect)), 2),
+                fmt_opt(ratio(p.median(Mode::FloatipXdp), p.median(Mode::NftablesNat(1))), 2)
+            );
+            let sink = p.median(Mode::SinkOnly).unwrap_or(0.0);
+            let best = MODES
+                .iter()
+                .filter(|m| **m != Mode::SinkOnly)
+                .filter_map(|m| p.median(*m))
+                .fold(0.0, f64::max);
+            if sink > 0.0 && best > 0.85 * sink {
+                let _ = writeln!(
+                    s,
+                    "  - the best gateway mode reaches {:.0} % of sink-only: the generator, not the gateway, may be the limit there",
+                    100.0 * best / sink
+                );
+            }
+        }
+        s.push('\n');
+    }
+    if let Some(c) = &res.control {
+        let _ = writeln!(s, "## Control plane\n");
+        let _ = writeln!(s, "| command | associations in place | runs | p50 ms | p99 ms |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        if let Some(l) = &c.ip_create {
+            let _ = writeln!(
+                s,
+                "| floatip ip create | 0 | {} | {:.2} | {:.2} |",
+                l.runs, l.p50_ms, l.p99_ms
+            );
+        }
+        for l in &c.associate {
+            let _ = writeln!(
+                s,
+                "| floatip ip associate | {} | {} | {:.2} | {:.2} |",
+                thousands(l.associations as u64),
+                l.runs,
+                l.p50_ms,
+                l.p99_ms
+            );
+        }
+        let _ = writeln!(s, "\n| bulk `ip associate --from-file` | onto | seconds | associations/s |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|");
+        for b in &c.bulk {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {} |",
+                thousands(b.count as u64),
+                thousands(b.before as u64),
+                b.seconds,
+                thousands((b.count as f64 / b.seconds) as u64)
+            );
+        }
+        let _ = writeln!(s, "\n| nftables ruleset (Neutron style) | `nft -f` rebuild, seconds |");
+        let _ = writeln!(s, "|---:|---:|");
+        for n in &c.nft {
+            let _ = writeln!(
+                s,
+                "| {} DNAT + {} SNAT rules | {:.2} |",
+                thousands(n.rules_per_direction as u64),
+                thousands(n.rules_per_direction as u64),
+                n.seconds
+            );
+        }
+        s.push('\n');
+        for note in &c.notes {
+            let _ = writeln!(s, "- {note}");
+        }
+        s.push('\n');
+    }
+    let big = res.cost.iter().max_by_key(|c| c.associations);
+    if big.is_some() || res.control.as_ref().and_then(|c| c.db_bytes).is_some() {
+        let _ = writeln!(s, "## Memory\n");
+        if let Some(c) = big {
+            let total: u64 = c.map_memory.iter().map(|(_, b)| b).sum();
+            let _ = writeln!(
+                s,
+                "- maps with {} associations: **{:.1} MB** in total (memlock of the map fds: {})",
+                thousands(c.associations as u64),
+                total as f64 / 1e6,
+                c.map_memory
+                    .iter()
+                    .map(|(n, b)| format!("{n} {:.1} MB", *b as f64 / 1e6))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some((n, bytes)) = res.control.as_ref().and_then(|c| c.db_bytes) {
+            let _ = writeln!(
+                s,
+                "- state database with {} associations: **{:.1} MB** on disk (with WAL)",
+                thousands(n as u64),
+                bytes as f64 / 1e6
+            );
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "## Targets\n");
+    for line in targets(res) {
+        let _ = writeln!(s, "- {line}");
+    }
+    s
+}
+
+/// The targets, each with the measured figure and met/missed.
+fn targets(res: &Results) -> Vec<String> {
+    let mut out = Vec::new();
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    if let Some(p) = res.throughput.iter().find(|p| p.placement == Placement::OneCpu) {
+        if let Some(r) = ratio(p.median(Mode::FloatipXdp), p.median(Mode::NftablesNat(1))) {
+            out.push(format!("floatip-xdp ≥ 5× nftables-nat (one CPU): {r:.2}× — {}", verdict(r >= 5.0)));
+        }
+        if let Some(r) = ratio(p.median(Mode::FloatipXdp), p.median(Mode::XdpRedirect)) {
+            out.push(format!("floatip-xdp ≥ 0.85× xdp-redirect (one CPU): {r:.2}× — {}", verdict(r >= 0.85)));
+        }
+    }
+    if let Some(c) = res.cost.iter().find(|c| c.associations == 1) {
+        let worst = [Case::Dnat, Case::Snat, Case::Hairpin]
+            .iter()
+            .map(|k| c.get(*k) - c.get(Case::Pass))
+            .fold(f64::MIN, f64::max);
+        out.push(format!(
+            "a hit ≤ 15 ns above XDP_PASS with 1 association: worst hit {worst:+.1} ns — {}",
+            verdict(worst <= 15.0)
+        ));
+    }
+    if let Some(c) = &res.control {
+        if let Some(l0) = c.associate.iter().find(|l| l.associations == 0) {
+            out.push(format!(
+                "ip associate p50 ≤ 10 ms: {:.2} ms — {}",
+                l0.p50_ms,
+                verdict(l0.p50_ms <= 10.0)
+            ));
+            if let Some(l) = c.associate.iter().find(|l| l.associations == 100_000) {
+                let r = l.p50_ms / l0.p50_ms;
+                out.push(format!(
+                    "ip associate p50 at 100,000 within 1.5× of at 0: {r:.2}× — {}",
+                    verdict(r <= 1.5)
+                ));
+            }
+        }
+        if let Some(b) = c.bulk.iter().find(|b| b.count == 100_000 && b.before == 0) {
+            out.push(format!(
+                "100,000 bulk associations ≤ 5 s: {:.2} s — {}",
+                b.seconds,
+                verdict(b.seconds <= 5.0)
+            ));
+        }
+    }
+    if let Some(c) = res.cost.iter().find(|c| c.associations == 1_000_000) {
+        let total: u64 = c.map_memory.iter().map(|(_, b)| b).sum();
+        out.push(format!(
+            "1,000,000 associations ≤ 250 MB of map memory: {:.1} MB — {}",
+            total as f64 / 1e6,
+            verdict(total as f64 <= 250e6)
+        ));
+    }
+    out
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value {
+    let cost: Vec<Value> = res
+        .cost
+        .iter()
+        .map(|c| {
+            json!({
+                "associations": c.associations,
+                "ns_per_packet": c.ns.iter().map(|(k, v)| (k.name().to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "delta_to_pass_ns": ([Case::Miss, Case::Dnat, Case::Snat, Case::Hairpin].iter()
+                    .map(|k| (k.name().to_string(), json!(c.get(*k) - c.get(Case::Pass))))
+                    .collect::<serde_json::Map<_, _>>()),
+                "load_seconds": c.load_time.as_secs_f64(),
+                "map_memlock_bytes": c.map_memory.iter().map(|(n, b)| (n.clone(), json!(b))).collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    let throughput: Vec<Value> = res
+        .throughput
+        .iter()
+        .map(|p| {
+            let nft = p.median(Mode::NftablesNat(1));
+            json!({
+                "placement": p.placement.name(),
+                "floatip_xdp_over_xdp_redirect": ratio(p.median(Mode::FloatipXdp), p.median(Mode::XdpRedirect)),
+                "modes": p.samples.iter().map(|(mode, s)| json!({
+                    "mode": mode.name(),
+                    "median_mpps": p.median(*mode),
+                    "ratio_to_nftables_nat": ratio(p.median(*mode), nft),
+                    "samples_mpps": s.iter().map(|x| x.mpps).collect::<Vec<_>>(),
+                    "offered_mpps": s.iter().map(|x| x.offered_mpps).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let control = res.control.as_ref().map(|c| {
+        json!({
+            "ip_create": c.ip_create.as_ref().map(|l| json!({"runs": l.runs, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms})),
+            "ip_associate": c.associate.iter().map(|l| json!({
+                "associations_in_place": l.associations, "runs": l.runs, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms,
+            })).collect::<Vec<_>>(),
+            "bulk": c.bulk.iter().map(|b| json!({
+                "count": b.count, "onto": b.before, "seconds": b.seconds,
+                "per_second": b.count as f64 / b.seconds,
+            })).collect::<Vec<_>>(),
+            "nft_rebuild": c.nft.iter().map(|n| json!({
+                "rules_per_direction": n.rules_per_direction, "seconds": n.seconds,
+            })).collect::<Vec<_>>(),
+            "state_db_bytes": c.db_bytes.map(|(n, b)| json!({"associations": n, "bytes": b})),
+            "notes": c.notes,
+        })
+    });
+    json!({
+        "machine": {"cpu": m.cpu, "cores": m.cores, "kernel": m.kernel, "load_average_at_start": m.load},
+        "command": std::env::args().collect::<Vec<_>>(),
+        "quick": args.quick,
+        "generator": generator_name(args),
+        "flows": args.flows,
+        "frame_bytes": 64,
+        "elapsed_seconds": elapsed.as_secs_f64(),
+        "program_cost": {
+            "repeat": res.cost_repeat,
+            "runs": res.cost_rounds,
+            "results": cost,
+        },
+        "throughput": {
+            "rounds": res.timing.as_ref().map(|t| t.rounds),
+            "window_seconds": res.timing.as_ref().map(|t| t.window.as_secs_f64()),
+            "warmup_seconds": res.timing.as_ref().map(|t| t.warmup.as_secs_f64()),
+            "placements": throughput,
+        },
+        "control_plane": control,
+        "targets": targets(res),
+    })
+}
