@@ -19,6 +19,9 @@
 //!                                 port unreachable matched to the socket) within 2 s
 //! spoof SRC DST PORT COUNT        raw socket: send COUNT UDP datagrams from a forged SRC
 //! tcx-count IFACE                 BPF_PROG_QUERY: "ingress=N egress=M" TCX programs
+//! xdp-pass IFACE                  attach a 2-instruction XDP_PASS program (native mode)
+//!                                 through a bpf_link, print "attached", and hold it
+//!                                 until killed (no watchdog): see `tests::netns`
 //! ```
 //!
 //! Servers print `listening <proto> <port>` on stdout once bound, so the
@@ -84,7 +87,12 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30u64);
+    // xdp-pass runs for the lifetime of a topology; everything else is bounded.
+    let bounded = args.first().map(String::as_str) != Some("xdp-pass");
     thread::spawn(move || {
+        if !bounded {
+            return;
+        }
         thread::sleep(Duration::from_secs(limit));
         eprintln!("netprobe: watchdog: gave up after {limit} s");
         std::process::exit(124);
@@ -97,10 +105,8 @@ fn main() -> ExitCode {
         Some("udp-refused") => udp_refused(&args),
         Some("spoof") => spoof(&args),
         Some("tcx-count") => tcx_count(&args),
-        _ => Err(
-            "usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|tcx-count ..."
-                .into(),
-        ),
+        Some("xdp-pass") => xdp_pass(&args),
+        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|tcx-count|xdp-pass ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -488,4 +494,89 @@ fn tcx_count(args: &[String]) -> Res<()> {
     }
     println!("ingress={} egress={}", counts[0], counts[1]);
     Ok(())
+}
+
+/// `union bpf_attr` as BPF_PROG_LOAD reads it (up to `expected_attach_type`).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` as BPF_LINK_CREATE reads it for XDP.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 4],
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
+    // SAFETY: `attr` is a zero-initialised bpf_attr prefix of the size passed.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as libc::c_uint) }
+}
+
+fn xdp_pass(args: &[String]) -> Res<()> {
+    let name: String = arg(args, 1, "IFACE")?;
+    let cname = std::ffi::CString::new(name.clone()).map_err(|e| e.to_string())?;
+    // SAFETY: NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(os_err(&format!("no interface {name}")));
+    }
+    // r0 = XDP_PASS (2); exit
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut load = ProgLoad {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type: BPF_XDP,
+        ..Default::default()
+    };
+    load.prog_name[..9].copy_from_slice(b"xdp_pass\0");
+    let prog_fd = sys_bpf(BPF_PROG_LOAD, &mut load);
+    if prog_fd < 0 {
+        return Err(os_err("BPF_PROG_LOAD"));
+    }
+    let mut link = LinkCreate {
+        prog_fd: prog_fd as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+        ..Default::default()
+    };
+    if sys_bpf(BPF_LINK_CREATE, &mut link) < 0 {
+        return Err(os_err(&format!("attaching XDP_PASS to {name}")));
+    }
+    println!("attached xdp-pass to {name}");
+    let _ = io::stdout().flush();
+    // The link lives as long as its descriptor, i.e. this process.
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
 }
