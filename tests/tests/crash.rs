@@ -9,6 +9,8 @@ use std::{collections::BTreeSet, net::Ipv4Addr, os::unix::process::ExitStatusExt
 use floatip::{dataplane::Dataplane, failpoint};
 use tests::netns::{self, Output, Topology};
 
+type Pairs = BTreeSet<(Ipv4Addr, Ipv4Addr)>;
+
 struct Gateway {
     _topo: Topology,
     ns: String,
@@ -39,7 +41,10 @@ impl Gateway {
         // Registered on the topology so pins go even when the test fails.
         let (ns2, bin2, bpffs2, state2) = (ns.clone(), bin.clone(), bpffs.clone(), state.clone());
         topo.on_drop(move || {
-            let _ = netns::exec(&ns2, &[&bin2, "--bpffs", &bpffs2, "--state", &state2, "detach"]);
+            let _ = netns::exec(
+                &ns2,
+                &[&bin2, "--bpffs", &bpffs2, "--state", &state2, "detach"],
+            );
             let _ = std::fs::remove_dir_all(&bpffs2);
         });
         let gw = Gateway {
@@ -49,15 +54,37 @@ impl Gateway {
             state,
             bin,
         };
-        gw.ok(&["attach", "--external", "ext0", "--internal", "int0", "--mode", "xdp-generic"]);
-        gw.ok(&["pool", "create", "public", "--range", "203.0.113.10-203.0.113.60"]);
+        gw.ok(&[
+            "attach",
+            "--external",
+            "ext0",
+            "--internal",
+            "int0",
+            "--mode",
+            "xdp-generic",
+        ]);
+        gw.ok(&[
+            "pool",
+            "create",
+            "public",
+            "--range",
+            "203.0.113.10-203.0.113.60",
+        ]);
         gw
     }
 
     fn run(&self, failpoint: Option<&str>, args: &[&str]) -> Output {
         let mut argv: Vec<&str> = Vec::new();
         let fp = format!("FLOATIP_FAILPOINT={}", failpoint.unwrap_or(""));
-        argv.extend(["env", &fp, &self.bin, "--bpffs", &self.bpffs, "--state", &self.state]);
+        argv.extend([
+            "env",
+            &fp,
+            &self.bin,
+            "--bpffs",
+            &self.bpffs,
+            "--state",
+            &self.state,
+        ]);
         argv.extend_from_slice(args);
         netns::exec(&self.ns, &argv)
     }
@@ -84,9 +111,14 @@ impl Gateway {
     }
 
     /// Both association maps, each as (floating, fixed) pairs.
-    fn map_pairs(&self) -> (BTreeSet<(Ipv4Addr, Ipv4Addr)>, BTreeSet<(Ipv4Addr, Ipv4Addr)>) {
+    fn map_pairs(&self) -> (Pairs, Pairs) {
         let dp = Dataplane::open(self.bpffs.as_ref()).unwrap();
-        let fwd = dp.nat_list().unwrap().into_iter().map(|p| (p.floating, p.fixed)).collect();
+        let fwd = dp
+            .nat_list()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.floating, p.fixed))
+            .collect();
         let rev = dp
             .nat_list_reverse()
             .unwrap()
@@ -119,15 +151,24 @@ fn every_failpoint_is_repaired_by_the_next_command() {
     netns::require_root();
     let _serial = netns::serialize();
     let gw = Gateway::new();
-    let bulk = format!("{}/bulk.txt", std::path::Path::new(&gw.state).parent().unwrap().display());
+    let bulk = format!(
+        "{}/bulk.txt",
+        std::path::Path::new(&gw.state).parent().unwrap().display()
+    );
     std::fs::write(
         &bulk,
         "203.0.113.12 10.0.0.12\n203.0.113.13 10.0.0.13\n203.0.113.14 10.0.0.14\n203.0.113.15 10.0.0.15\n",
     )
     .unwrap();
     let ops: Vec<(&str, Vec<&str>)> = vec![
-        ("associate", vec!["ip", "associate", "203.0.113.12", "10.0.0.12"]),
-        ("move", vec!["ip", "associate", "203.0.113.11", "10.0.0.20", "--force"]),
+        (
+            "associate",
+            vec!["ip", "associate", "203.0.113.12", "10.0.0.12"],
+        ),
+        (
+            "move",
+            vec!["ip", "associate", "203.0.113.11", "10.0.0.20", "--force"],
+        ),
         ("disassociate", vec!["ip", "disassociate", "203.0.113.11"]),
         ("delete", vec!["ip", "delete", "203.0.113.10"]),
         ("bulk", vec!["ip", "associate", "--from-file", &bulk]),
@@ -149,10 +190,19 @@ fn every_failpoint_is_repaired_by_the_next_command() {
             gw.ok(&["ip", "disassociate", "203.0.113.14"]);
             let db = gw.db_pairs();
             let (fwd, rev) = gw.map_pairs();
-            assert_eq!(fwd, db, "{name} killed at {fp}: floating->fixed map differs from the database");
-            assert_eq!(rev, db, "{name} killed at {fp}: fixed->floating map differs (half pair?)");
+            assert_eq!(
+                fwd, db,
+                "{name} killed at {fp}: floating->fixed map differs from the database"
+            );
+            assert_eq!(
+                rev, db,
+                "{name} killed at {fp}: fixed->floating map differs (half pair?)"
+            );
         }
     }
     // Every failpoint is reached by at least one operation.
-    assert!(killed >= failpoint::ALL.len() * 3, "only {killed} crashes happened");
+    assert!(
+        killed >= failpoint::ALL.len() * 3,
+        "only {killed} crashes happened"
+    );
 }

@@ -18,7 +18,14 @@ pub fn test(packages: &[String], args: &[String]) -> Result<()> {
     // for the whole workspace so it carries the same features (failpoints,
     // turned on by the tests crate) as the test build and is not rebuilt.
     let mut build = util::cargo();
-    build.args(["build", "--release", "--workspace", "--exclude", "floatip-ebpf", "--bins"]);
+    build.args([
+        "build",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "floatip-ebpf",
+        "--bins",
+    ]);
     util::run(&mut build)?;
     let mut cargo = util::cargo();
     cargo.args(["test", "--release"]);

@@ -116,7 +116,9 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     }
     let mut g = BenchObject::load()?;
     g.set_gen_config(&cfg)?;
-    let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = a
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
     // Small enough calls that Ctrl-C and the deadline are honoured within ~0.1 s.
     const CHUNK: u32 = 1 << 18;
     let start = Instant::now();
@@ -136,7 +138,10 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
         sent += u64::from(CHUNK);
         if last.elapsed() >= Duration::from_secs(1) {
             let secs = start.elapsed().as_secs_f64();
-            eprintln!("{sent} frames in {secs:.1} s: {:.3} Mpps", sent as f64 / secs / 1e6);
+            eprintln!(
+                "{sent} frames in {secs:.1} s: {:.3} Mpps",
+                sent as f64 / secs / 1e6
+            );
             last = Instant::now();
         }
     }

@@ -569,6 +569,12 @@ impl Dataplane {
     }
 
     fn check_free(&self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        // The gateway must never answer ARP for, or translate, its own addresses.
+        for addr in [floating, fixed] {
+            if let Some((nic, _)) = iface::addresses()?.into_iter().find(|(_, a)| *a == addr) {
+                bail!("{addr} is an address of the gateway's interface {nic}");
+            }
+        }
         if let Some(other) = self.fixed_of(floating)? {
             bail!("floating IP {floating} is already mapped to {other}");
         }

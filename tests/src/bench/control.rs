@@ -105,7 +105,8 @@ impl Ctl {
         let bpffs = PathBuf::from("/sys/fs/bpf").join(format!("{}-{tag}", topo.prefix()));
         let state = dir.join("state.db");
         {
-            let (bin, bpffs, state, ns) = (bin.to_path_buf(), bpffs.clone(), state.clone(), ns.clone());
+            let (bin, bpffs, state, ns) =
+                (bin.to_path_buf(), bpffs.clone(), state.clone(), ns.clone());
             topo.on_drop(move || {
                 if bpffs.exists() {
                     let _ = in_netns(&netns_path(&ns), || {
@@ -120,7 +121,16 @@ impl Ctl {
         for ifname in ["ce", "cep", "ci", "cip"] {
             link_up(&ns, ifname)?;
         }
-        sh(&["ip", "-n", &ns, "addr", "add", "203.0.113.2/24", "dev", "ce"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            "203.0.113.2/24",
+            "dev",
+            "ce",
+        ])?;
         // Every fixed IP is on-link behind the internal NIC, as `ip associate` checks.
         sh(&["ip", "-n", &ns, "addr", "add", "10.0.0.1/8", "dev", "ci"])?;
         let ctl = Ctl {
@@ -205,14 +215,19 @@ impl Ctl {
             .output()
             .context("cannot run sqlite3")?;
         if !out.status.success() {
-            bail!("sqlite3 failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "sqlite3 failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }
 
     /// Associates pairs `first..first+count` through `ip associate --from-file`; returns seconds.
     fn bulk(&self, first: u32, count: u32) -> Result<f64> {
-        let path = self.state.with_file_name(format!("bulk-{first}-{count}.txt"));
+        let path = self
+            .state
+            .with_file_name(format!("bulk-{first}-{count}.txt"));
         let mut text = String::with_capacity(count as usize * 28);
         for i in first..first + count {
             text.push_str(&format!("{} {}\n", floating(i), fixed(i)));
@@ -236,11 +251,20 @@ impl Ctl {
             runs,
             |r| {
                 let i = spare_first + r as u32;
-                vec!["ip".into(), "associate".into(), floating(i).to_string(), fixed(i).to_string()]
+                vec![
+                    "ip".into(),
+                    "associate".into(),
+                    floating(i).to_string(),
+                    fixed(i).to_string(),
+                ]
             },
             |r| {
                 let i = spare_first + r as u32;
-                Some(vec!["ip".into(), "disassociate".into(), floating(i).to_string()])
+                Some(vec![
+                    "ip".into(),
+                    "disassociate".into(),
+                    floating(i).to_string(),
+                ])
             },
         )?;
         Ok(Latency {
@@ -272,7 +296,11 @@ pub fn run(bin: &Path, levels: &[u32], runs: usize, nft_sizes: &[u32]) -> Result
     {
         let ctl = Ctl::build(bin, "ctl")?;
         let create_runs = runs.min(100);
-        let ms = ctl.time_each(create_runs, |_| vec!["ip".into(), "create".into(), POOL.into()], |_| None)?;
+        let ms = ctl.time_each(
+            create_runs,
+            |_| vec!["ip".into(), "create".into(), POOL.into()],
+            |_| None,
+        )?;
         res.ip_create = Some(Latency {
             associations: 0,
             runs: create_runs,
@@ -293,7 +321,10 @@ pub fn run(bin: &Path, levels: &[u32], runs: usize, nft_sizes: &[u32]) -> Result
                     count: level - in_place,
                     seconds: secs,
                 });
-                eprintln!("  bulk {} associations onto {in_place}: {secs:.2} s", level - in_place);
+                eprintln!(
+                    "  bulk {} associations onto {in_place}: {secs:.2} s",
+                    level - in_place
+                );
                 in_place = level;
             }
             let l = ctl.associate_latency(level, spare_first, runs)?;
@@ -363,13 +394,20 @@ fn neutron_ruleset(n: u32) -> String {
     let mut s = String::with_capacity(n as usize * 100 + 512);
     s.push_str("flush ruleset\ntable ip neutron {\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n");
     for i in 1..=n {
-        s.push_str(&format!("    ip daddr {} dnat to {}\n", floating(i), fixed(i)));
+        s.push_str(&format!(
+            "    ip daddr {} dnat to {}\n",
+            floating(i),
+            fixed(i)
+        ));
     }
     s.push_str("  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
     for i in 1..=n {
-        s.push_str(&format!("    ip saddr {} snat to {}\n", fixed(i), floating(i)));
+        s.push_str(&format!(
+            "    ip saddr {} snat to {}\n",
+            fixed(i),
+            floating(i)
+        ));
     }
     s.push_str("  }\n}\n");
     s
 }
-

@@ -24,9 +24,7 @@ use anyhow::{Context as _, Result, bail};
 use floatip::{
     dataplane::{
         Pair,
-        bench::{
-            CostRig, CostTarget, GenConfig, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread,
-        },
+        bench::{CostRig, CostTarget, GenConfig, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread},
     },
     iface,
 };
@@ -119,13 +117,32 @@ impl CostNs {
             sh(&["ip", "-n", &ns, "addr", "add", cidr, "dev", dev])?;
         }
         sh(&[
-            "ip", "-n", &ns, "route", "add", "10.0.0.0/9", "via", "10.255.0.2", "dev", "ci",
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "10.0.0.0/9",
+            "via",
+            "10.255.0.2",
+            "dev",
+            "ci",
         ])?;
         for (ip, dev) in [("198.51.100.2", "cxp"), ("10.255.0.2", "cip")] {
             let peer_mac = env::fmt_mac(&env::mac(&ns, dev)?);
             let ours = if dev == "cxp" { "cx" } else { "ci" };
             sh(&[
-                "ip", "-n", &ns, "neigh", "replace", ip, "lladdr", &peer_mac, "dev", ours, "nud",
+                "ip",
+                "-n",
+                &ns,
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                &peer_mac,
+                "dev",
+                ours,
+                "nud",
                 "permanent",
             ])?;
         }
@@ -191,7 +208,10 @@ fn config(src: Ipv4Addr, src_count: u32, dst: Ipv4Addr, dst_count: u32, offset: 
 fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Result<CostResult> {
     let ext = iface::index("cx")?;
     let int = iface::index("ci")?;
-    let nics = [(ext, iface::mac("cx")?, true), (int, iface::mac("ci")?, false)];
+    let nics = [
+        (ext, iface::mac("cx")?, true),
+        (int, iface::mac("ci")?, false),
+    ];
     let mut rig = CostRig::load(bpffs, n, &nics)?;
     let result = (|| {
         let pairs: Vec<Pair> = (0..n)
@@ -213,10 +233,7 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
         }
         Ok(CostResult {
             associations: n,
-            ns: samples
-                .into_iter()
-                .map(|(c, v)| (c, median(&v)))
-                .collect(),
+            ns: samples.into_iter().map(|(c, v)| (c, median(&v))).collect(),
             load_time,
             map_memory,
         })

@@ -193,9 +193,7 @@ fn run(args: &Args) -> Result<()> {
         }
         if !args.quick && args.modes.is_empty() {
             // nftables throughput with a Neutron-sized ruleset in front of the rule that matches.
-            let big: Vec<Mode> = [1_000, 10_000, 100_000]
-                .map(Mode::NftablesNat)
-                .to_vec();
+            let big: Vec<Mode> = [1_000, 10_000, 100_000].map(Mode::NftablesNat).to_vec();
             let r = rig.run_placement(Placement::OneCpu, &big, generator, &timing)?;
             let one = res
                 .throughput
@@ -379,8 +377,14 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
                 s,
                 "- {}: floatip-xdp / xdp-redirect = **{}**, floatip-xdp / nftables-nat = **{}**",
                 p.placement.name(),
-                fmt_opt(ratio(p.median(Mode::FloatipXdp), p.median(Mode::XdpRedirect)), 2),
-                fmt_opt(ratio(p.median(Mode::FloatipXdp), p.median(Mode::NftablesNat(1))), 2)
+                fmt_opt(
+                    ratio(p.median(Mode::FloatipXdp), p.median(Mode::XdpRedirect)),
+                    2
+                ),
+                fmt_opt(
+                    ratio(p.median(Mode::FloatipXdp), p.median(Mode::NftablesNat(1))),
+                    2
+                )
             );
             let sink = p.median(Mode::SinkOnly).unwrap_or(0.0);
             let best = MODES
@@ -400,7 +404,10 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
     }
     if let Some(c) = &res.control {
         let _ = writeln!(s, "## Control plane\n");
-        let _ = writeln!(s, "| command | associations in place | runs | p50 ms | p99 ms |");
+        let _ = writeln!(
+            s,
+            "| command | associations in place | runs | p50 ms | p99 ms |"
+        );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|");
         if let Some(l) = &c.ip_create {
             let _ = writeln!(
@@ -419,7 +426,10 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
                 l.p99_ms
             );
         }
-        let _ = writeln!(s, "\n| bulk `ip associate --from-file` | onto | seconds | associations/s |");
+        let _ = writeln!(
+            s,
+            "\n| bulk `ip associate --from-file` | onto | seconds | associations/s |"
+        );
         let _ = writeln!(s, "|---:|---:|---:|---:|");
         for b in &c.bulk {
             let _ = writeln!(
@@ -431,7 +441,10 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
                 thousands((b.count as f64 / b.seconds) as u64)
             );
         }
-        let _ = writeln!(s, "\n| nftables ruleset (Neutron style) | `nft -f` rebuild, seconds |");
+        let _ = writeln!(
+            s,
+            "\n| nftables ruleset (Neutron style) | `nft -f` rebuild, seconds |"
+        );
         let _ = writeln!(s, "|---:|---:|");
         for n in &c.nft {
             let _ = writeln!(
@@ -486,12 +499,22 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
 fn targets(res: &Results) -> Vec<String> {
     let mut out = Vec::new();
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
-    if let Some(p) = res.throughput.iter().find(|p| p.placement == Placement::OneCpu) {
+    if let Some(p) = res
+        .throughput
+        .iter()
+        .find(|p| p.placement == Placement::OneCpu)
+    {
         if let Some(r) = ratio(p.median(Mode::FloatipXdp), p.median(Mode::NftablesNat(1))) {
-            out.push(format!("floatip-xdp ≥ 5× nftables-nat (one CPU): {r:.2}× — {}", verdict(r >= 5.0)));
+            out.push(format!(
+                "floatip-xdp ≥ 5× nftables-nat (one CPU): {r:.2}× — {}",
+                verdict(r >= 5.0)
+            ));
         }
         if let Some(r) = ratio(p.median(Mode::FloatipXdp), p.median(Mode::XdpRedirect)) {
-            out.push(format!("floatip-xdp ≥ 0.85× xdp-redirect (one CPU): {r:.2}× — {}", verdict(r >= 0.85)));
+            out.push(format!(
+                "floatip-xdp ≥ 0.85× xdp-redirect (one CPU): {r:.2}× — {}",
+                verdict(r >= 0.85)
+            ));
         }
     }
     if let Some(c) = res.cost.iter().find(|c| c.associations == 1) {

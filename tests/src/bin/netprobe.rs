@@ -533,7 +533,14 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
     // SAFETY: `attr` is a zero-initialised bpf_attr prefix of the size passed.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as libc::c_uint) }
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    }
 }
 
 fn xdp_pass(args: &[String]) -> Res<()> {
