@@ -18,11 +18,10 @@ pub trait Frame {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
 
-    /// Length of the frame in bytes.
-    #[inline(always)]
-    fn frame_len(&self) -> usize {
-        self.data_end() - self.data()
-    }
+    /// Length of the whole packet in bytes. For XDP all of it is directly
+    /// readable; an skb may carry most of it in pages (GSO/GRO), beyond
+    /// `data_end`, so its length is the skb's, not the linear part's.
+    fn packet_len(&self) -> usize;
 
     /// The program context, for helpers that take it (`bpf_fib_lookup`).
     fn ctx_ptr(&self) -> *mut core::ffi::c_void;
@@ -89,6 +88,11 @@ pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl Frame for Xdp<'_> {
     #[inline(always)]
+    fn packet_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+
+    #[inline(always)]
     fn ctx_ptr(&self) -> *mut core::ffi::c_void {
         self.0.ctx.cast()
     }
@@ -127,6 +131,11 @@ impl Frame for Xdp<'_> {
 pub struct Tc<'a>(pub &'a TcContext);
 
 impl Frame for Tc<'_> {
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        self.0.len() as usize
+    }
+
     #[inline(always)]
     fn ctx_ptr(&self) -> *mut core::ffi::c_void {
         self.0.skb.skb.cast()

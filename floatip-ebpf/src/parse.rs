@@ -72,7 +72,7 @@ pub fn ipv4<F: Frame>(f: &F, l3: usize) -> Result<Ipv4, ()> {
         return Err(());
     }
     let tot_len = u16::from_be(read_u16(f, l3 + 2)?) as usize;
-    if tot_len < hlen || l3 + tot_len > f.frame_len() {
+    if tot_len < hlen || l3 + tot_len > f.packet_len() {
         return Err(());
     }
     // Make sure the whole header, options included, is in the frame.

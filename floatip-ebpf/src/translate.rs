@@ -117,7 +117,7 @@ fn rewrite_quote<F: Frame>(f: &F, ip: &Ipv4, field: usize, old: u32, new: u32) -
 fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, fixed: u32) -> Result<(), ()> {
     rewrite(f, ip, DST, fip, fixed)?;
     rewrite_quote(f, ip, SRC, fip, fixed)?;
-    stats::count_assoc(fip, true, f.frame_len() as u64);
+    stats::count_assoc(fip, true, f.packet_len() as u64);
     Ok(())
 }
 
@@ -127,7 +127,7 @@ fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, fixed: u32) -> Result<(), ()> 
 fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, fip: u32) -> Result<(), ()> {
     rewrite(f, ip, SRC, fixed, fip)?;
     rewrite_quote(f, ip, DST, fixed, fip)?;
-    stats::count_assoc(fip, false, f.frame_len() as u64);
+    stats::count_assoc(fip, false, f.packet_len() as u64);
     Ok(())
 }
 

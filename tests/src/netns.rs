@@ -584,6 +584,9 @@ pub struct Lab {
     pub workdir: PathBuf,
     pub floatip_bin: PathBuf,
     pub netprobe_bin: PathBuf,
+    /// XDP_PASS holders on the gateway NICs' peers (xdp mode); dropped
+    /// (killed) before the namespaces go.
+    _xdp_pass: Vec<Spawned>,
     topo: Topology,
 }
 
@@ -713,19 +716,13 @@ impl Lab {
         // Offloads.
         match mode {
             Mode::Xdp | Mode::XdpGeneric => {
-                // A veth only takes XDP-redirected frames (ndo_xdp_xmit) when its
-                // peer runs NAPI: the peer needs an XDP program or GRO enabled,
-                // otherwise redirected frames are dropped silently. Enabling GRO
-                // on every end is the simple, uniform way to provide that.
-                for (ns, ifname) in ends {
-                    config_in(ns, &["ethtool", "-K", ifname, "gro", "on"])?;
-                }
                 // Hosts in namespaces leave TCP/UDP checksums for the "NIC" to
                 // finish (CHECKSUM_PARTIAL skbs cross veths unfinished). A real
                 // wire always carries complete checksums, and XDP sees only bytes:
                 // a frame that leaves a veth through XDP loses the skb's partial
-                // checksum state and arrives with a half-done checksum. So the
-                // hosts compute checksums in software, like a real peer.
+                // checksum state and arrives with a half-done checksum. So every
+                // veth end outside the gateway computes checksums in software
+                // (`tx off`, which also turns TSO off), like a real peer.
                 for (ns, ifname) in [
                     (&ext, "eth0"),
                     (&rtr, "r-ext"),
@@ -735,6 +732,21 @@ impl Lab {
                 ] {
                     config_in(ns, &["ethtool", "-K", ifname, "tx", "off"])?;
                 }
+                // GRO on the gateway's NICs, as real NICs have it by default
+                // (xdp-generic runs after GRO). Deliberately NOT on every veth
+                // end: GRO merges segments into one CHECKSUM_PARTIAL skb whose
+                // TCP checksum field holds only the pseudo-header seed, and that
+                // state survives the next veth hop. With GRO in the bridge or
+                // router namespaces, the gateway's XDP received seeds instead
+                // of checksums (something no wire carries), updated them as
+                // checksums and the receivers got corrupt segments; receivers'
+                // captures also show every merged packet as "incorrect".
+                for ifname in ["gw-ext", "gw-int"] {
+                    config_in(&gw, &["ethtool", "-K", ifname, "gro", "on"])?;
+                }
+                // NAPI for the peers of the gateway's NICs (native XDP only; the
+                // generic redirect/TX path transmits skbs normally): see
+                // `Lab::xdp_pass`, started once the links are up.
             }
             Mode::Tc => {
                 // Hosts keep tx checksum offload: packets reach the gateway with
@@ -772,6 +784,12 @@ impl Lab {
         default_via(&inst1, GW_INT_IP)?;
         default_via(&inst2, GW_INT_IP)?;
 
+        let mut xdp_pass = Vec::new();
+        if mode == Mode::Xdp {
+            xdp_pass.push(Self::xdp_pass(&rtr, "r-gw", netprobe_bin)?);
+            xdp_pass.push(Self::xdp_pass(&sw, "s-gw", netprobe_bin)?);
+        }
+
         Ok(Lab {
             mode,
             ext,
@@ -785,8 +803,28 @@ impl Lab {
             workdir,
             floatip_bin: floatip_bin.to_path_buf(),
             netprobe_bin: netprobe_bin.to_path_buf(),
+            _xdp_pass: xdp_pass,
             topo,
         })
+    }
+
+    /// Attaches a trivial XDP_PASS program to `ifname` in `ns` (held by a
+    /// `netprobe xdp-pass` process for the lab's lifetime).
+    ///
+    /// In native XDP mode the gateway's programs send frames into veth
+    /// peers two ways, and both need the peer to poll with NAPI:
+    /// redirected frames (`ndo_xdp_xmit`) are dropped unless the peer has
+    /// NAPI (an XDP program or GRO), and XDP_TX'd frames (the ARP replies
+    /// for floating IPs) are queued on the peer but only flushed to it when
+    /// the peer has an XDP program: with GRO alone they sit in the ring
+    /// and the router never learns the floating IP's MAC. A real NIC has
+    /// neither limitation; an XDP_PASS program on the peer removes both
+    /// without changing what the peer's stack receives.
+    fn xdp_pass(ns: &str, ifname: &str, netprobe_bin: &Path) -> Result<Spawned> {
+        let bin = netprobe_bin.to_string_lossy();
+        let mut s = spawn(ns, &[&bin, "xdp-pass", ifname])?;
+        s.wait_for("attached", Duration::from_secs(10))?;
+        Ok(s)
     }
 
     pub fn topology(&self) -> &Topology {

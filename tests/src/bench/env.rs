@@ -4,7 +4,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -13,8 +13,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tests::netns::{self, EXEC_TIMEOUT, Output};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::SeqCst);
     STOP.store(true, Ordering::SeqCst);
 }
 
@@ -31,7 +33,7 @@ pub fn install_signal_handlers() {
 /// Fails once a stop was requested.
 pub fn check_stop() -> Result<()> {
     if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted");
+        bail!("interrupted by signal {}", SIGNAL.load(Ordering::SeqCst));
     }
     Ok(())
 }

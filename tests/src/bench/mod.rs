@@ -386,6 +386,9 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
                     2
                 )
             );
+            for e in p.errors() {
+                let _ = writeln!(s, "  - no figure in some rounds: {e}");
+            }
             let sink = p.median(Mode::SinkOnly).unwrap_or(0.0);
             let best = MODES
                 .iter()
@@ -565,7 +568,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -603,6 +606,7 @@ fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value 
                     "ratio_to_nftables_nat": ratio(p.median(*mode), nft),
                     "samples_mpps": s.iter().map(|x| x.mpps).collect::<Vec<_>>(),
                     "offered_mpps": s.iter().map(|x| x.offered_mpps).collect::<Vec<_>>(),
+                    "errors": s.iter().filter_map(|x| x.error.clone()).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })
         })

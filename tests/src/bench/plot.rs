@@ -65,12 +65,13 @@ pub fn bar_chart(path: &Path, title: &str, series: &[&str], groups: &[Group]) ->
                     color.filled(),
                 )))
                 .map_err(|e| anyhow!("{e}"))?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{v:.2}"),
-                    (x0, *v + max * 0.01),
-                    ("sans-serif", 13).into_font(),
-                )))
+            // The value just above its bar, centred.
+            let (px, py) = chart.backend_coord(&(x0 + bar * 0.46, *v));
+            let style = ("sans-serif", 13)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            root.draw(&Text::new(format!("{v:.2}"), (px, py - 3), style))
                 .map_err(|e| anyhow!("{e}"))?;
         }
         // Under the axis, centred on the group, in pixels of the whole image.
@@ -98,7 +99,7 @@ pub fn bar_chart(path: &Path, title: &str, series: &[&str], groups: &[Group]) ->
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{e}"))?;

@@ -16,6 +16,7 @@ use std::{
     fs,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
+    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -29,7 +30,7 @@ use floatip::{
     dataplane::bench::{BenchObject, GenConfig, XDP_TX, in_netns, pin_thread},
     iface,
 };
-use tests::netns::{self, Spawned, Topology};
+use tests::netns::{self, Topology};
 
 use super::env::{
     self, check_stop, fmt_mac, in_ns, link_up, median, netns_path, ns_sysfs_write, sh,
@@ -139,6 +140,8 @@ pub struct Sample {
     pub mpps: f64,
     /// What the generator sent over its whole run (XDP generator only).
     pub offered_mpps: Option<f64>,
+    /// Why there is no figure (trafgen may give up, see `run_placement`).
+    pub error: Option<String>,
 }
 
 /// Results of one placement: every sample per mode, in round order.
@@ -153,7 +156,28 @@ impl PlacementResult {
         self.samples
             .iter()
             .find(|(m, _)| *m == mode)
-            .map(|(_, s)| median(&s.iter().map(|x| x.mpps).collect::<Vec<_>>()))
+            .map(|(_, s)| {
+                s.iter()
+                    .map(|x| x.mpps)
+                    .filter(|v| v.is_finite())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| !v.is_empty())
+            .map(|v| median(&v))
+    }
+
+    /// Distinct reasons why samples are missing.
+    pub fn errors(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (m, s) in &self.samples {
+            for e in s.iter().filter_map(|x| x.error.as_ref()) {
+                let line = format!("{}: {e}", m.name());
+                if !out.contains(&line) {
+                    out.push(line);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -561,6 +585,7 @@ impl Rig {
         Ok(Sample {
             mpps,
             offered_mpps: offered,
+            error: None,
         })
     }
 
@@ -577,16 +602,27 @@ impl Rig {
             modes.iter().map(|m| (*m, Vec::new())).collect();
         for round in 0..timing.rounds {
             for (mode, list) in samples.iter_mut() {
-                let s = self
-                    .measure(*mode, placement, generator, timing)
-                    .with_context(|| {
-                        format!(
+                let s = match self.measure(*mode, placement, generator, timing) {
+                    Ok(s) => s,
+                    // trafgen gives up when the veth's ring is full (EAGAIN
+                    // on its TX ring): report that instead of a figure.
+                    Err(e) if generator == GeneratorKind::Trafgen && check_stop().is_ok() => {
+                        eprintln!("  {} {}: no figure: {e:#}", placement.name(), mode.name());
+                        Sample {
+                            mpps: f64::NAN,
+                            offered_mpps: None,
+                            error: Some(format!("{e:#}")),
+                        }
+                    }
+                    Err(e) => {
+                        return Err(e.context(format!(
                             "{} ({}, round {})",
                             mode.name(),
                             placement.name(),
                             round + 1
-                        )
-                    })?;
+                        )));
+                    }
+                };
                 eprintln!(
                     "  {:<8} round {}/{}  {:<28} {:>7.3} Mpps{}",
                     placement.name(),
@@ -621,7 +657,7 @@ struct Active {
 
 /// nftables NAT the way the Neutron L3 agent does floating IPs: one DNAT
 /// and one SNAT rule per floating IP, conntrack doing the rest. With `n`
-/// > 1, `n - 1` other floating IPs come first (from 198.18.0.0/15, the
+/// above 1, `n - 1` other floating IPs come first (from 198.18.0.0/15, the
 /// benchmarking range; never on a wire).
 pub fn nft_ruleset(n: u32) -> String {
     let mut dnat = String::new();
@@ -645,7 +681,10 @@ enum Generator {
         started: Instant,
         thread: Option<JoinHandle<Result<()>>>,
     },
-    Trafgen(Option<Spawned>),
+    Trafgen {
+        child: Option<Child>,
+        log: PathBuf,
+    },
 }
 
 /// Frames per BPF_PROG_TEST_RUN call: a few tens of ms at the rates seen
@@ -687,7 +726,9 @@ impl Generator {
     fn start_trafgen(rig: &Rig) -> Result<Generator> {
         let cfg = rig.trafgen_config()?;
         let cfg = cfg.to_string_lossy();
-        // One process on CPU 0 (-P 1 pins it there); -Q: a veth has no IRQ to touch.
+        let log = rig.workdir.join("trafgen.log");
+        // One worker on CPU 0 (-P 1 pins it there); -Q: a veth has no IRQ to
+        // touch; -C: no CPU statistics at exit.
         let mut cmd = netns::ns_command(
             &rig.gen_ns,
             &[
@@ -703,12 +744,21 @@ impl Generator {
                 "1",
                 "-Q",
                 "-C",
+                "-q",
             ],
         );
-        // trafgen signals its whole process group when it stops: keep that away from us.
-        cmd.process_group(0);
-        let s = Spawned::start(cmd)?;
-        Ok(Generator::Trafgen(Some(s)))
+        // trafgen forks a worker and signals its process group when it
+        // stops: its own group keeps that away from us, and lets us stop
+        // the worker with it.
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?);
+        let child = cmd.spawn().context("cannot start trafgen")?;
+        Ok(Generator::Trafgen {
+            child: Some(child),
+            log,
+        })
     }
 
     /// Fails if the generator died.
@@ -725,10 +775,14 @@ impl Generator {
                 }
                 Ok(())
             }
-            Generator::Trafgen(s) => {
-                let out = s.as_ref().map(|s| s.stderr_so_far()).unwrap_or_default();
-                if out.contains("rror") {
-                    bail!("trafgen: {}", out.trim());
+            Generator::Trafgen { child, log } => {
+                let exited = match child.as_mut() {
+                    Some(c) => c.try_wait()?.is_some(),
+                    None => true,
+                };
+                if exited {
+                    let text = fs::read_to_string(log).unwrap_or_default();
+                    bail!("trafgen exited: {}", text.trim());
                 }
                 Ok(())
             }
@@ -751,12 +805,20 @@ impl Generator {
                 let secs = started.elapsed().as_secs_f64();
                 Ok(Some(sent.load(Ordering::Relaxed) as f64 / secs / 1e6))
             }
-            Generator::Trafgen(s) => {
-                if let Some(mut p) = s.take() {
-                    // trafgen in a namespace may take long to notice SIGINT
-                    // with its ring full; what it prints is not needed.
-                    p.signal(libc::SIGINT);
-                    drop(p.finish(Duration::from_secs(2)));
+            Generator::Trafgen { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    let pgid = c.id() as libc::pid_t;
+                    // SAFETY: the group of our un-reaped child: its id cannot be reused.
+                    unsafe { libc::kill(-pgid, libc::SIGINT) };
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    while c.try_wait()?.is_none() && Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    // The worker too, whether or not the parent went. A group id
+                    // is not handed out again while a member lives; with none
+                    // left this fails with ESRCH.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    let _ = c.wait();
                 }
                 Ok(None)
             }
