@@ -415,14 +415,35 @@ impl Dataplane {
         if opts.max_associations == 0 {
             bail!("--max-associations must be at least 1");
         }
+        let was_attached = Self::is_attached(bpffs);
         ensure_bpffs(bpffs)?;
+        let result = Self::attach_nics(bpffs, opts, &nics);
+        if result.is_err() && !was_attached {
+            // A first attach that failed leaves nothing behind.
+            if let Ok(entries) = fs::read_dir(links_dir(bpffs)) {
+                for entry in entries.flatten() {
+                    if let Ok(link) = PinnedLink::from_pin(entry.path()) {
+                        let _ = link.unpin();
+                    }
+                }
+            }
+            remove_pins(bpffs);
+        }
+        result
+    }
+
+    fn attach_nics(
+        bpffs: &Path,
+        opts: &AttachOptions,
+        nics: &[(String, u32, Role, [u8; 6])],
+    ) -> Result<()> {
         let mut ebpf = load(bpffs, opts.max_associations)?;
         {
             let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(
                 ebpf.map_mut(names::IFACES)
                     .ok_or_else(|| anyhow!("object lacks {}", names::IFACES))?,
             )?;
-            for (_, idx, role, mac) in &nics {
+            for (_, idx, role, mac) in nics {
                 let info = IfaceInfo {
                     mac: *mac,
                     role: if *role == Role::External {
@@ -440,11 +461,11 @@ impl Dataplane {
                 ebpf.map_mut(names::REDIRECT)
                     .ok_or_else(|| anyhow!("object lacks {}", names::REDIRECT))?,
             )?;
-            for (_, idx, _, _) in &nics {
+            for (_, idx, _, _) in nics {
                 devmap.insert(*idx, *idx, None, 0)?;
             }
         }
-        for (name, idx, role, _) in &nics {
+        for (name, idx, role, _) in nics {
             attach_one(&mut ebpf, bpffs, name, *idx, *role, opts.mode)?;
         }
         Ok(())
@@ -851,6 +872,16 @@ impl Dataplane {
     }
 }
 
+/// Removes the map pins and directories under `bpffs`, best effort.
+fn remove_pins(bpffs: &Path) {
+    for name in names::ALL {
+        let _ = fs::remove_file(maps_dir(bpffs).join(name));
+    }
+    for dir in [links_dir(bpffs), maps_dir(bpffs), bpffs.to_path_buf()] {
+        let _ = fs::remove_dir(&dir);
+    }
+}
+
 /// Which program of the data-plane object a test run exercises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestProgram {
@@ -884,6 +915,15 @@ impl TestPrograms {
     /// in use); `ifindex` is registered as a managed NIC with `mac`.
     pub fn load(bpffs: &Path, max_associations: u32, ifindex: u32, mac: [u8; 6]) -> Result<Self> {
         ensure_bpffs(bpffs)?;
+        Self::load_pinned(bpffs, max_associations, ifindex, mac).inspect_err(|_| remove_pins(bpffs))
+    }
+
+    fn load_pinned(
+        bpffs: &Path,
+        max_associations: u32,
+        ifindex: u32,
+        mac: [u8; 6],
+    ) -> Result<Self> {
         let mut ebpf = load(bpffs, max_associations)?;
         for name in [
             programs::XDP_EXTERNAL,
@@ -993,12 +1033,7 @@ impl TestPrograms {
     pub fn cleanup(self) -> Result<()> {
         let bpffs = self.bpffs.clone();
         drop(self);
-        for name in names::ALL {
-            let _ = fs::remove_file(maps_dir(&bpffs).join(name));
-        }
-        for dir in [links_dir(&bpffs), maps_dir(&bpffs), bpffs.clone()] {
-            let _ = fs::remove_dir(&dir);
-        }
+        remove_pins(&bpffs);
         Ok(())
     }
 }
