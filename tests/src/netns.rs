@@ -289,11 +289,11 @@ impl Spawned {
 
     /// Sends `sig` to the process (by its pid, only if it is still ours to reap).
     pub fn signal(&mut self, sig: libc::c_int) {
-        if let Some(c) = self.child.as_mut() {
-            if matches!(c.try_wait(), Ok(None)) {
-                // SAFETY: the pid is our un-reaped child, so it cannot have been recycled.
-                unsafe { libc::kill(c.id() as libc::pid_t, sig) };
-            }
+        if let Some(c) = self.child.as_mut()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            // SAFETY: the pid is our un-reaped child, so it cannot have been recycled.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
         }
     }
 
@@ -613,6 +613,14 @@ impl Lab {
         let sw = topo.namespace("sw")?;
         let inst1 = topo.namespace("inst1")?;
         let inst2 = topo.namespace("inst2")?;
+
+        // No ICMP error rate limiting: several scenarios depend on single
+        // errors (traceroute's time-exceeded, port unreachables), and an
+        // earlier failing scenario (e.g. host unreachables for lost packets)
+        // must not use up the per-destination budget of a later one.
+        for ns in [&ext, &rtr, &gw, &sw, &inst1, &inst2] {
+            config_in(ns, &["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])?;
+        }
 
         // Remove the pins even if the test fails: detach while the gateway
         // namespace (and its NICs) still exist, then delete what is left.

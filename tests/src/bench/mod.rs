@@ -89,6 +89,7 @@ struct Machine {
     cores: usize,
     kernel: String,
     load: f64,
+    load_end: f64,
 }
 
 fn machine() -> Machine {
@@ -108,6 +109,7 @@ fn machine() -> Machine {
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel,
         load: env::load_average(),
+        load_end: f64::NAN,
     }
 }
 
@@ -216,6 +218,10 @@ fn run(args: &Args) -> Result<()> {
         res.control = Some(control::run(&floatip, levels, runs, nft)?);
     }
 
+    let m = Machine {
+        load_end: env::load_average(),
+        ..m
+    };
     let report = markdown(args, &m, &res);
     println!("{report}");
     if let Some(path) = &args.json {
@@ -289,8 +295,8 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
     let _ = writeln!(s, "## Machine\n");
     let _ = writeln!(
         s,
-        "{}, {} cores, kernel {}; load average {:.2} at the start.\n",
-        m.cpu, m.cores, m.kernel, m.load
+        "{}, {} cores, kernel {}; 1-minute load average {:.2} at the start, {:.2} at the end (other work on the machine skews the figures).\n",
+        m.cpu, m.cores, m.kernel, m.load, m.load_end
     );
     if !res.cost.is_empty() {
         let _ = writeln!(
@@ -328,7 +334,7 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
         for c in &res.cost {
             let _ = writeln!(
                 s,
-                "- {} associations loaded with `nat_add_bulk` in {:.2} s",
+                "- {} association(s) loaded with `nat_add_bulk` in {:.2} s",
                 thousands(c.associations as u64),
                 c.load_time.as_secs_f64()
             );
@@ -629,7 +635,7 @@ fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value 
         })
     });
     json!({
-        "machine": {"cpu": m.cpu, "cores": m.cores, "kernel": m.kernel, "load_average_at_start": m.load},
+        "machine": {"cpu": m.cpu, "cores": m.cores, "kernel": m.kernel, "load_average_at_start": m.load, "load_average_at_end": m.load_end},
         "command": std::env::args().collect::<Vec<_>>(),
         "quick": args.quick,
         "generator": generator_name(args),
