@@ -48,7 +48,8 @@ pub fn announce(ifindex: u32, mac: &[u8; 6], ip: Ipv4Addr) -> Result<()> {
     let mut result = Ok(());
     'rounds: for round in 0..3 {
         if round > 0 {
-            thread::sleep(Duration::from_millis(20));
+            // Repeats cover a lost frame; a short gap keeps `ip associate` fast.
+            thread::sleep(Duration::from_millis(2));
         }
         for op in [1u16, 2] {
             let f = frame(mac, ip, op);

@@ -372,6 +372,8 @@ pub struct Dataplane {
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     meta: Array<MapData, Meta>,
     max_associations: u32,
+    /// The gateway's own addresses, read once per handle (bulk adds many pairs).
+    local_addrs: std::sync::OnceLock<Vec<(String, Ipv4Addr)>>,
 }
 
 fn open_map(bpffs: &Path, name: &str) -> Result<Map> {
@@ -554,6 +556,7 @@ impl Dataplane {
         Ok(Self {
             bpffs: bpffs.to_path_buf(),
             max_associations,
+            local_addrs: std::sync::OnceLock::new(),
             fip_to_fixed: HashMap::try_from(Map::from_map_data(f2x)?)?,
             fixed_to_fip: HashMap::try_from(open_map(bpffs, names::FIXED_TO_FIP)?)?,
             pools: LpmTrie::try_from(open_map(bpffs, names::POOLS)?)?,
@@ -591,8 +594,11 @@ impl Dataplane {
 
     fn check_free(&self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
         // The gateway must never answer ARP for, or translate, its own addresses.
+        let local = self
+            .local_addrs
+            .get_or_init(|| iface::addresses().unwrap_or_default());
         for addr in [floating, fixed] {
-            if let Some((nic, _)) = iface::addresses()?.into_iter().find(|(_, a)| *a == addr) {
+            if let Some((nic, _)) = local.iter().find(|(_, a)| *a == addr) {
                 bail!("{addr} is an address of the gateway's interface {nic}");
             }
         }
