@@ -152,6 +152,30 @@ pub mod outcome {
     ];
 }
 
+/// What the benchmark programs `bench_gen` and `bench_cost` write, read from
+/// their config array. Addresses and ports are host-order numbers so the
+/// programs can spread them by adding an index: frame `n` is sent from
+/// `src_ip + n % src_count`, port `sport + n % flows`, to
+/// `dst_ip + (n + dst_offset) % dst_count` (an offset makes a hairpin
+/// frame's destination belong to another pair than its source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConfig {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub sport: u16,
+    pub dport: u16,
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub src_count: u32,
+    pub dst_count: u32,
+    pub dst_offset: u32,
+    pub flows: u32,
+    /// XDP action `bench_gen` returns (XDP_TX in the generator).
+    pub action: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -161,4 +185,5 @@ mod pod {
     unsafe impl aya::Pod for AssocStats {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for GenConfig {}
 }

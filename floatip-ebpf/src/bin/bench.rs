@@ -16,33 +16,8 @@ use aya_ebpf::{
     maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-
-/// What `bench_gen` and `bench_cost` write. Mirrored byte for byte by
-/// `floatip::dataplane::bench::GenConfig` (floatip-common is not touched for
-/// benchmark-only types); addresses and ports are host-order numbers so the
-/// programs can spread them by adding an index.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GenConfig {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    /// First UDP source port; `flows` consecutive ports are used.
-    pub sport: u16,
-    pub dport: u16,
-    /// First source address; `src_count` consecutive addresses are used.
-    pub src_ip: u32,
-    /// First destination address; `dst_count` consecutive addresses are used.
-    pub dst_ip: u32,
-    pub src_count: u32,
-    pub dst_count: u32,
-    /// Destination index = (sequence + `dst_offset`) mod `dst_count`, so a
-    /// hairpin frame's destination belongs to another pair than its source.
-    pub dst_offset: u32,
-    pub flows: u32,
-    /// XDP action `bench_gen` returns (XDP_TX in the generator).
-    pub action: u32,
-    pub _pad: u32,
-}
+use floatip_common::GenConfig;
+use floatip_ebpf::checksum::fold;
 
 /// Length of every generated frame: a 64-byte Ethernet frame without its FCS.
 const FRAME_LEN: usize = 60;
@@ -101,13 +76,6 @@ pub fn bench_cost(ctx: XdpContext) -> u32 {
     // Only returns when the slot is empty.
     unsafe { BENCH_JUMP.tail_call(&ctx, 0) };
     xdp_action::XDP_ABORTED
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
 
 #[inline(always)]

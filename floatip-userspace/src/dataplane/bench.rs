@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, Pod, TestRunOptions,
+    Ebpf, TestRunOptions,
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, ProgramArray, xdp::DevMapHash},
     programs::{TestRun, Xdp, xdp::XdpMode},
 };
@@ -42,30 +42,7 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
-/// What `bench_gen`/`bench_cost` write; the same layout as `GenConfig` in
-/// `floatip-ebpf/src/bin/bench.rs`. Addresses and ports are host-order
-/// numbers: frame `n` is sent from `src_ip + n % src_count`, port
-/// `sport + n % flows`, to `dst_ip + (n + dst_offset) % dst_count`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GenConfig {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    pub sport: u16,
-    pub dport: u16,
-    pub src_ip: u32,
-    pub dst_ip: u32,
-    pub src_count: u32,
-    pub dst_count: u32,
-    pub dst_offset: u32,
-    pub flows: u32,
-    pub action: u32,
-    pub _pad: u32,
-}
-
-// SAFETY: repr(C), integers only, no implicit padding (offsets 0, 6, 12, 14,
-// then eight u32 from 16 to 48).
-unsafe impl Pod for GenConfig {}
+pub use floatip_common::GenConfig;
 
 /// Runs `f` on a new thread that has joined the network namespace at
 /// `netns` (e.g. `/run/netns/NAME`); the caller's thread is never moved.
