@@ -531,27 +531,7 @@ impl Drop for Topology {
 
 // ---------------------------------------------------------------- the floatip lab
 
-/// How the data plane is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Xdp,
-    XdpGeneric,
-    Tc,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Xdp => "xdp",
-            Mode::XdpGeneric => "xdp-generic",
-            Mode::Tc => "tc",
-        }
-    }
-
-    pub fn is_xdp(self) -> bool {
-        self != Mode::Tc
-    }
-}
+pub use floatip::dataplane::Mode;
 
 /// Where the `floatip` binary is: `$FLOATIP_BIN`, else `floatip` next to
 /// the test executable's `deps/` directory (target/<profile>/floatip).

@@ -71,6 +71,11 @@ impl Mode {
         }
     }
 
+    /// Whether the programs run as XDP (native or generic).
+    pub fn is_xdp(self) -> bool {
+        self != Mode::Tc
+    }
+
     fn parse(s: &str) -> Option<Mode> {
         [Mode::Xdp, Mode::XdpGeneric, Mode::Tc]
             .into_iter()
