@@ -52,8 +52,13 @@ pub fn floatip_tc_int(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u32 {
     match verdict {
-        Ok(Verdict::Pass) | Err(()) => {
+        Ok(Verdict::Pass) => {
             count(outcome::PASSED);
+            xdp_action::XDP_PASS
+        }
+        // Malformed or unexpected (stacked tags, bad lengths): untouched, to the kernel.
+        Err(()) => {
+            count(outcome::ERRORS);
             xdp_action::XDP_PASS
         }
         Ok(Verdict::PassExpiring) => {
@@ -88,8 +93,12 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
 #[inline(always)]
 fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32 {
     match verdict {
-        Ok(Verdict::Pass) | Err(()) => {
+        Ok(Verdict::Pass) => {
             count(outcome::PASSED);
+            TC_ACT_OK as i32
+        }
+        Err(()) => {
+            count(outcome::ERRORS);
             TC_ACT_OK as i32
         }
         Ok(Verdict::PassExpiring) => {

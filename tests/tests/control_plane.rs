@@ -58,18 +58,8 @@ fn build_lab() -> Lab {
 /// Builds the topology and attaches floatip to the gateway.
 fn attached_lab() -> Lab {
     let lab = build_lab();
-    ok(
-        &lab,
-        &[
-            "attach",
-            "--external",
-            "gw-ext",
-            "--internal",
-            "gw-int",
-            "--mode",
-            mode().as_str(),
-        ],
-    );
+    let out = lab.attach();
+    assert!(out.success(), "floatip attach failed:\n{out}");
     lab
 }
 

@@ -174,6 +174,7 @@ fn every_failpoint_is_repaired_by_the_next_command() {
         ("bulk", vec!["ip", "associate", "--from-file", &bulk]),
     ];
     let mut killed = 0;
+    let mut reached = BTreeSet::new();
     for (name, args) in &ops {
         for fp in failpoint::ALL {
             gw.reset();
@@ -186,6 +187,7 @@ fn every_failpoint_is_repaired_by_the_next_command() {
                 continue;
             }
             killed += 1;
+            reached.insert(*fp);
             // The next association command finds and repairs the difference.
             gw.ok(&["ip", "disassociate", "203.0.113.14"]);
             let db = gw.db_pairs();

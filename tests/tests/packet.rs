@@ -368,6 +368,8 @@ fn counters_follow_the_packets() {
         TestProgram::XdpExternal,
         &frame(REMOTE, UNASSOC, 17, udp_l4),
     );
+    // Truncated: the total length runs past the frame.
+    fx.run(TestProgram::XdpExternal, &f[..40]);
     let dp = fx.progs().dataplane().unwrap();
     let s = dp.pair_stats(Some(FIP1)).unwrap()[0];
     assert_eq!((s.in_packets, s.out_packets), (3, 1));
@@ -375,4 +377,5 @@ fn counters_follow_the_packets() {
     let c = dp.outcomes().unwrap();
     assert_eq!(c["translated"], 4);
     assert_eq!(c["dropped_unassociated"], 1);
+    assert_eq!((c["errors"], c["passed"]), (1, 0), "{c:?}");
 }
