@@ -488,6 +488,8 @@ impl Dataplane {
         for name in only {
             indexes.push(iface::index(name)?);
         }
+        let mut dp = Self::open(bpffs)?;
+        let mut devmap: DevMapHash<_> = DevMapHash::try_from(open_map(bpffs, names::REDIRECT)?)?;
         let links = links_dir(bpffs);
         if let Ok(entries) = fs::read_dir(&links) {
             for entry in entries {
@@ -506,19 +508,15 @@ impl Dataplane {
                     Err(_) => fs::remove_file(&path)?,
                 }
                 if let Some(i) = idx {
-                    let mut dp = Self::open(bpffs)?;
                     let _ = dp.ifaces.remove(&i);
-                    if let Ok(Map::DevMapHash(data)) = open_map(bpffs, names::REDIRECT) {
-                        let mut devmap: DevMapHash<_> =
-                            DevMapHash::try_from(Map::DevMapHash(data))?;
-                        let _ = devmap.remove(i);
-                    }
+                    let _ = devmap.remove(i);
                 }
             }
         }
         if !indexes.is_empty() {
             return Ok(());
         }
+        drop((dp, devmap));
         for name in names::ALL {
             match fs::remove_file(maps_dir(bpffs).join(name)) {
                 Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
