@@ -3,9 +3,8 @@
 //! one's-complement sum does not care about byte order as long as every word
 //! is read the same way.
 
-/// Folds a 32-bit one's-complement sum to 16 bits (not complemented).
 #[inline(always)]
-pub fn fold(mut sum: u32) -> u16 {
+fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
