@@ -54,6 +54,8 @@ pub mod programs {
     pub const BENCH_REDIRECT: &str = "bench_redirect";
     pub const BENCH_DROP: &str = "bench_drop";
     pub const BENCH_GEN: &str = "bench_gen";
+    pub const BENCH_LOOKUP: &str = "bench_lookup";
+    pub const BENCH_FIB: &str = "bench_fib";
 }
 
 /// Default size of the association maps; `--max-associations` overrides it.

@@ -4,7 +4,7 @@
 use floatip_common::outcome;
 
 use crate::{
-    frame::{Frame, ptr_at, read_u16, read_u32, write_u16, write_u32},
+    frame::{Frame, Window},
     maps, stats,
     translate::Verdict,
 };
@@ -16,16 +16,17 @@ const ARPOP_REPLY: u16 = 2u16.to_be();
 /// Turns a request for an associated floating IP into its reply in place.
 #[inline(always)]
 pub fn answer<F: Frame>(f: &mut F, l3: usize, ifindex: u32) -> Result<Verdict, ()> {
+    let a = Window::<28>::at(f, l3)?;
     // htype, ptype, hlen/plen, op: anything but Ethernet/IPv4 requests is not ours.
-    if read_u16(f, l3)? != ARPHRD_ETHER
-        || read_u16(f, l3 + 2)? != crate::parse::ETH_P_IP
-        || read_u16(f, l3 + 4)? != u16::from_ne_bytes([6, 4])
-        || read_u16(f, l3 + 6)? != ARPOP_REQUEST
+    if a.u16(0) != ARPHRD_ETHER
+        || a.u16(2) != crate::parse::ETH_P_IP
+        || a.u16(4) != u16::from_ne_bytes([6, 4])
+        || a.u16(6) != ARPOP_REQUEST
     {
         return Ok(Verdict::Pass);
     }
-    let spa = read_u32(f, l3 + 14)?;
-    let tpa = read_u32(f, l3 + 24)?;
+    let spa = a.u32(14);
+    let tpa = a.u32(24);
     // A gratuitous announcement (sender == target) asks nothing.
     if spa == tpa || maps::fixed_of(tpa).is_none() {
         return Ok(Verdict::Pass);
@@ -33,16 +34,18 @@ pub fn answer<F: Frame>(f: &mut F, l3: usize, ifindex: u32) -> Result<Verdict, (
     let Some(nic) = maps::iface(ifindex) else {
         return Ok(Verdict::Pass);
     };
-    let sha: [u8; 6] = unsafe { *ptr_at::<F, [u8; 6]>(f, l3 + 8)? };
-    write_u16(f, l3 + 6, ARPOP_REPLY)?;
-    unsafe {
-        *ptr_at::<F, [u8; 6]>(f, l3 + 18)? = sha;
-        *ptr_at::<F, [u8; 6]>(f, l3 + 8)? = nic.mac;
-        *ptr_at::<F, [u8; 6]>(f, 0)? = sha;
-        *ptr_at::<F, [u8; 6]>(f, 6)? = nic.mac;
-    }
-    write_u32(f, l3 + 24, spa)?;
-    write_u32(f, l3 + 14, tpa)?;
+    // Map lookups leave packet pointers valid, but take the windows again
+    // so nothing relies on that.
+    let a = Window::<28>::at(f, l3)?;
+    let sha = a.mac(8);
+    a.set_u16(6, ARPOP_REPLY);
+    a.set_mac(18, sha);
+    a.set_mac(8, nic.mac);
+    a.set_u32(24, spa);
+    a.set_u32(14, tpa);
+    let eth = Window::<12>::at(f, 0)?;
+    eth.set_mac(0, sha);
+    eth.set_mac(6, nic.mac);
     stats::count(outcome::ARP_REPLIES);
     Ok(Verdict::Reply)
 }

@@ -45,42 +45,84 @@ pub fn ptr_at<F: Frame, T>(f: &F, off: usize) -> Result<*mut T, ()> {
     Ok((start + off) as *mut T)
 }
 
-/// Reads one byte through a two-byte window. LLVM turns a one-byte check
-/// `p + 1 > end` into `p >= end`, from which the verifier learns no range;
-/// every byte floatip reads this way is followed by more header anyway.
-#[inline(always)]
-pub fn read_u8<F: Frame>(f: &F, off: usize) -> Result<u8, ()> {
-    Ok(unsafe { (*ptr_at::<F, [u8; 2]>(f, off)?)[0] })
-}
+/// A bounds-checked window of `N` header bytes at some offset of the frame.
+/// One check covers every field read or written through it, so a header
+/// costs one comparison against the packet end instead of one per field.
+/// A window does not outlive a helper call that may move packet data (the
+/// verifier forgets packet pointers then): take a new one afterwards.
+#[derive(Clone, Copy)]
+pub struct Window<const N: usize>(*mut u8);
 
-/// Writes one byte through a two-byte window (see [`read_u8`]).
-#[inline(always)]
-pub fn write_u8<F: Frame>(f: &F, off: usize, v: u8) -> Result<(), ()> {
-    unsafe { (*ptr_at::<F, [u8; 2]>(f, off)?)[0] = v };
-    Ok(())
-}
+impl<const N: usize> Window<N> {
+    #[inline(always)]
+    pub fn at<F: Frame>(f: &F, off: usize) -> Result<Self, ()> {
+        Ok(Self(ptr_at::<F, [u8; N]>(f, off)?.cast()))
+    }
 
-/// Reads two bytes as they lie in memory (network order bytes, native read).
-#[inline(always)]
-pub fn read_u16<F: Frame>(f: &F, off: usize) -> Result<u16, ()> {
-    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<F, u16>(f, off)?) })
-}
+    // Fields are read as they lie in memory (network byte order bytes,
+    // native-endian integer). Offsets are constants below N at every call
+    // site; the debug assertion documents it. Misaligned loads are one
+    // instruction (see floatip-ebpf/build.rs).
 
-#[inline(always)]
-pub fn read_u32<F: Frame>(f: &F, off: usize) -> Result<u32, ()> {
-    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<F, u32>(f, off)?) })
-}
+    #[inline(always)]
+    pub fn u8(&self, at: usize) -> u8 {
+        debug_assert!(at < N);
+        unsafe { *self.0.add(at) }
+    }
 
-#[inline(always)]
-pub fn write_u16<F: Frame>(f: &F, off: usize, v: u16) -> Result<(), ()> {
-    unsafe { core::ptr::write_unaligned(ptr_at::<F, u16>(f, off)?, v) };
-    Ok(())
-}
+    #[inline(always)]
+    pub fn u16(&self, at: usize) -> u16 {
+        debug_assert!(at + 2 <= N);
+        unsafe { core::ptr::read_unaligned(self.0.add(at).cast()) }
+    }
 
-#[inline(always)]
-pub fn write_u32<F: Frame>(f: &F, off: usize, v: u32) -> Result<(), ()> {
-    unsafe { core::ptr::write_unaligned(ptr_at::<F, u32>(f, off)?, v) };
-    Ok(())
+    #[inline(always)]
+    pub fn u32(&self, at: usize) -> u32 {
+        debug_assert!(at + 4 <= N);
+        unsafe { core::ptr::read_unaligned(self.0.add(at).cast()) }
+    }
+
+    #[inline(always)]
+    pub fn mac(&self, at: usize) -> [u8; 6] {
+        debug_assert!(at + 6 <= N);
+        unsafe { core::ptr::read_unaligned(self.0.add(at).cast()) }
+    }
+
+    #[inline(always)]
+    pub fn set_u8(&self, at: usize, v: u8) {
+        debug_assert!(at < N);
+        unsafe { *self.0.add(at) = v }
+    }
+
+    #[inline(always)]
+    pub fn set_u16(&self, at: usize, v: u16) {
+        debug_assert!(at + 2 <= N);
+        unsafe { core::ptr::write_unaligned(self.0.add(at).cast(), v) }
+    }
+
+    #[inline(always)]
+    pub fn set_u32(&self, at: usize, v: u32) {
+        debug_assert!(at + 4 <= N);
+        unsafe { core::ptr::write_unaligned(self.0.add(at).cast(), v) }
+    }
+
+    /// Writes a MAC address as a 4-byte and a 2-byte store (a 6-byte array
+    /// copy would become a call to `memmove`).
+    #[inline(always)]
+    pub fn set_mac(&self, at: usize, mac: [u8; 6]) {
+        debug_assert!(at + 6 <= N);
+        self.set_u32(at, u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]));
+        self.set_u16(at + 4, u16::from_ne_bytes([mac[4], mac[5]]));
+    }
+
+    /// Writes a MAC address given as three 16-bit words in memory order.
+    #[inline(always)]
+    pub fn set_mac_words(&self, at: usize, mac: [u16; 3]) {
+        debug_assert!(at + 6 <= N);
+        self.set_u16(at, mac[0]);
+        self.set_u16(at + 2, mac[1]);
+        self.set_u16(at + 4, mac[2]);
+    }
 }
 
 /// XDP sees complete checksums only: fold them in place.
@@ -113,7 +155,8 @@ impl Frame for Xdp<'_> {
 
     #[inline(always)]
     fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()> {
-        let check = read_u16(self, off)?;
+        let w = Window::<2>::at(self, off)?;
+        let check = w.u16(0);
         if udp && check == 0 {
             // UDP without checksum stays without.
             return Ok(());
@@ -122,7 +165,8 @@ impl Frame for Xdp<'_> {
         if udp && next == 0 {
             next = 0xffff;
         }
-        write_u16(self, off, next)
+        w.set_u16(0, next);
+        Ok(())
     }
 }
 

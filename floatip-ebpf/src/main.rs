@@ -14,7 +14,7 @@ use floatip_common::outcome;
 use floatip_ebpf::{
     forward,
     frame::{Tc, Xdp},
-    maps::REDIRECT,
+    maps::{self, REDIRECT},
     stats::count,
     translate::{self, Verdict},
 };
@@ -71,20 +71,25 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
         Ok(Verdict::Reply) => REDIRECT.redirect(ifindex, 0).unwrap_or(xdp_action::XDP_TX),
         Ok(Verdict::Forward { l3, vlan }) => {
             // A tagged frame belongs to a VLAN device the kernel owns.
-            let egress = if vlan {
+            let route = if vlan {
                 None
             } else {
-                forward::prepare(&Xdp(ctx), ifindex, l3)
+                forward::route(&Xdp(ctx), ifindex, l3)
             };
-            match egress.map(|e| REDIRECT.redirect(e, 0)) {
-                Some(Ok(action)) => {
-                    count(outcome::REDIRECTED);
-                    action
-                }
-                _ => {
-                    count(outcome::PASSED_TO_KERNEL);
-                    xdp_action::XDP_PASS
-                }
+            // The devmap holds exactly the managed NICs: a route out of any
+            // other falls back to XDP_PASS (the flags' low bits) and the
+            // kernel forwards the translated packet.
+            let redirected = route.filter(|r| {
+                REDIRECT.redirect(r.ifindex, xdp_action::XDP_PASS as u64)
+                    == Ok(xdp_action::XDP_REDIRECT)
+                    && forward::rewrite(&Xdp(ctx), l3, r).is_ok()
+            });
+            if redirected.is_some() {
+                count(outcome::REDIRECTED);
+                xdp_action::XDP_REDIRECT
+            } else {
+                count(outcome::PASSED_TO_KERNEL);
+                xdp_action::XDP_PASS
             }
         }
     }
@@ -108,15 +113,19 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
         Ok(Verdict::Drop) => TC_ACT_SHOT as i32,
         Ok(Verdict::Reply) => unsafe { bpf_redirect(ifindex, 0) as i32 },
         Ok(Verdict::Forward { l3, vlan }) => {
-            let egress = if vlan {
+            let route = if vlan {
                 None
             } else {
-                forward::prepare(&Tc(ctx), ifindex, l3)
+                forward::route(&Tc(ctx), ifindex, l3)
             };
-            match egress {
-                Some(e) => {
+            // bpf_redirect takes any ifindex: only managed NICs qualify.
+            let route = route.filter(|r| {
+                maps::iface(r.ifindex).is_some() && forward::rewrite(&Tc(ctx), l3, r).is_ok()
+            });
+            match route {
+                Some(r) => {
                     count(outcome::REDIRECTED);
-                    unsafe { bpf_redirect(e, 0) as i32 }
+                    unsafe { bpf_redirect(r.ifindex, 0) as i32 }
                 }
                 None => {
                     count(outcome::PASSED_TO_KERNEL);

@@ -2,7 +2,7 @@
 //! before anything is rewritten, so a frame floatip does not understand is
 //! passed on bit-identical.
 
-use crate::frame::{Frame, read_u8, read_u16, read_u32};
+use crate::frame::{Frame, Window};
 
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
 pub const ETH_P_ARP: u16 = 0x0806u16.to_be();
@@ -24,9 +24,10 @@ pub struct L2 {
 
 #[inline(always)]
 pub fn l2<F: Frame>(f: &F) -> Result<L2, ()> {
-    let proto = read_u16(f, 12)?;
+    let eth = Window::<14>::at(f, 0)?;
+    let proto = eth.u16(12);
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        let inner = read_u16(f, 16)?;
+        let inner = Window::<2>::at(f, 16)?.u16(0);
         // Stacked tags are not ours to handle: leave them to the kernel.
         if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
             return Err(());
@@ -63,7 +64,8 @@ pub struct Ipv4 {
 /// length inside the frame.
 #[inline(always)]
 pub fn ipv4<F: Frame>(f: &F, l3: usize) -> Result<Ipv4, ()> {
-    let vihl = read_u8(f, l3)?;
+    let h = Window::<20>::at(f, l3)?;
+    let vihl = h.u8(0);
     if vihl >> 4 != 4 {
         return Err(());
     }
@@ -71,21 +73,23 @@ pub fn ipv4<F: Frame>(f: &F, l3: usize) -> Result<Ipv4, ()> {
     if hlen < 20 {
         return Err(());
     }
-    let tot_len = u16::from_be(read_u16(f, l3 + 2)?) as usize;
+    let tot_len = u16::from_be(h.u16(2)) as usize;
     if tot_len < hlen || l3 + tot_len > f.packet_len() {
         return Err(());
     }
-    // Make sure the whole header, options included, is in the frame.
-    read_u16(f, l3 + hlen - 2)?;
-    let frags = u16::from_be(read_u16(f, l3 + 6)?);
+    if hlen > 20 {
+        // Make sure the options, too, are in the frame.
+        Window::<2>::at(f, l3 + hlen - 2)?;
+    }
+    let frags = u16::from_be(h.u16(6));
     Ok(Ipv4 {
         l3,
         l4: l3 + hlen,
         tot_len,
-        proto: read_u8(f, l3 + 9)?,
-        ttl: read_u8(f, l3 + 8)?,
+        proto: h.u8(9),
+        ttl: h.u8(8),
         first_fragment: frags & 0x1fff == 0,
-        src: read_u32(f, l3 + 12)?,
-        dst: read_u32(f, l3 + 16)?,
+        src: h.u32(12),
+        dst: h.u32(16),
     })
 }

@@ -5,7 +5,7 @@ use floatip_common::outcome;
 
 use crate::{
     checksum,
-    frame::{Frame, read_u8, read_u16, read_u32, write_u16, write_u32},
+    frame::{Frame, Window},
     maps, parse,
     parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
     stats,
@@ -42,9 +42,9 @@ fn is_icmp_error(t: u8) -> bool {
 /// TCP/UDP checksum whose pseudo-header holds the address.
 #[inline(always)]
 fn rewrite<F: Frame>(f: &mut F, ip: &Ipv4, field: usize, old: u32, new: u32) -> Result<(), ()> {
-    write_u32(f, ip.l3 + field, new)?;
-    let c = read_u16(f, ip.l3 + 10)?;
-    write_u16(f, ip.l3 + 10, checksum::replace4(c, old, new))?;
+    let h = Window::<20>::at(f, ip.l3)?;
+    h.set_u32(field, new);
+    h.set_u16(10, checksum::replace4(h.u16(10), old, new));
     if !ip.first_fragment {
         return Ok(());
     }
@@ -67,48 +67,54 @@ fn rewrite_quote<F: Frame>(f: &F, ip: &Ipv4, field: usize, old: u32, new: u32) -
     }
     let end = ip.l3 + ip.tot_len;
     let icmp = ip.l4;
-    if icmp + 8 + 20 > end || !is_icmp_error(read_u8(f, icmp)?) {
+    if icmp + 8 + 20 > end {
         return Ok(());
     }
-    let q = icmp + 8;
-    let vihl = read_u8(f, q)?;
+    // The ICMP header and the quoted IPv4 header without options.
+    let w = Window::<28>::at(f, icmp)?;
+    if !is_icmp_error(w.u8(0)) {
+        return Ok(());
+    }
+    const Q: usize = 8;
+    let vihl = w.u8(Q);
     let qhlen = ((vihl & 0x0f) as usize) * 4;
-    if vihl >> 4 != 4 || qhlen < 20 || q + qhlen > end {
+    if vihl >> 4 != 4 || qhlen < 20 || icmp + Q + qhlen > end {
         return Ok(());
     }
-    if read_u32(f, q + field)? != old {
+    if w.u32(Q + field) != old {
         return Ok(());
     }
-    let mut icsum = read_u16(f, icmp + 2)?;
-    write_u32(f, q + field, new)?;
+    let mut icsum = w.u16(2);
+    w.set_u32(Q + field, new);
     icsum = checksum::replace4(icsum, old, new);
-    let qc = read_u16(f, q + 10)?;
+    let qc = w.u16(Q + 10);
     let qc2 = checksum::replace4(qc, old, new);
-    write_u16(f, q + 10, qc2)?;
+    w.set_u16(Q + 10, qc2);
     icsum = checksum::replace2(icsum, qc, qc2);
 
-    let qfrag = u16::from_be(read_u16(f, q + 6)?);
+    let qfrag = u16::from_be(w.u16(Q + 6));
     if qfrag & 0x1fff == 0 {
-        let ql4 = q + qhlen;
-        let qproto = read_u8(f, q + 9)?;
-        let at = match qproto {
+        let ql4 = icmp + Q + qhlen;
+        let at = match w.u8(Q + 9) {
             IPPROTO_UDP if ql4 + 8 <= end => Some((ql4 + 6, true)),
             IPPROTO_TCP if ql4 + 18 <= end => Some((ql4 + 16, false)),
             _ => None,
         };
         if let Some((off, udp)) = at {
-            let lc = read_u16(f, off)?;
+            let l = Window::<2>::at(f, off)?;
+            let lc = l.u16(0);
             if !(udp && lc == 0) {
                 let mut lc2 = checksum::replace4(lc, old, new);
                 if udp && lc2 == 0 {
                     lc2 = 0xffff;
                 }
-                write_u16(f, off, lc2)?;
+                l.set_u16(0, lc2);
                 icsum = checksum::replace2(icsum, lc, lc2);
             }
         }
     }
-    write_u16(f, icmp + 2, icsum)
+    w.set_u16(2, icsum);
+    Ok(())
 }
 
 /// Destination NAT: floating `fip` -> fixed `fixed`, with the quote of an

@@ -7,13 +7,18 @@
 //! - `bench_gen`: the traffic generator, run through `BPF_PROG_TEST_RUN` with live frames.
 //! - `bench_cost`: writes the same kind of frame, then tail-calls the program under test
 //!   in `BENCH_JUMP[0]`, so every repetition of a test run sees a fresh packet.
+//! - `bench_lookup`, `bench_fib`: floors for the program cost, run behind `bench_cost`:
+//!   one hash-map lookup of the destination address, and one `bpf_fib_lookup` of the
+//!   frame, each then XDP_PASS. What one such step costs on the machine bounds what
+//!   any design built on them can reach.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::bpf_fib_lookup,
     macros::{map, xdp},
-    maps::{Array, DevMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, HashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use floatip_common::GenConfig;
@@ -40,6 +45,10 @@ static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "BENCH_JUMP")]
 static BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Keys for `bench_lookup`: addresses as they lie in the frame.
+#[map(name = "BENCH_KEYS")]
+static BENCH_KEYS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {
@@ -75,6 +84,61 @@ pub fn bench_cost(ctx: XdpContext) -> u32 {
     // Only returns when the slot is empty.
     unsafe { BENCH_JUMP.tail_call(&ctx, 0) };
     xdp_action::XDP_ABORTED
+}
+
+/// One hash lookup of the destination address; XDP_PASS on a hit, XDP_DROP
+/// on a miss (so a run can check it measured hits).
+#[xdp]
+pub fn bench_lookup(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 34 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let dst = unsafe { core::ptr::read_unaligned((data + 30) as *const u32) };
+    match unsafe { BENCH_KEYS.get(&dst) } {
+        Some(_) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+/// One FIB lookup of the frame as floatip's forwarding stage makes it;
+/// XDP_PASS when it succeeded (route and neighbour), XDP_DROP otherwise.
+#[xdp]
+pub fn bench_fib(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 34 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // Zeroed with volatile stores: `zeroed()` would add a call to memset,
+    // which the data plane avoids the same way.
+    let mut p = core::mem::MaybeUninit::<FibParams>::uninit();
+    let words = p.as_mut_ptr().cast::<u64>();
+    for i in 0..core::mem::size_of::<FibParams>() / 8 {
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    let p = unsafe { p.assume_init_mut() };
+    p.family = 2;
+    unsafe {
+        p.l4_protocol = *((data + 23) as *const u8);
+        p.__bindgen_anon_1.tot_len =
+            u16::from_be(core::ptr::read_unaligned((data + 16) as *const u16));
+        p.__bindgen_anon_3.ipv4_src = core::ptr::read_unaligned((data + 26) as *const u32);
+        p.__bindgen_anon_4.ipv4_dst = core::ptr::read_unaligned((data + 30) as *const u32);
+        p.ifindex = (*ctx.ctx).ingress_ifindex;
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
 /// Folds a one's-complement sum to 16 bits. Not taken from the

@@ -10,6 +10,7 @@
 
 use std::{
     fs,
+    net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     time::Duration,
@@ -31,6 +32,7 @@ const GEN_CONFIG: &str = "GEN_CONFIG";
 const BENCH_COUNT: &str = "BENCH_COUNT";
 const BENCH_TX: &str = "BENCH_TX";
 const BENCH_JUMP: &str = "BENCH_JUMP";
+const BENCH_KEYS: &str = "BENCH_KEYS";
 
 /// Length of the frames `bench_gen` and `bench_cost` write (64 bytes on a
 /// wire, with the FCS).
@@ -191,6 +193,10 @@ fn set_config(ebpf: &mut Ebpf, cfg: &GenConfig) -> Result<()> {
 pub enum CostTarget {
     /// `bench_pass` behind the frame-writing wrapper: the floor of a wrapped run.
     Pass,
+    /// `bench_lookup` (one hash lookup) behind the wrapper.
+    Lookup,
+    /// `bench_fib` (one FIB lookup) behind the wrapper.
+    Fib,
     External,
     Internal,
 }
@@ -266,7 +272,12 @@ impl CostRig {
             }
         }
         let mut bench = Ebpf::load(BENCH_OBJECT).context("cannot load the bench object")?;
-        for name in [programs::BENCH_PASS, BENCH_COST] {
+        for name in [
+            programs::BENCH_PASS,
+            programs::BENCH_LOOKUP,
+            programs::BENCH_FIB,
+            BENCH_COST,
+        ] {
             xdp_prog(&mut bench, name)?
                 .load()
                 .with_context(|| format!("the kernel rejected {name}"))?;
@@ -290,6 +301,8 @@ impl CostRig {
         }
         let (obj, name) = match target {
             CostTarget::Pass => (&mut self.bench, programs::BENCH_PASS),
+            CostTarget::Lookup => (&mut self.bench, programs::BENCH_LOOKUP),
+            CostTarget::Fib => (&mut self.bench, programs::BENCH_FIB),
             CostTarget::External => (&mut self.ebpf, programs::XDP_EXTERNAL),
             CostTarget::Internal => (&mut self.ebpf, programs::XDP_INTERNAL),
         };
@@ -332,6 +345,17 @@ impl CostRig {
             ns_per_packet: run.1,
             translated: self.translated()? - before,
         })
+    }
+
+    /// Puts `addr` into the key map of `bench_lookup`.
+    pub fn add_lookup_key(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let mut keys: HashMap<_, u32, u32> = HashMap::try_from(
+            self.bench
+                .map_mut(BENCH_KEYS)
+                .ok_or_else(|| anyhow!("bench object lacks {BENCH_KEYS}"))?,
+        )?;
+        keys.insert(u32::from_ne_bytes(addr.octets()), 1, 0)?;
+        Ok(())
     }
 
     /// Runs the bare `bench_pass` (no wrapper) on a fixed frame.

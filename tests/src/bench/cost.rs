@@ -44,6 +44,11 @@ pub enum Case {
     BarePass,
     /// The wrapper + `bench_pass`: the floor the other cases are compared to.
     Pass,
+    /// The wrapper + one hash lookup of the destination (a hit): what a
+    /// single map lookup costs on this machine.
+    LookupFloor,
+    /// The wrapper + one successful `bpf_fib_lookup` of a translated frame.
+    FibFloor,
     Miss,
     Dnat,
     Snat,
@@ -55,6 +60,8 @@ impl Case {
         match self {
             Case::BarePass => "xdp-pass (bare)",
             Case::Pass => "xdp-pass",
+            Case::LookupFloor => "one hash lookup",
+            Case::FibFloor => "one fib lookup",
             Case::Miss => "miss",
             Case::Dnat => "dnat-hit",
             Case::Snat => "snat-hit",
@@ -63,9 +70,23 @@ impl Case {
     }
 }
 
-pub const CASES: [Case; 6] = [
-    Case::BarePass,
-    Case::Pass,
+/// Every case in report order: the two floors of the wrapper, then [`DELTA_CASES`].
+pub const CASES: [Case; 8] = {
+    let mut all = [Case::BarePass; 8];
+    all[1] = Case::Pass;
+    let mut i = 0;
+    while i < DELTA_CASES.len() {
+        all[i + 2] = DELTA_CASES[i];
+        i += 1;
+    }
+    all
+};
+
+/// The cases reported as a difference to [`Case::Pass`]: everything behind
+/// the same wrapper.
+pub const DELTA_CASES: [Case; 6] = [
+    Case::LookupFloor,
+    Case::FibFloor,
     Case::Miss,
     Case::Dnat,
     Case::Snat,
@@ -213,6 +234,7 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
         (int, iface::mac("ci")?, false),
     ];
     let mut rig = CostRig::load(bpffs, n, &nics)?;
+    rig.add_lookup_key(FLOATING_BASE)?;
     let result = (|| {
         let pairs: Vec<Pair> = (0..n)
             .map(|i| Pair {
@@ -257,6 +279,21 @@ fn run_case(rig: &mut CostRig, case: Case, n: u32, ext: u32, int: u32, repeat: u
             CostTarget::Pass,
             config(REMOTE, 1, FLOATING_BASE, n, 0),
             ext,
+            XDP_PASS,
+            false,
+        ),
+        Case::LookupFloor => (
+            CostTarget::Lookup,
+            config(REMOTE, 1, FLOATING_BASE, 1, 0),
+            ext,
+            XDP_PASS,
+            false,
+        ),
+        // The SNAT frame's destination has a route and a permanent neighbour.
+        Case::FibFloor => (
+            CostTarget::Fib,
+            config(FIXED_BASE, 1, REMOTE, 1, 0),
+            int,
             XDP_PASS,
             false,
         ),

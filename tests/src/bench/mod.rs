@@ -320,7 +320,7 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
             }
             s.push('\n');
         }
-        for case in [Case::Miss, Case::Dnat, Case::Snat, Case::Hairpin] {
+        for case in cost::DELTA_CASES {
             let _ = write!(s, "| {} − xdp-pass |", case.name());
             for c in &res.cost {
                 let _ = write!(s, " **{:+.1}** |", c.get(case) - c.get(Case::Pass));
@@ -329,7 +329,7 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
         }
         let _ = writeln!(
             s,
-            "\n`xdp-pass` is the frame-writing wrapper (`bench_cost`) in front of `bench_pass`; every other case is the same wrapper in front of the floatip program, so the difference is the program's own cost. `xdp-pass (bare)` is `bench_pass` alone.\n"
+            "\n`xdp-pass` is the frame-writing wrapper (`bench_cost`) in front of `bench_pass`; every other case is the same wrapper in front of the floatip program, so the difference is the program's own cost. `xdp-pass (bare)` is `bench_pass` alone. `one hash lookup` and `one fib lookup` are the same wrapper in front of a program that does only that step (a hit, and a lookup that finds route and neighbour): the cost of the steps a translated and forwarded packet cannot avoid on this machine.\n"
         );
         for c in &res.cost {
             let _ = writeln!(
@@ -590,7 +590,7 @@ fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value 
             json!({
                 "associations": c.associations,
                 "ns_per_packet": c.ns.iter().map(|(k, v)| (k.name().to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "delta_to_pass_ns": ([Case::Miss, Case::Dnat, Case::Snat, Case::Hairpin].iter()
+                "delta_to_pass_ns": (cost::DELTA_CASES.iter()
                     .map(|k| (k.name().to_string(), json!(c.get(*k) - c.get(Case::Pass))))
                     .collect::<serde_json::Map<_, _>>()),
                 "load_seconds": c.load_time.as_secs_f64(),
