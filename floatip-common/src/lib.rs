@@ -9,7 +9,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -19,8 +19,12 @@ pub mod maps {
     pub const FIXED_TO_FIP: &str = "FIXED_TO_FIP";
     /// LPM trie of pool prefixes -> [`super::POOL_MEMBER`] / [`super::POOL_EXCLUDED`].
     pub const POOLS: &str = "POOLS";
-    /// Per-CPU counters per floating IP.
+    /// Per-CPU counters per association, an array indexed by
+    /// [`super::NatEntry::slot`].
     pub const ASSOC_STATS: &str = "ASSOC_STATS";
+    /// slot -> floating IP that owns the slot of `ASSOC_STATS` (0: free).
+    /// Only the loader reads it, to hand out slots.
+    pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
     /// Per-CPU counters per outcome, indexed by [`super::outcome`].
     pub const OUTCOMES: &str = "OUTCOMES";
     /// ifindex -> [`super::IfaceInfo`] for every NIC floatip manages.
@@ -31,11 +35,12 @@ pub mod maps {
     pub const META: &str = "META";
 
     /// Every pinned map, in the order `detach` removes them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         FIP_TO_FIXED,
         FIXED_TO_FIP,
         POOLS,
         ASSOC_STATS,
+        SLOT_OWNERS,
         OUTCOMES,
         IFACES,
         REDIRECT,
@@ -65,14 +70,23 @@ pub const MAX_POOL_PREFIXES: u32 = 16_384;
 /// Maximum number of managed interfaces.
 pub const MAX_IFACES: u32 = 64;
 
+/// Number of counter slots for `max_associations` associations: a quarter
+/// more than needed keeps the loader's probing for a free slot short.
+pub const fn stats_slots(max_associations: u32) -> u32 {
+    max_associations
+        .saturating_add(max_associations / 4)
+        .saturating_add(1)
+}
+
 /// Value of both association maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatEntry {
     /// The other address of the pair, network byte order.
     pub addr: u32,
-    /// Reserved; always zero.
-    pub _pad: u32,
+    /// Index of the pair's counters in `ASSOC_STATS` (the same in both
+    /// halves), so counting costs an array access, not a second hash lookup.
+    pub slot: u32,
 }
 
 /// Value of a pool prefix in the `POOLS` trie (key: prefix length and

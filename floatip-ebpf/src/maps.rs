@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use floatip_common::{
     AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry,
-    POOL_MEMBER, outcome,
+    POOL_MEMBER, outcome, stats_slots,
 };
 
 // Plain HASH, never LRU: an eviction would silently break half of a pair.
@@ -21,8 +21,12 @@ pub static FIXED_TO_FIP: HashMap<u32, NatEntry> = HashMap::pinned(DEFAULT_MAX_AS
 pub static POOLS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_POOL_PREFIXES, 0);
 
 #[map(name = "ASSOC_STATS")]
-pub static ASSOC_STATS: PerCpuHashMap<u32, AssocStats> =
-    PerCpuHashMap::pinned(DEFAULT_MAX_ASSOCIATIONS, 0);
+pub static ASSOC_STATS: PerCpuArray<AssocStats> =
+    PerCpuArray::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), 0);
+
+// Never read by the programs: the loader's record of which slot is whose.
+#[map(name = "SLOT_OWNERS")]
+pub static SLOT_OWNERS: Array<u32> = Array::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), 0);
 
 #[map(name = "OUTCOMES")]
 pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::pinned(outcome::COUNT, 0);
@@ -36,16 +40,16 @@ pub static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_IFACES, 0);
 #[map(name = "META")]
 pub static META: Array<Meta> = Array::pinned(1, 0);
 
-/// Floating IP -> fixed IP.
+/// Floating IP -> its fixed IP and counter slot.
 #[inline(always)]
-pub fn fixed_of(floating: u32) -> Option<u32> {
-    FIP_TO_FIXED.get_ptr(floating).map(|e| unsafe { (*e).addr })
+pub fn fixed_of(floating: u32) -> Option<NatEntry> {
+    FIP_TO_FIXED.get_ptr(floating).map(|e| unsafe { *e })
 }
 
-/// Fixed IP -> floating IP.
+/// Fixed IP -> its floating IP and counter slot.
 #[inline(always)]
-pub fn floating_of(fixed: u32) -> Option<u32> {
-    FIXED_TO_FIP.get_ptr(fixed).map(|e| unsafe { (*e).addr })
+pub fn floating_of(fixed: u32) -> Option<NatEntry> {
+    FIXED_TO_FIP.get_ptr(fixed).map(|e| unsafe { *e })
 }
 
 /// Whether `addr` lies in a floating IP pool (and is not excluded from it).

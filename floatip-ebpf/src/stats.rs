@@ -11,11 +11,11 @@ pub fn count(outcome: u32) {
     }
 }
 
-/// Counts a packet for the floating IP `floating`; `inbound` when it
-/// arrived for the floating IP, otherwise sent from it.
+/// Counts a packet for the association whose counters are at `slot`;
+/// `inbound` when it arrived for the floating IP, otherwise sent from it.
 #[inline(always)]
-pub fn count_assoc(floating: u32, inbound: bool, bytes: u64) {
-    if let Some(s) = ASSOC_STATS.get_ptr_mut(floating) {
+pub fn count_assoc(slot: u32, inbound: bool, bytes: u64) {
+    if let Some(s) = ASSOC_STATS.get_ptr_mut(slot) {
         let s: &mut AssocStats = unsafe { &mut *s };
         if inbound {
             s.in_packets += 1;

@@ -1,7 +1,7 @@
 //! Translation: the 1:1 NAT decision for each side, and the rewrite of an
 //! address together with every checksum and ICMP quote that carries it.
 
-use floatip_common::outcome;
+use floatip_common::{NatEntry, outcome};
 
 use crate::{
     checksum,
@@ -120,20 +120,20 @@ fn rewrite_quote<F: Frame>(f: &F, ip: &Ipv4, field: usize, old: u32, new: u32) -
 /// Destination NAT: floating `fip` -> fixed `fixed`, with the quote of an
 /// ICMP error (whose source was the floating IP) translated back too.
 #[inline(always)]
-fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, fixed: u32) -> Result<(), ()> {
-    rewrite(f, ip, DST, fip, fixed)?;
-    rewrite_quote(f, ip, SRC, fip, fixed)?;
-    stats::count_assoc(fip, true, f.packet_len() as u64);
+fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, to: NatEntry) -> Result<(), ()> {
+    rewrite(f, ip, DST, fip, to.addr)?;
+    rewrite_quote(f, ip, SRC, fip, to.addr)?;
+    stats::count_assoc(to.slot, true, f.packet_len() as u64);
     Ok(())
 }
 
 /// Source NAT: fixed `fixed` -> floating `fip`, with the quote of an ICMP
 /// error the instance sends (whose destination was the fixed IP).
 #[inline(always)]
-fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, fip: u32) -> Result<(), ()> {
-    rewrite(f, ip, SRC, fixed, fip)?;
-    rewrite_quote(f, ip, DST, fixed, fip)?;
-    stats::count_assoc(fip, false, f.packet_len() as u64);
+fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, to: NatEntry) -> Result<(), ()> {
+    rewrite(f, ip, SRC, fixed, to.addr)?;
+    rewrite_quote(f, ip, DST, fixed, to.addr)?;
+    stats::count_assoc(to.slot, false, f.packet_len() as u64);
     Ok(())
 }
 

@@ -379,3 +379,69 @@ fn counters_follow_the_packets() {
     assert_eq!(c["dropped_unassociated"], 1);
     assert_eq!((c["errors"], c["passed"]), (1, 0), "{c:?}");
 }
+
+/// Counters live in slots handed out by the loader: each association has
+/// its own, a move keeps them, a new association starts from zero, and a
+/// full table (every association at once) still gives every pair its own.
+#[test]
+fn counter_slots_are_per_association() {
+    let mut fx = Fixture::new();
+    let to1 = frame(REMOTE, FIP1, 17, udp_l4);
+    let to2 = frame(REMOTE, FIP2, 17, udp_l4);
+    for _ in 0..2 {
+        fx.run(TestProgram::XdpExternal, &to1);
+    }
+    fx.run(TestProgram::XdpExternal, &to2);
+    let stats = |fx: &Fixture, fip| {
+        let s = fx
+            .progs()
+            .dataplane()
+            .unwrap()
+            .pair_stats(Some(fip))
+            .unwrap()[0];
+        (s.in_packets, s.out_packets)
+    };
+    assert_eq!((stats(&fx, FIP1), stats(&fx, FIP2)), ((2, 0), (1, 0)));
+
+    let other = Ipv4Addr::new(10, 0, 0, 77);
+    fx.progs()
+        .dataplane()
+        .unwrap()
+        .nat_move(FIP1, other)
+        .unwrap();
+    fx.run(TestProgram::XdpExternal, &to1);
+    assert_eq!(stats(&fx, FIP1), (3, 0), "a move keeps the counters");
+
+    let mut dp = fx.progs().dataplane().unwrap();
+    dp.nat_del(FIP1).unwrap();
+    dp.nat_add(FIP1, FIXED1).unwrap();
+    assert_eq!(stats(&fx, FIP1), (0, 0), "a new association starts at zero");
+    assert_eq!(stats(&fx, FIP2), (1, 0), "others keep theirs");
+
+    // Fill the maps (1024 associations in this fixture) and send one packet
+    // to each floating IP: every pair must count exactly its own packet.
+    let pairs: Vec<_> = (0..1022u32)
+        .map(|i| {
+            (
+                Ipv4Addr::from(0x0ac8_0000 + i),
+                Ipv4Addr::from(0x0a10_0000 + i),
+            )
+        })
+        .collect();
+    for (f, x) in &pairs {
+        dp.nat_add(*f, *x).unwrap();
+    }
+    for (f, _) in &pairs {
+        let (action, _) = fx.run(TestProgram::XdpExternal, &frame(REMOTE, *f, 17, udp_l4));
+        assert_ne!(action, 1, "XDP_DROP for {f}");
+    }
+    for s in dp.pair_stats(None).unwrap() {
+        let want = if pairs.iter().any(|(f, _)| *f == s.floating) {
+            1
+        } else {
+            stats(&fx, s.floating).0
+        };
+        assert_eq!(s.in_packets, want, "counters of {}", s.floating);
+    }
+    assert_eq!(dp.pair_stats(None).unwrap().len(), 1024);
+}

@@ -25,8 +25,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
     maps::{
-        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
-        PerCpuValues, lpm_trie::Key,
+        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::Key,
     },
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, Xdp,
@@ -38,7 +38,7 @@ use aya::{
 };
 use floatip_common::{
     AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, POOL_EXCLUDED, POOL_MEMBER,
-    ROLE_EXTERNAL, ROLE_INTERNAL, maps as names, outcome, programs,
+    ROLE_EXTERNAL, ROLE_INTERNAL, maps as names, outcome, programs, stats_slots,
 };
 
 use crate::iface;
@@ -260,7 +260,8 @@ fn load(bpffs: &Path, max_associations: u32) -> Result<Ebpf> {
         .default_map_pin_directory(&dir)
         .map_max_entries(names::FIP_TO_FIXED, max_associations)
         .map_max_entries(names::FIXED_TO_FIP, max_associations)
-        .map_max_entries(names::ASSOC_STATS, max_associations)
+        .map_max_entries(names::ASSOC_STATS, stats_slots(max_associations))
+        .map_max_entries(names::SLOT_OWNERS, stats_slots(max_associations))
         .load(EBPF_OBJECT)
         .context("cannot load the floatip eBPF object")?;
     let mut meta: Array<_, Meta> = Array::try_from(
@@ -372,7 +373,8 @@ pub struct Dataplane {
     fip_to_fixed: HashMap<MapData, u32, NatEntry>,
     fixed_to_fip: HashMap<MapData, u32, NatEntry>,
     pools: LpmTrie<MapData, u32, u32>,
-    stats: PerCpuHashMap<MapData, u32, AssocStats>,
+    stats: PerCpuArray<MapData, AssocStats>,
+    slot_owners: Array<MapData, u32>,
     outcomes: PerCpuArray<MapData, u64>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     meta: Array<MapData, Meta>,
@@ -563,16 +565,17 @@ impl Dataplane {
             fip_to_fixed: HashMap::try_from(Map::from_map_data(f2x)?)?,
             fixed_to_fip: HashMap::try_from(open_map(bpffs, names::FIXED_TO_FIP)?)?,
             pools: LpmTrie::try_from(open_map(bpffs, names::POOLS)?)?,
-            stats: PerCpuHashMap::try_from(open_map(bpffs, names::ASSOC_STATS)?)?,
+            stats: PerCpuArray::try_from(open_map(bpffs, names::ASSOC_STATS)?)?,
+            slot_owners: Array::try_from(open_map(bpffs, names::SLOT_OWNERS)?)?,
             outcomes: PerCpuArray::try_from(open_map(bpffs, names::OUTCOMES)?)?,
             ifaces: HashMap::try_from(open_map(bpffs, names::IFACES)?)?,
             meta: Array::try_from(open_map(bpffs, names::META)?)?,
         })
     }
 
-    fn lookup(map: &HashMap<MapData, u32, NatEntry>, ip: Ipv4Addr) -> Result<Option<Ipv4Addr>> {
+    fn lookup(map: &HashMap<MapData, u32, NatEntry>, ip: Ipv4Addr) -> Result<Option<NatEntry>> {
         match map.get(&to_key(ip), 0) {
-            Ok(e) => Ok(Some(from_key(e.addr))),
+            Ok(e) => Ok(Some(e)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -580,18 +583,42 @@ impl Dataplane {
 
     /// The fixed IP `floating` maps to, if any.
     pub fn fixed_of(&self, floating: Ipv4Addr) -> Result<Option<Ipv4Addr>> {
-        Self::lookup(&self.fip_to_fixed, floating)
+        Ok(Self::lookup(&self.fip_to_fixed, floating)?.map(|e| from_key(e.addr)))
     }
 
     /// The floating IP of `fixed`, if any.
     pub fn floating_of(&self, fixed: Ipv4Addr) -> Result<Option<Ipv4Addr>> {
-        Self::lookup(&self.fixed_to_fip, fixed)
+        Ok(Self::lookup(&self.fixed_to_fip, fixed)?.map(|e| from_key(e.addr)))
     }
 
-    fn zero_stats(&mut self, floating: Ipv4Addr) -> Result<()> {
-        let cpus = nr_cpus().map_err(|(_, e)| e)?;
-        let zero = PerCpuValues::try_from(vec![AssocStats::default(); cpus])?;
-        self.stats.insert(to_key(floating), zero, 0)?;
+    /// Hands out a counter slot for `floating`, zeroed: linear probing from
+    /// a hash of the address for a free slot, or one `floating` already
+    /// owns (left behind by a crash between claiming and mapping).
+    /// Mutating commands run one at a time (the database's write lock), so
+    /// two claims never race.
+    fn claim_slot(&mut self, floating: Ipv4Addr) -> Result<u32> {
+        let owner = to_key(floating);
+        let n = self.slot_owners.len();
+        let start = u32::from(floating).wrapping_mul(0x9e37_79b1) % n;
+        for i in 0..n {
+            let slot = (start + i) % n;
+            let current = self.slot_owners.get(&slot, 0)?;
+            if current == 0 || current == owner {
+                let cpus = nr_cpus().map_err(|(_, e)| e)?;
+                let zero = PerCpuValues::try_from(vec![AssocStats::default(); cpus])?;
+                self.stats.set(slot, zero, 0)?;
+                self.slot_owners.set(slot, owner, 0)?;
+                return Ok(slot);
+            }
+        }
+        bail!("no free counter slot for {floating} ({n} slots)")
+    }
+
+    /// Frees `slot` if `floating` owns it.
+    fn release_slot(&mut self, slot: u32, floating: Ipv4Addr) -> Result<()> {
+        if slot < self.slot_owners.len() && self.slot_owners.get(&slot, 0)? == to_key(floating) {
+            self.slot_owners.set(slot, 0, 0)?;
+        }
         Ok(())
     }
 
@@ -619,18 +646,22 @@ impl Dataplane {
     /// that fails.
     pub fn nat_add(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
         self.check_free(floating, fixed)?;
-        self.zero_stats(floating)?;
+        let slot = self.claim_slot(floating)?;
         let (f, x) = (to_key(floating), to_key(fixed));
-        self.fixed_to_fip
-            .insert(x, NatEntry { addr: f, _pad: 0 }, BPF_NOEXIST)
-            .with_context(|| format!("cannot map fixed IP {fixed}"))?;
+        if let Err(e) = self
+            .fixed_to_fip
+            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)
+        {
+            let _ = self.release_slot(slot, floating);
+            return Err(anyhow!("cannot map fixed IP {fixed}: {e}"));
+        }
         crate::failpoint::hit("pair-half-written");
         if let Err(e) = self
             .fip_to_fixed
-            .insert(f, NatEntry { addr: x, _pad: 0 }, BPF_NOEXIST)
+            .insert(f, NatEntry { addr: x, slot }, BPF_NOEXIST)
         {
             let _ = self.fixed_to_fip.remove(&x);
-            let _ = self.stats.remove(&f);
+            let _ = self.release_slot(slot, floating);
             return Err(anyhow!("cannot map floating IP {floating}: {e}"));
         }
         Ok(())
@@ -638,22 +669,28 @@ impl Dataplane {
 
     /// Moves `floating` to `new_fixed`: the floating->fixed entry is
     /// overwritten in place, so traffic switches from the next packet.
+    /// The association keeps its counters (and slot).
     pub fn nat_move(&mut self, floating: Ipv4Addr, new_fixed: Ipv4Addr) -> Result<()> {
-        let old_fixed = self
-            .fixed_of(floating)?
+        let entry = Self::lookup(&self.fip_to_fixed, floating)?
             .ok_or_else(|| anyhow!("floating IP {floating} is not mapped"))?;
+        let old_fixed = from_key(entry.addr);
         if old_fixed == new_fixed {
             return Ok(());
         }
         if let Some(other) = self.floating_of(new_fixed)? {
             bail!("fixed IP {new_fixed} already has floating IP {other}");
         }
-        let (f, x, old) = (to_key(floating), to_key(new_fixed), to_key(old_fixed));
+        let (f, x, old, slot) = (
+            to_key(floating),
+            to_key(new_fixed),
+            to_key(old_fixed),
+            entry.slot,
+        );
         self.fixed_to_fip
-            .insert(x, NatEntry { addr: f, _pad: 0 }, BPF_NOEXIST)?;
+            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)?;
         if let Err(e) = self
             .fip_to_fixed
-            .insert(f, NatEntry { addr: x, _pad: 0 }, BPF_EXIST)
+            .insert(f, NatEntry { addr: x, slot }, BPF_EXIST)
         {
             let _ = self.fixed_to_fip.remove(&x);
             return Err(e.into());
@@ -664,19 +701,25 @@ impl Dataplane {
 
     /// Removes the pair of `floating` (inbound first) and returns its fixed IP.
     pub fn nat_del(&mut self, floating: Ipv4Addr) -> Result<Ipv4Addr> {
-        let fixed = self
-            .fixed_of(floating)?
+        let entry = Self::lookup(&self.fip_to_fixed, floating)?
             .ok_or_else(|| anyhow!("floating IP {floating} is not mapped"))?;
+        let fixed = from_key(entry.addr);
         self.fip_to_fixed.remove(&to_key(floating))?;
         crate::failpoint::hit("pair-half-written");
         self.fixed_to_fip.remove(&to_key(fixed))?;
-        let _ = self.stats.remove(&to_key(floating));
+        self.release_slot(entry.slot, floating)?;
         Ok(fixed)
     }
 
     /// Removes whatever entries mention `floating` or `fixed`, half pairs
     /// included; absence is not an error. For repair after a crash.
     pub fn nat_purge(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        let mut slots = Vec::new();
+        for (map, key) in [(&self.fip_to_fixed, floating), (&self.fixed_to_fip, fixed)] {
+            if let Some(e) = Self::lookup(map, key)? {
+                slots.push(e.slot);
+            }
+        }
         for (map, key) in [
             (&mut self.fip_to_fixed, floating),
             (&mut self.fixed_to_fip, fixed),
@@ -687,7 +730,9 @@ impl Dataplane {
                 Err(e) => return Err(e.into()),
             }
         }
-        let _ = self.stats.remove(&to_key(floating));
+        for slot in slots {
+            self.release_slot(slot, floating)?;
+        }
         Ok(())
     }
 
@@ -809,26 +854,33 @@ impl Dataplane {
 
     /// Counters of one association, or of all when `only` is `None`.
     pub fn pair_stats(&self, only: Option<Ipv4Addr>) -> Result<Vec<PairStats>> {
-        let pairs = match only {
-            Some(f) => vec![Pair {
-                floating: f,
-                fixed: self
-                    .fixed_of(f)?
+        let entries = match only {
+            Some(f) => vec![(
+                f,
+                Self::lookup(&self.fip_to_fixed, f)?
                     .ok_or_else(|| anyhow!("floating IP {f} is not mapped"))?,
-            }],
-            None => self.nat_list()?,
+            )],
+            None => {
+                let mut all = Vec::new();
+                for item in self.fip_to_fixed.iter() {
+                    let (f, e) = item?;
+                    all.push((from_key(f), e));
+                }
+                all.sort_by_key(|(f, _)| *f);
+                all
+            }
         };
         let mut out = Vec::new();
-        for p in pairs {
+        for (floating, entry) in entries {
             let mut s = PairStats {
-                floating: p.floating,
-                fixed: p.fixed,
+                floating,
+                fixed: from_key(entry.addr),
                 in_packets: 0,
                 in_bytes: 0,
                 out_packets: 0,
                 out_bytes: 0,
             };
-            if let Ok(values) = self.stats.get(&to_key(p.floating), 0) {
+            if let Ok(values) = self.stats.get(&entry.slot, 0) {
                 for v in values.iter() {
                     s.in_packets += v.in_packets;
                     s.in_bytes += v.in_bytes;
