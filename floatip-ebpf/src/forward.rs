@@ -21,16 +21,16 @@ const AF_INET: u8 = 2;
 /// Where a translated packet leaves and with which MACs.
 pub struct Route {
     pub ifindex: u32,
-    // MACs as three 16-bit words: see [`mac_words`].
-    smac: [u16; 3],
-    dmac: [u16; 3],
+    // MACs in the low 48 bits, memory order: see [`mac_bits`].
+    smac: u64,
+    dmac: u64,
 }
 
 /// Looks the translated packet (IPv4 header at `l3`, arrived on `ifindex`)
-/// up in the FIB.
+/// up in the FIB; the error says why the kernel should forward it instead.
 #[inline(always)]
-pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize) -> Option<Route> {
-    let h = Window::<20>::at(f, l3).ok()?;
+pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize) -> Result<Route, &'static str> {
+    let h = Window::<20>::at(f, l3).map_err(|()| "header out of reach")?;
     let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
     let p = zero(&mut params);
     p.family = AF_INET;
@@ -42,13 +42,27 @@ pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize) -> Option<Route> {
     p.__bindgen_anon_4.ipv4_dst = h.u32(16);
     let rc = unsafe { bpf_fib_lookup(f.ctx_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return None;
+        return Err(fib_failure(rc));
     }
-    Some(Route {
+    Ok(Route {
         ifindex: p.ifindex,
-        smac: mac_words(&p.smac),
-        dmac: mac_words(&p.dmac),
+        smac: mac_bits(&p.smac),
+        dmac: mac_bits(&p.dmac),
     })
+}
+
+/// Why a FIB lookup did not give a complete answer (`BPF_FIB_LKUP_RET_*`).
+#[inline(always)]
+fn fib_failure(rc: i64) -> &'static str {
+    match rc {
+        1..=3 => "blackhole, unreachable or prohibited route",
+        4 => "not forwarded (local destination or no route)",
+        5 => "forwarding disabled on the ingress device",
+        7 => "no neighbour entry yet",
+        8 => "larger than the egress MTU",
+        9 => "no source address for the egress",
+        _ => "FIB lookup failed",
+    }
 }
 
 /// Readies the frame for `route`: both MACs, and the TTL decremented with
@@ -62,25 +76,28 @@ pub fn rewrite<F: Frame>(f: &F, l3: usize, route: &Route) -> Result<(), ()> {
     h.set_u8(8, h.u8(8).wrapping_sub(1));
     h.set_u16(10, checksum::replace2(h.u16(10), word, h.u16(8)));
     let eth = Window::<12>::at(f, 0)?;
-    eth.set_mac_words(0, route.dmac);
-    eth.set_mac_words(6, route.smac);
+    eth.set_mac_bits(0, route.dmac);
+    eth.set_mac_bits(6, route.smac);
     Ok(())
 }
 
 /// Reads a MAC of the lookup parameters (on the stack, 2-byte aligned) as
-/// three 16-bit loads. Volatile keeps LLVM from merging them into a
-/// misaligned 4-byte stack load, which the verifier rejects even where
-/// misaligned packet access is fine.
+/// three 16-bit loads into one aligned u64. Volatile keeps LLVM from
+/// merging them into a misaligned 4-byte stack load, and a u64 keeps the
+/// route itself from being spilled as misaligned pieces: the verifier
+/// rejects misaligned stack access even where packet access may be
+/// misaligned (see build.rs).
 #[inline(always)]
-fn mac_words(mac: &[u8; 6]) -> [u16; 3] {
+fn mac_bits(mac: &[u8; 6]) -> u64 {
     let w = mac.as_ptr().cast::<u16>();
-    unsafe {
-        [
+    let (a, b, c) = unsafe {
+        (
             core::ptr::read_volatile(w),
             core::ptr::read_volatile(w.add(1)),
             core::ptr::read_volatile(w.add(2)),
-        ]
-    }
+        )
+    };
+    a as u64 | (b as u64) << 16 | (c as u64) << 32
 }
 
 /// Zeroes the lookup parameters in place with eight 8-byte stores: a plain

@@ -115,13 +115,13 @@ impl<const N: usize> Window<N> {
         self.set_u16(at + 4, u16::from_ne_bytes([mac[4], mac[5]]));
     }
 
-    /// Writes a MAC address given as three 16-bit words in memory order.
+    /// Writes a MAC address held in the low 48 bits of `mac`, memory order
+    /// (little-endian: byte 0 of the address is the lowest byte).
     #[inline(always)]
-    pub fn set_mac_words(&self, at: usize, mac: [u16; 3]) {
+    pub fn set_mac_bits(&self, at: usize, mac: u64) {
         debug_assert!(at + 6 <= N);
-        self.set_u16(at, mac[0]);
-        self.set_u16(at + 2, mac[1]);
-        self.set_u16(at + 4, mac[2]);
+        self.set_u32(at, mac as u32);
+        self.set_u16(at + 4, (mac >> 32) as u16);
     }
 }
 

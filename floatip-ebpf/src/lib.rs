@@ -9,6 +9,7 @@ pub mod arp;
 pub mod checksum;
 pub mod forward;
 pub mod frame;
+pub mod log;
 pub mod maps;
 pub mod parse;
 pub mod stats;

@@ -13,7 +13,8 @@ use aya_ebpf::{
 use floatip_common::outcome;
 use floatip_ebpf::{
     forward,
-    frame::{Tc, Xdp},
+    frame::{Frame, Tc, Xdp},
+    log,
     maps::{self, REDIRECT},
     stats::count,
     translate::{self, Verdict},
@@ -59,37 +60,49 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
         // Malformed or unexpected (stacked tags, bad lengths): untouched, to the kernel.
         Err(()) => {
             count(outcome::ERRORS);
+            log::malformed(ctx, ifindex, Xdp(ctx).packet_len() as u32);
             xdp_action::XDP_PASS
         }
         Ok(Verdict::PassExpiring) => {
             count(outcome::PASSED_TO_KERNEL);
+            log::to_kernel(ctx, ifindex, "TTL expires here");
             xdp_action::XDP_PASS
         }
-        Ok(Verdict::Drop) => xdp_action::XDP_DROP,
+        Ok(Verdict::Drop { why, src, dst }) => {
+            log::dropped(ctx, ifindex, why, src, dst);
+            xdp_action::XDP_DROP
+        }
         // Redirected to its own NIC rather than XDP_TX: on veth, XDP_TX does
         // not wake the peer, so the reply would sit until other traffic came.
         Ok(Verdict::Reply) => REDIRECT.redirect(ifindex, 0).unwrap_or(xdp_action::XDP_TX),
         Ok(Verdict::Forward { l3, vlan }) => {
             // A tagged frame belongs to a VLAN device the kernel owns.
             let route = if vlan {
-                None
+                Err("VLAN-tagged")
             } else {
                 forward::route(&Xdp(ctx), ifindex, l3)
             };
             // The devmap holds exactly the managed NICs: a route out of any
             // other falls back to XDP_PASS (the flags' low bits) and the
             // kernel forwards the translated packet.
-            let redirected = route.filter(|r| {
-                REDIRECT.redirect(r.ifindex, xdp_action::XDP_PASS as u64)
-                    == Ok(xdp_action::XDP_REDIRECT)
-                    && forward::rewrite(&Xdp(ctx), l3, r).is_ok()
+            let redirected = route.and_then(|r| {
+                if REDIRECT.redirect(r.ifindex, xdp_action::XDP_PASS as u64)
+                    != Ok(xdp_action::XDP_REDIRECT)
+                {
+                    return Err("egress is not a managed NIC");
+                }
+                forward::rewrite(&Xdp(ctx), l3, &r).map_err(|()| "header out of reach")
             });
-            if redirected.is_some() {
-                count(outcome::REDIRECTED);
-                xdp_action::XDP_REDIRECT
-            } else {
-                count(outcome::PASSED_TO_KERNEL);
-                xdp_action::XDP_PASS
+            match redirected {
+                Ok(()) => {
+                    count(outcome::REDIRECTED);
+                    xdp_action::XDP_REDIRECT
+                }
+                Err(why) => {
+                    count(outcome::PASSED_TO_KERNEL);
+                    log::to_kernel(ctx, ifindex, why);
+                    xdp_action::XDP_PASS
+                }
             }
         }
     }
@@ -104,31 +117,41 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
         }
         Err(()) => {
             count(outcome::ERRORS);
+            log::malformed(ctx, ifindex, ctx.len());
             TC_ACT_OK as i32
         }
         Ok(Verdict::PassExpiring) => {
             count(outcome::PASSED_TO_KERNEL);
+            log::to_kernel(ctx, ifindex, "TTL expires here");
             TC_ACT_OK as i32
         }
-        Ok(Verdict::Drop) => TC_ACT_SHOT as i32,
+        Ok(Verdict::Drop { why, src, dst }) => {
+            log::dropped(ctx, ifindex, why, src, dst);
+            TC_ACT_SHOT as i32
+        }
         Ok(Verdict::Reply) => unsafe { bpf_redirect(ifindex, 0) as i32 },
         Ok(Verdict::Forward { l3, vlan }) => {
             let route = if vlan {
-                None
+                Err("VLAN-tagged")
             } else {
                 forward::route(&Tc(ctx), ifindex, l3)
             };
             // bpf_redirect takes any ifindex: only managed NICs qualify.
-            let route = route.filter(|r| {
-                maps::iface(r.ifindex).is_some() && forward::rewrite(&Tc(ctx), l3, r).is_ok()
+            let route = route.and_then(|r| {
+                if maps::iface(r.ifindex).is_none() {
+                    return Err("egress is not a managed NIC");
+                }
+                forward::rewrite(&Tc(ctx), l3, &r).map_err(|()| "header out of reach")?;
+                Ok(r)
             });
             match route {
-                Some(r) => {
+                Ok(r) => {
                     count(outcome::REDIRECTED);
                     unsafe { bpf_redirect(r.ifindex, 0) as i32 }
                 }
-                None => {
+                Err(why) => {
                     count(outcome::PASSED_TO_KERNEL);
+                    log::to_kernel(ctx, ifindex, why);
                     TC_ACT_OK as i32
                 }
             }

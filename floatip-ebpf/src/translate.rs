@@ -11,6 +11,21 @@ use crate::{
     stats,
 };
 
+#[derive(Clone, Copy)]
+pub enum DropReason {
+    Spoofed,
+    Unassociated,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Spoofed => "spoofed source",
+            DropReason::Unassociated => "unassociated pool address",
+        }
+    }
+}
+
 /// What the entry point should do with the frame.
 pub enum Verdict {
     /// Hand to the kernel untouched (counted as `PASSED`).
@@ -18,14 +33,12 @@ pub enum Verdict {
     /// Hand to the kernel untouched because the TTL expires here, so the
     /// kernel's time-exceeded error quotes what the sender really sent.
     PassExpiring,
-    Drop,
+    /// Dropped, with why and the addresses, for the event log.
+    Drop { why: DropReason, src: u32, dst: u32 },
     /// The frame was turned into a reply: send it back out.
     Reply,
     /// Translated: forward it (the IPv4 header is at `l3`).
-    Forward {
-        l3: usize,
-        vlan: bool,
-    },
+    Forward { l3: usize, vlan: bool },
 }
 
 const SRC: usize = 12;
@@ -137,6 +150,19 @@ fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, to: NatEntry) -> Result<(), 
     Ok(())
 }
 
+#[inline(always)]
+fn drop(why: DropReason, ip: &Ipv4) -> Verdict {
+    stats::count(match why {
+        DropReason::Spoofed => outcome::DROPPED_SPOOFED,
+        DropReason::Unassociated => outcome::DROPPED_UNASSOCIATED,
+    });
+    Verdict::Drop {
+        why,
+        src: ip.src,
+        dst: ip.dst,
+    }
+}
+
 /// External NIC: answer ARP for floating IPs, drop spoofed sources and
 /// unassociated pool addresses, translate the destination of the rest.
 #[inline(always)]
@@ -150,8 +176,7 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     }
     let ip = parse::ipv4(f, l2.l3)?;
     if maps::floating_of(ip.src).is_some() {
-        stats::count(outcome::DROPPED_SPOOFED);
-        return Ok(Verdict::Drop);
+        return Ok(drop(DropReason::Spoofed, &ip));
     }
     match maps::fixed_of(ip.dst) {
         Some(fixed) => {
@@ -165,10 +190,7 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
                 vlan: l2.vlan,
             })
         }
-        None if maps::in_pool(ip.dst) => {
-            stats::count(outcome::DROPPED_UNASSOCIATED);
-            Ok(Verdict::Drop)
-        }
+        None if maps::in_pool(ip.dst) => Ok(drop(DropReason::Unassociated, &ip)),
         None => Ok(Verdict::Pass),
     }
 }
@@ -187,8 +209,7 @@ pub fn internal<F: Frame>(f: &mut F) -> Result<Verdict, ()> {
     if src_fip.is_none() {
         // No instance may send from a floating IP address.
         if maps::in_pool(ip.src) {
-            stats::count(outcome::DROPPED_SPOOFED);
-            return Ok(Verdict::Drop);
+            return Ok(drop(DropReason::Spoofed, &ip));
         }
         if dst_fixed.is_none() {
             return Ok(Verdict::Pass);

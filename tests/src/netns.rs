@@ -821,12 +821,32 @@ impl Lab {
 
     /// `floatip --bpffs DIR --state DB ARGS...` inside the gateway namespace.
     pub fn floatip(&self, args: &[&str]) -> Output {
-        let bin = self.floatip_bin.to_string_lossy();
-        let bpffs = self.bpffs.to_string_lossy();
-        let state = self.state.to_string_lossy();
-        let mut argv: Vec<&str> = vec![&bin, "--bpffs", &bpffs, "--state", &state];
-        argv.extend_from_slice(args);
+        let argv = self.floatip_argv(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         exec(&self.gw, &argv)
+    }
+
+    /// Starts `floatip ARGS...` in the gateway namespace without waiting.
+    pub fn floatip_spawn(&self, args: &[&str]) -> Result<Spawned> {
+        let argv = self.floatip_argv(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        spawn(&self.gw, &argv)
+    }
+
+    /// `floatip --bpffs DIR --state DB ARGS...` as an argument vector.
+    fn floatip_argv(&self, args: &[&str]) -> Vec<String> {
+        let mut argv: Vec<String> = [
+            self.floatip_bin.as_path(),
+            Path::new("--bpffs"),
+            &self.bpffs,
+            Path::new("--state"),
+            &self.state,
+        ]
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv
     }
 
     /// `floatip attach --external gw-ext --internal gw-int --mode MODE`.

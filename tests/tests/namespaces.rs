@@ -159,6 +159,10 @@ fn run_mode(mode: Mode) {
         || s_spoof(&lab),
     );
     report.run(
+        "event log: `floatip log` shows the spoofed drop, with addresses",
+        || s_event_log(&lab),
+    );
+    report.run(
         "11 status counters, forwarding after attach exited, clean detach",
         || s11_status_detach(&lab),
     );
@@ -460,6 +464,21 @@ fn s_spoof(lab: &Lab) -> Result<()> {
             .map(|s| s.to_string())
             .unwrap_or_else(|e| format!("{e:#}"))
     );
+    Ok(())
+}
+
+fn s_event_log(lab: &Lab) -> Result<()> {
+    let mut log = lab.floatip_spawn(&["log", "--seconds", "20"])?;
+    log.wait_for("following", Duration::from_secs(10))?;
+    let out = lab.netprobe(&lab.ext, &["spoof", INST1_IP, FIP1, "5011", "3"]);
+    ensure!(out.success(), "sending spoofed datagrams failed:\n{out}");
+    let want = format!("dropped, spoofed source: {INST1_IP} -> {FIP1}");
+    let seen = log.wait_for(&want, Duration::from_secs(5));
+    // Ctrl-C: the log switches the programs' logging off and exits 0.
+    log.signal(libc::SIGINT);
+    let out = log.finish(Duration::from_secs(10));
+    seen?;
+    ensure!(out.success(), "`floatip log` failed after SIGINT:\n{out}");
     Ok(())
 }
 

@@ -1,6 +1,10 @@
 //! `attach`, `detach`, `status` and the `nat` plumbing: parse and print.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
@@ -9,7 +13,7 @@ use floatip_common::DEFAULT_MAX_ASSOCIATIONS;
 use super::{Cli, Format};
 use crate::{
     control::{self, Control},
-    dataplane::{AttachOptions, Dataplane, Mode},
+    dataplane::{self, AttachOptions, Dataplane, Mode},
     output::{self, render_table},
 };
 
@@ -53,6 +57,13 @@ pub struct DetachArgs {
     pub interfaces: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Stop after this many seconds instead of at Ctrl-C.
+    #[arg(long)]
+    pub seconds: Option<u64>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum NatCmd {
     /// Map FLOATING to FIXED directly in the maps (no database).
@@ -93,6 +104,30 @@ pub fn detach(cli: &Cli, args: &DetachArgs) -> Result<()> {
         println!("detached {}", args.interfaces.join(","));
     }
     Ok(())
+}
+
+/// Set by SIGINT/SIGTERM so `log` can switch the programs' logging off
+/// before it exits.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+pub fn log(cli: &Cli, args: &LogArgs) -> Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let mut print = |line: String| {
+        println!("{line}");
+    };
+    dataplane::log::follow(
+        &cli.bpffs,
+        args.seconds.map(Duration::from_secs),
+        &|| STOP.load(Ordering::Relaxed),
+        &|n| eprintln!("following the event log of {n} program load(s); Ctrl-C to stop"),
+        &mut print,
+    )
 }
 
 pub fn status(cli: &Cli) -> Result<()> {

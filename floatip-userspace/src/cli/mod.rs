@@ -57,6 +57,9 @@ pub enum Command {
     Detach(dataplane_cmds::DetachArgs),
     /// Interfaces, mode, program ids, associations and per-outcome counters.
     Status,
+    /// Follow the programs' event log (drops, malformed frames, packets
+    /// left to the kernel) until Ctrl-C; the programs log only meanwhile.
+    Log(dataplane_cmds::LogArgs),
     /// Plumbing on the pinned maps.
     #[command(subcommand)]
     Nat(dataplane_cmds::NatCmd),
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Attach(args) => dataplane_cmds::attach(&cli, args),
         Command::Detach(args) => dataplane_cmds::detach(&cli, args),
         Command::Status => dataplane_cmds::status(&cli),
+        Command::Log(args) => dataplane_cmds::log(&cli, args),
         Command::Nat(cmd) => dataplane_cmds::nat(&cli, cmd),
         Command::Pool(cmd) => pool::run(&cli, cmd),
         Command::Ip(cmd) => ip::run(&cli, cmd),

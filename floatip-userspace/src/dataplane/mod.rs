@@ -10,6 +10,7 @@
 //!   replace it atomically (`BPF_LINK_UPDATE`).
 
 pub mod bench;
+pub mod log;
 
 use std::{
     collections::BTreeMap,
@@ -815,6 +816,14 @@ impl Dataplane {
     pub fn set_generation(&mut self, generation: u64) -> Result<()> {
         let mut m = self.meta.get(&0, 0)?;
         m.generation = generation;
+        self.meta.set(0, m, 0)?;
+        Ok(())
+    }
+
+    /// Whether the programs write their event log (see [`log::follow`]).
+    pub fn set_log_enabled(&mut self, on: bool) -> Result<()> {
+        let mut m = self.meta.get(&0, 0)?;
+        m.log_enabled = u32::from(on);
         self.meta.set(0, m, 0)?;
         Ok(())
     }
