@@ -4,6 +4,8 @@
 //!
 //! Addresses are handled as `u32` (host order) internally so that ranges compare and add like
 //! numbers; sizes are `u64` because a /0 holds 2^32 addresses.
+//!
+//! `fuzz/` compiles this file on its own (`#[path]`), so it uses nothing but std and anyhow.
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
@@ -327,14 +329,15 @@ impl PoolRanges {
             .map(|a| u64::from(u32::from(*a)))
             .peekable();
         for (lo, hi) in self.usable_intervals() {
-            let mut candidate = u64::from(u32::from(lo));
-            while let Some(t) = taken.next_if(|&t| t <= candidate) {
-                if t == candidate {
-                    candidate += 1;
+            let (mut candidate, hi) = (u64::from(u32::from(lo)), u64::from(u32::from(hi)));
+            // Stop at `hi`: allocated addresses past it (a hole, or outside the pool) are left
+            // for the next interval, which must still see the ones it holds.
+            while candidate <= hi {
+                match taken.next_if(|&t| t <= candidate) {
+                    Some(t) if t == candidate => candidate += 1,
+                    Some(_) => {}
+                    None => return Some(Ipv4Addr::from(candidate as u32)),
                 }
-            }
-            if candidate <= u64::from(u32::from(hi)) {
-                return Some(Ipv4Addr::from(candidate as u32));
             }
         }
         None
@@ -708,6 +711,15 @@ mod tests {
         let all: Vec<Ipv4Addr> = enumerate(&p).into_iter().map(Ipv4Addr::from).collect();
         assert_eq!(p.lowest_free(&all), None);
         assert_eq!(p.lowest_free(&all[..all.len() - 1]), all.last().copied());
+        // Allocated addresses that are not usable (a hole, or outside the pool) right after a
+        // full interval do not hide the next interval's allocations (found by the fuzzer).
+        let holed = pool(&["203.0.113.0/24"], &["203.0.113.7"]);
+        let every: Vec<Ipv4Addr> = (0..=255).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
+        assert_eq!(holed.lowest_free(&every), None);
+        assert_eq!(holed.lowest_free(&every[..9]), Some(ip("203.0.113.9")));
+        let gap = pool(&["10.0.0.0-10.0.0.9", "10.0.0.20-10.0.0.29"], &[]);
+        let run: Vec<Ipv4Addr> = (0..=20).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        assert_eq!(gap.lowest_free(&run), Some(ip("10.0.0.21")));
         // Big pool, big allocation list: no enumeration of the pool.
         let big = pool(&["10.0.0.0/8"], &[]);
         let taken: Vec<Ipv4Addr> = (1..100_000u32)

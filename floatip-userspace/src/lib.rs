@@ -5,6 +5,9 @@ pub mod cli;
 pub mod control;
 pub mod dataplane;
 pub mod failpoint;
+/// Property checks of the parsers, for the fuzz targets in `fuzz/` and the corpus replay test.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod garp;
 pub mod iface;
 pub mod output;

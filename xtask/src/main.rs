@@ -2,6 +2,7 @@
 //! testing and running floatip, so the README and CI share the exact commands.
 
 mod build;
+mod fuzz;
 mod lint;
 mod run;
 mod setup;
@@ -42,9 +43,9 @@ enum Command {
     /// Setup + build, then run the `bench` binary of the `tests` crate with the given args
     #[command(disable_help_flag = true)]
     Bench(run::BinArgs),
-    /// Setup + build, then run the `fuzz` binary of the `tests` crate with the given args
-    #[command(disable_help_flag = true)]
-    Fuzz(run::BinArgs),
+    /// The long fuzz runs: libFuzzer on the userspace parsers (installs cargo-fuzz on first
+    /// use), then setup + build and the packet fuzz (the `fuzz` binary of the `tests` crate)
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::lint(),
         Command::Demo(bin) => run::run_tests_bin("demo", &bin.args),
         Command::Bench(bin) => run::run_tests_bin("bench", &bin.args),
-        Command::Fuzz(bin) => run::run_tests_bin("fuzz", &bin.args),
+        Command::Fuzz(args) => fuzz::fuzz(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! `cargo xtask demo|bench|fuzz`: run a binary of the `tests` crate.
+//! `cargo xtask demo|bench` (and the packet part of `fuzz`): run a binary of the `tests` crate.
 
 use anyhow::Result;
 use clap::Args;

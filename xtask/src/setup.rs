@@ -15,7 +15,8 @@ use crate::util;
 
 /// Debian packages the build, tests, demo and bench need. Add to this list.
 pub const DEBIAN_PACKAGES: &[&str] = &[
-    // Linking bpf-linker when `cargo install` builds it.
+    // Linking bpf-linker when `cargo install` builds it; its g++ also compiles libFuzzer for
+    // the parser fuzz (libfuzzer-sys).
     "build-essential",
     "pkg-config",
     "zlib1g-dev",
@@ -40,12 +41,22 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 /// feature and the library glob must name the same LLVM major version.
 const LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
+/// Drives the coverage-guided parser fuzz; pinned so that `--locked` builds what was tried.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn setup() -> Result<()> {
     nightly_toolchain()?;
     debian_packages()?;
     let llvm_prefix = llvm_prefix()?;
     bpf_linker(&llvm_prefix)
+}
+
+/// What `cargo xtask fuzz` needs for the parser fuzz. Not part of [`setup`]: only the fuzz
+/// command uses cargo-fuzz, and CI's `test` should not pay for building it.
+pub fn fuzz_setup() -> Result<()> {
+    nightly_toolchain()?;
+    debian_packages()?;
+    cargo_fuzz()
 }
 
 /// Nightly with rust-src: aya-build builds the eBPF crate with `-Z build-std=core`.
@@ -205,15 +216,36 @@ fn remove_dangling_llvm_links(lib_dir: &Path) -> Result<bool> {
     Ok(removed)
 }
 
+/// The version a `cargo install`ed binary reports ("name 1.2.3"), None if missing or broken.
+fn installed_version(name: &str) -> Result<Option<String>> {
+    let bin = util::cargo_bin_dir()?.join(name);
+    let found = util::probe(util::cmd(&bin).arg("--version"));
+    Ok(found.and_then(|out| out.split_whitespace().nth(1).map(str::to_owned)))
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let version = installed_version("cargo-fuzz")?;
+    if version.as_deref() == Some(CARGO_FUZZ_VERSION) {
+        println!("ok: cargo-fuzz {CARGO_FUZZ_VERSION} present");
+        return Ok(());
+    }
+    println!(
+        "installing: cargo-fuzz {CARGO_FUZZ_VERSION} (found: {}; cargo install takes about a minute)",
+        version.as_deref().unwrap_or("none/broken")
+    );
+    util::run(
+        util::cargo()
+            // Outside the workspace so its .cargo/config.toml cannot interfere.
+            .current_dir(util::home()?)
+            .args(["install", "cargo-fuzz", "--locked", "--force", "--version"])
+            .arg(format!("={CARGO_FUZZ_VERSION}")),
+    )
+}
+
 fn bpf_linker(llvm_prefix: &Path) -> Result<()> {
-    let bin = util::cargo_bin_dir()?.join("bpf-linker");
     // `--version` also fails when the libLLVM it was linked against vanished,
     // which is exactly when it must be rebuilt.
-    let found = util::probe(util::cmd(&bin).arg("--version"));
-    let version = found
-        .as_deref()
-        .and_then(|out| out.split_whitespace().nth(1))
-        .map(str::to_owned);
+    let version = installed_version("bpf-linker")?;
     if let Some(v) = &version
         && v.starts_with(&format!("{BPF_LINKER_VERSION}."))
     {
