@@ -22,6 +22,11 @@ pub mod maps {
     /// Per-CPU counters per association, an array indexed by
     /// [`super::NatEntry::slot`].
     pub const ASSOC_STATS: &str = "ASSOC_STATS";
+    /// Array of [`super::SPOOF_FILTER_BUCKETS`] counts: how many fixed IPs
+    /// of `FIXED_TO_FIP` fall into each bucket ([`super::spoof_filter_bucket`]).
+    /// The external program looks a source up in `FIXED_TO_FIP` only when
+    /// its bucket is non-zero.
+    pub const SPOOF_FILTER: &str = "SPOOF_FILTER";
     /// slot -> floating IP that owns the slot of `ASSOC_STATS` (0: free).
     /// Only the loader reads it, to hand out slots.
     pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
@@ -35,9 +40,10 @@ pub mod maps {
     pub const META: &str = "META";
 
     /// Every pinned map, in the order `detach` removes them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         FIP_TO_FIXED,
         FIXED_TO_FIP,
+        SPOOF_FILTER,
         POOLS,
         ASSOC_STATS,
         SLOT_OWNERS,
@@ -76,6 +82,16 @@ pub const fn stats_slots(max_associations: u32) -> u32 {
     max_associations
         .saturating_add(max_associations / 4)
         .saturating_add(1)
+}
+
+/// Buckets of the `SPOOF_FILTER` counting filter.
+pub const SPOOF_FILTER_BUCKETS: u32 = 1 << 16;
+
+/// Bucket of an address (as stored: the bytes in network order read as a
+/// native u32) in `SPOOF_FILTER`: its last two bytes, which vary most
+/// within tenant networks. Both sides are little-endian (x86, bpfel).
+pub const fn spoof_filter_bucket(addr: u32) -> u32 {
+    u32::from_le(addr) >> 16
 }
 
 /// Value of both association maps.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use floatip_common::{
     AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry,
-    POOL_MEMBER, outcome, stats_slots,
+    POOL_MEMBER, SPOOF_FILTER_BUCKETS, outcome, spoof_filter_bucket, stats_slots,
 };
 
 // Plain HASH, never LRU: an eviction would silently break half of a pair.
@@ -16,6 +16,10 @@ pub static FIP_TO_FIXED: HashMap<u32, NatEntry> = HashMap::pinned(DEFAULT_MAX_AS
 
 #[map(name = "FIXED_TO_FIP")]
 pub static FIXED_TO_FIP: HashMap<u32, NatEntry> = HashMap::pinned(DEFAULT_MAX_ASSOCIATIONS, 0);
+
+// Counts, never reset by the programs: kept by the loader (see floatip-common).
+#[map(name = "SPOOF_FILTER")]
+pub static SPOOF_FILTER: Array<u32> = Array::pinned(SPOOF_FILTER_BUCKETS, 0);
 
 #[map(name = "POOLS")]
 pub static POOLS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_POOL_PREFIXES, 0);
@@ -44,6 +48,16 @@ pub static META: Array<Meta> = Array::pinned(1, 0);
 #[inline(always)]
 pub fn fixed_of(floating: u32) -> Option<NatEntry> {
     FIP_TO_FIXED.get_ptr(floating).map(|e| unsafe { *e })
+}
+
+/// Whether `addr` may be a fixed IP of an association: false is certain
+/// (its bucket counts no fixed IP), true needs [`floating_of`]. An array
+/// read instead of a hash lookup for nearly every outside source.
+#[inline(always)]
+pub fn maybe_fixed(addr: u32) -> bool {
+    SPOOF_FILTER
+        .get(spoof_filter_bucket(addr))
+        .is_none_or(|n| *n != 0)
 }
 
 /// Fixed IP -> its floating IP and counter slot.

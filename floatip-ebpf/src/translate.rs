@@ -175,7 +175,7 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
         return Ok(Verdict::Pass);
     }
     let ip = parse::ipv4(f, l2.l3)?;
-    if maps::floating_of(ip.src).is_some() {
+    if maps::maybe_fixed(ip.src) && maps::floating_of(ip.src).is_some() {
         return Ok(drop(DropReason::Spoofed, &ip));
     }
     match maps::fixed_of(ip.dst) {

@@ -53,6 +53,10 @@ pub trait Maps {
     fn pool_prefix_del(&mut self, addr: Ipv4Addr, len: u8) -> Result<()>;
     fn generation(&self) -> Result<u64>;
     fn set_generation(&mut self, generation: u64) -> Result<()>;
+    /// Recounts derived state (the anti-spoofing filter) from the association maps.
+    fn rebuild_derived(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Maps for Dataplane {
@@ -73,6 +77,9 @@ impl Maps for Dataplane {
     }
     fn nat_list_reverse(&self) -> Result<Vec<Pair>> {
         Dataplane::nat_list_reverse(self)
+    }
+    fn rebuild_derived(&mut self) -> Result<()> {
+        Dataplane::rebuild_spoof_filter(self)
     }
     fn internal_route(&self, fixed: Ipv4Addr) -> Result<Option<String>> {
         Dataplane::internal_route(self, fixed)
@@ -674,6 +681,8 @@ fn repair<M: Maps>(tx: &Tx<'_>, maps: &mut M) -> Result<usize> {
             fixed_up.insert(floating);
         }
     }
+    // A crash can leave the filter counting a fixed IP that left the maps.
+    maps.rebuild_derived()?;
     Ok(fixed_up.len())
 }
 

@@ -200,6 +200,14 @@ fn every_failpoint_is_repaired_by_the_next_command() {
                 rev, db,
                 "{name} killed at {fp}: fixed->floating map differs (half pair?)"
             );
+            let filter = Dataplane::open(gw.bpffs.as_ref())
+                .unwrap()
+                .spoof_filter_mismatches()
+                .unwrap();
+            assert!(
+                filter.is_empty(),
+                "{name} killed at {fp}: anti-spoofing filter (bucket, count, fixed IPs) {filter:?}"
+            );
         }
     }
     // Every failpoint is reached by at least one operation.

@@ -316,6 +316,39 @@ fn spoofed_sources_are_dropped() {
     );
 }
 
+/// The anti-spoofing filter follows every change of the association maps:
+/// a fixed IP is dropped as a source from outside exactly while it is
+/// associated, and the filter's counts stay exact.
+#[test]
+fn spoof_filter_follows_the_associations() {
+    let mut fx = Fixture::new();
+    let moved = Ipv4Addr::new(10, 0, 0, 77);
+    // Same bucket as FIXED1 (the last two bytes): the count must be 2, then 1.
+    let twin = Ipv4Addr::new(10, 9, 0, 11);
+    assert_eq!(FIXED1.octets()[2..], twin.octets()[2..]);
+    let drops = |fx: &mut Fixture, src| {
+        let (action, _) = fx.run(TestProgram::XdpExternal, &frame(src, FIP2, 17, udp_l4));
+        action == 1
+    };
+    let mut dp = fx.progs().dataplane().unwrap();
+    dp.nat_add(Ipv4Addr::new(203, 0, 113, 50), twin).unwrap();
+    assert!(drops(&mut fx, FIXED1) && drops(&mut fx, twin));
+    dp.nat_move(FIP1, moved).unwrap();
+    assert!(
+        !drops(&mut fx, FIXED1),
+        "the old fixed IP is an ordinary source again"
+    );
+    assert!(drops(&mut fx, moved) && drops(&mut fx, twin));
+    dp.nat_del(FIP1).unwrap();
+    assert!(!drops(&mut fx, moved));
+    dp.nat_purge(Ipv4Addr::new(203, 0, 113, 50), twin).unwrap();
+    assert!(!drops(&mut fx, twin));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+    dp.nat_add(FIP1, FIXED1).unwrap();
+    assert!(drops(&mut fx, FIXED1));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+}
+
 #[test]
 fn unassociated_pool_address_is_dropped() {
     check(

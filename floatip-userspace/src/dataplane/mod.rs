@@ -39,7 +39,8 @@ use aya::{
 };
 use floatip_common::{
     AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, POOL_EXCLUDED, POOL_MEMBER,
-    ROLE_EXTERNAL, ROLE_INTERNAL, maps as names, outcome, programs, stats_slots,
+    ROLE_EXTERNAL, ROLE_INTERNAL, SPOOF_FILTER_BUCKETS, maps as names, outcome, programs,
+    spoof_filter_bucket, stats_slots,
 };
 
 use crate::iface;
@@ -375,6 +376,7 @@ pub struct Dataplane {
     fixed_to_fip: HashMap<MapData, u32, NatEntry>,
     pools: LpmTrie<MapData, u32, u32>,
     stats: PerCpuArray<MapData, AssocStats>,
+    spoof_filter: Array<MapData, u32>,
     slot_owners: Array<MapData, u32>,
     outcomes: PerCpuArray<MapData, u64>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
@@ -568,6 +570,7 @@ impl Dataplane {
             pools: LpmTrie::try_from(open_map(bpffs, names::POOLS)?)?,
             stats: PerCpuArray::try_from(open_map(bpffs, names::ASSOC_STATS)?)?,
             slot_owners: Array::try_from(open_map(bpffs, names::SLOT_OWNERS)?)?,
+            spoof_filter: Array::try_from(open_map(bpffs, names::SPOOF_FILTER)?)?,
             outcomes: PerCpuArray::try_from(open_map(bpffs, names::OUTCOMES)?)?,
             ifaces: HashMap::try_from(open_map(bpffs, names::IFACES)?)?,
             meta: Array::try_from(open_map(bpffs, names::META)?)?,
@@ -615,6 +618,52 @@ impl Dataplane {
         bail!("no free counter slot for {floating} ({n} slots)")
     }
 
+    /// Adds `delta` to the spoof-filter bucket of `fixed`. Counted up before
+    /// a fixed IP enters `FIXED_TO_FIP` and down after it left, so a crash
+    /// can only leave a count too high (an extra exact lookup), never too
+    /// low (a spoofed packet let through); a full repair recounts.
+    fn filter_add(&mut self, fixed: Ipv4Addr, delta: i32) -> Result<()> {
+        let bucket = spoof_filter_bucket(to_key(fixed));
+        let n = self.spoof_filter.get(&bucket, 0)?;
+        self.spoof_filter
+            .set(bucket, n.saturating_add_signed(delta), 0)?;
+        Ok(())
+    }
+
+    /// What every spoof-filter bucket should count, from `FIXED_TO_FIP`.
+    fn filter_counts(&self) -> Result<Vec<u32>> {
+        let mut want = vec![0u32; SPOOF_FILTER_BUCKETS as usize];
+        for key in self.fixed_to_fip.keys() {
+            want[spoof_filter_bucket(key?) as usize] += 1;
+        }
+        Ok(want)
+    }
+
+    /// Recounts the spoof filter from `FIXED_TO_FIP` (after a repair).
+    pub fn rebuild_spoof_filter(&mut self) -> Result<()> {
+        for (bucket, want) in self.filter_counts()?.into_iter().enumerate() {
+            let bucket = bucket as u32;
+            if self.spoof_filter.get(&bucket, 0)? != want {
+                self.spoof_filter.set(bucket, want, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Buckets whose count differs from the fixed IPs in `FIXED_TO_FIP`:
+    /// (bucket, count, fixed IPs). Empty when the filter is exact.
+    pub fn spoof_filter_mismatches(&self) -> Result<Vec<(u32, u32, u32)>> {
+        let mut out = Vec::new();
+        for (bucket, want) in self.filter_counts()?.into_iter().enumerate() {
+            let bucket = bucket as u32;
+            let have = self.spoof_filter.get(&bucket, 0)?;
+            if have != want {
+                out.push((bucket, have, want));
+            }
+        }
+        Ok(out)
+    }
+
     /// Frees `slot` if `floating` owns it.
     fn release_slot(&mut self, slot: u32, floating: Ipv4Addr) -> Result<()> {
         if slot < self.slot_owners.len() && self.slot_owners.get(&slot, 0)? == to_key(floating) {
@@ -648,11 +697,13 @@ impl Dataplane {
     pub fn nat_add(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
         self.check_free(floating, fixed)?;
         let slot = self.claim_slot(floating)?;
+        self.filter_add(fixed, 1)?;
         let (f, x) = (to_key(floating), to_key(fixed));
         if let Err(e) = self
             .fixed_to_fip
             .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)
         {
+            let _ = self.filter_add(fixed, -1);
             let _ = self.release_slot(slot, floating);
             return Err(anyhow!("cannot map fixed IP {fixed}: {e}"));
         }
@@ -662,6 +713,7 @@ impl Dataplane {
             .insert(f, NatEntry { addr: x, slot }, BPF_NOEXIST)
         {
             let _ = self.fixed_to_fip.remove(&x);
+            let _ = self.filter_add(fixed, -1);
             let _ = self.release_slot(slot, floating);
             return Err(anyhow!("cannot map floating IP {floating}: {e}"));
         }
@@ -687,16 +739,24 @@ impl Dataplane {
             to_key(old_fixed),
             entry.slot,
         );
-        self.fixed_to_fip
-            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)?;
+        self.filter_add(new_fixed, 1)?;
+        if let Err(e) = self
+            .fixed_to_fip
+            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)
+        {
+            let _ = self.filter_add(new_fixed, -1);
+            return Err(e.into());
+        }
         if let Err(e) = self
             .fip_to_fixed
             .insert(f, NatEntry { addr: x, slot }, BPF_EXIST)
         {
             let _ = self.fixed_to_fip.remove(&x);
+            let _ = self.filter_add(new_fixed, -1);
             return Err(e.into());
         }
         self.fixed_to_fip.remove(&old)?;
+        self.filter_add(old_fixed, -1)?;
         Ok(())
     }
 
@@ -708,6 +768,7 @@ impl Dataplane {
         self.fip_to_fixed.remove(&to_key(floating))?;
         crate::failpoint::hit("pair-half-written");
         self.fixed_to_fip.remove(&to_key(fixed))?;
+        self.filter_add(fixed, -1)?;
         self.release_slot(entry.slot, floating)?;
         Ok(fixed)
     }
@@ -721,15 +782,20 @@ impl Dataplane {
                 slots.push(e.slot);
             }
         }
+        let mut fixed_removed = false;
         for (map, key) in [
             (&mut self.fip_to_fixed, floating),
             (&mut self.fixed_to_fip, fixed),
         ] {
             match map.remove(&to_key(key)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => fixed_removed = key == fixed,
+                Err(MapError::KeyNotFound) => {}
                 Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        if fixed_removed {
+            self.filter_add(fixed, -1)?;
         }
         for slot in slots {
             self.release_slot(slot, floating)?;
