@@ -15,6 +15,13 @@ pub struct BinArgs {
 /// Setup + build, then `cargo run --release -p tests --bin <name> -- <args>`.
 pub fn run_tests_bin(name: &str, args: &[String]) -> Result<()> {
     build::build()?;
+    // `cargo run --bin X` builds X alone; the binaries use their siblings
+    // (the demo and the benchmarks start `netprobe` in namespaces).
+    util::run(util::cargo().args(["build", "--release", "-p", "tests", "--bins"]))?;
+    // Ctrl-C reaches the whole foreground process group: the binary tears
+    // its namespaces down on SIGINT, and xtask must outlive that teardown
+    // instead of handing the shell back while it still runs.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     util::run(
         util::cargo()
             .args(["run", "--release", "-p", "tests", "--bin", name, "--"])

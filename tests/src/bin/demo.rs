@@ -305,8 +305,16 @@ fn walkthrough(mode: Mode) -> Result<()> {
          answers ARP for them and rewrites addresses 1:1 (floating <-> fixed).\n\
          floatip runs on the gateway; FLOATIP_STATE and FLOATIP_BPFFS point it at this\n\
          demo's database and pins. Commands on other hosts are shown as [host]$.");
-    // The `netprobe` slot of the lab is not used here: this binary carries its own helpers.
-    let lab = Lab::build(mode, &floatip, &me).context("cannot build the namespace topology")?;
+    // The lab runs netprobe for its own plumbing (XDP pass programs on the
+    // gateway's peers); the walk-through's traffic comes from this binary.
+    let netprobe = me.with_file_name("netprobe");
+    ensure!(
+        netprobe.is_file(),
+        "netprobe not found at {} (build it: `cargo build --release -p tests --bins`)",
+        netprobe.display()
+    );
+    let lab =
+        Lab::build(mode, &floatip, &netprobe).context("cannot build the namespace topology")?;
     check_interrupt()?;
     let demo = Demo { lab, me };
     let result = steps(&demo);
