@@ -651,7 +651,7 @@ fn zero_loss(mode: Mode) {
     if after_in - before_in < sent || delta("translated") < sent {
         fail(format!(
             "only {} of {sent} datagrams were counted for {FIP1} (translated +{}): \
-             the stream did not pass through the programs",
+             the rest did not pass through the programs",
             after_in - before_in,
             delta("translated")
         ));
