@@ -287,6 +287,13 @@ impl Spawned {
         }
     }
 
+    /// Whether the process has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends `sig` to the process (by its pid, only if it is still ours to reap).
     pub fn signal(&mut self, sig: libc::c_int) {
         if let Some(c) = self.child.as_mut()
@@ -376,6 +383,31 @@ pub fn run(cmd: Command, timeout: Duration) -> Output {
     }
 }
 
+/// The string `v[key]` (panics, showing `v`, if there is none).
+#[track_caller]
+pub fn str_field(v: &serde_json::Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string {key:?} in {v}"))
+        .to_string()
+}
+
+/// A field of `/proc/net/snmp` in namespace `ns`, e.g. ("Udp", "RcvbufErrors").
+pub fn snmp(ns: &str, proto: &str, field: &str) -> Result<u64> {
+    let out = exec(ns, &["cat", "/proc/net/snmp"]).check()?;
+    let prefix = format!("{proto}:");
+    let mut rows = out.stdout.lines().filter(|l| l.starts_with(&prefix));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        bail!("no {proto} lines in /proc/net/snmp:\n{}", out.stdout);
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| anyhow!("no {proto} {field} in /proc/net/snmp:\n{}", out.stdout))
+}
+
 /// Runs `argv` inside namespace `ns` (time limit [`EXEC_TIMEOUT`]).
 pub fn exec(ns: &str, argv: &[&str]) -> Output {
     run(ns_command(ns, argv), EXEC_TIMEOUT)
@@ -405,7 +437,8 @@ fn config_in(ns: &str, argv: &[&str]) -> Result<()> {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-type Cleanup = Box<dyn FnOnce() + Send>;
+// Sync so that a `Lab` can be shared by the threads of one test.
+type Cleanup = Box<dyn FnOnce() + Send + Sync>;
 
 /// Namespaces, veths and directories of one test; removed on drop.
 pub struct Topology {
@@ -486,7 +519,7 @@ impl Topology {
     }
 
     /// Registers `f` to run on drop, before namespaces go (last registered runs first).
-    pub fn on_drop(&mut self, f: impl FnOnce() + Send + 'static) {
+    pub fn on_drop(&mut self, f: impl FnOnce() + Send + Sync + 'static) {
         self.cleanups.push(Box::new(f));
     }
 
@@ -533,6 +566,17 @@ impl Drop for Topology {
 
 pub use floatip::dataplane::Mode;
 
+/// The attach mode of tests that run in one mode: `FLOATIP_TEST_MODE`
+/// (xdp, xdp-generic, tc), default xdp.
+pub fn mode_from_env() -> Mode {
+    match std::env::var("FLOATIP_TEST_MODE").as_deref() {
+        Ok("xdp-generic") => Mode::XdpGeneric,
+        Ok("tc") => Mode::Tc,
+        Ok("xdp") | Err(_) => Mode::Xdp,
+        Ok(other) => panic!("FLOATIP_TEST_MODE={other:?}: expected xdp, xdp-generic or tc"),
+    }
+}
+
 /// Where the `floatip` binary is: `$FLOATIP_BIN`, else `floatip` next to
 /// the test executable's `deps/` directory (target/<profile>/floatip).
 pub fn floatip_binary() -> PathBuf {
@@ -558,7 +602,8 @@ pub struct Lab {
     pub inst2: String,
     /// `--bpffs` directory, unique to this lab, under /sys/fs/bpf.
     pub bpffs: PathBuf,
-    /// `--state` database path, inside [`Lab::workdir`].
+    /// `--state` database path, in a directory of [`Lab::workdir`] that
+    /// floatip creates.
     pub state: PathBuf,
     /// Scratch directory (state database, captures), removed on drop.
     pub workdir: PathBuf,
@@ -609,7 +654,7 @@ impl Lab {
                 gw.clone(),
                 bpffs.clone(),
                 floatip_bin.to_path_buf(),
-                workdir.join("state.db"),
+                workdir.join("state").join("state.db"),
             );
             topo.on_drop(move || {
                 if bpffs.exists() {
@@ -786,7 +831,8 @@ impl Lab {
             sw,
             inst1,
             inst2,
-            state: workdir.join("state.db"),
+            // A directory floatip creates itself (0700), as /var/lib/floatip.
+            state: workdir.join("state").join("state.db"),
             bpffs,
             workdir,
             floatip_bin: floatip_bin.to_path_buf(),
@@ -821,32 +867,147 @@ impl Lab {
 
     /// `floatip --bpffs DIR --state DB ARGS...` inside the gateway namespace.
     pub fn floatip(&self, args: &[&str]) -> Output {
-        let argv = self.floatip_argv(args);
+        self.floatip_via(&[], args)
+    }
+
+    /// `WRAPPER... floatip --bpffs DIR --state DB ARGS...` inside the gateway
+    /// namespace, e.g. with `setpriv --reuid=...` as the wrapper.
+    pub fn floatip_via(&self, wrapper: &[&str], args: &[&str]) -> Output {
+        let argv = self.floatip_argv(wrapper, args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         exec(&self.gw, &argv)
     }
 
     /// Starts `floatip ARGS...` in the gateway namespace without waiting.
     pub fn floatip_spawn(&self, args: &[&str]) -> Result<Spawned> {
-        let argv = self.floatip_argv(args);
+        let argv = self.floatip_argv(&[], args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         spawn(&self.gw, &argv)
     }
 
-    /// `floatip --bpffs DIR --state DB ARGS...` as an argument vector.
-    fn floatip_argv(&self, args: &[&str]) -> Vec<String> {
-        let mut argv: Vec<String> = [
-            self.floatip_bin.as_path(),
-            Path::new("--bpffs"),
-            &self.bpffs,
-            Path::new("--state"),
-            &self.state,
-        ]
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+    /// `WRAPPER... floatip --bpffs DIR --state DB ARGS...` as an argument vector.
+    fn floatip_argv(&self, wrapper: &[&str], args: &[&str]) -> Vec<String> {
+        let mut argv: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
+        argv.extend(
+            [
+                self.floatip_bin.as_path(),
+                Path::new("--bpffs"),
+                &self.bpffs,
+                Path::new("--state"),
+                &self.state,
+            ]
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned()),
+        );
         argv.extend(args.iter().map(|a| a.to_string()));
         argv
+    }
+
+    /// `floatip ARGS`, which must succeed (panics with its output otherwise).
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.floatip(args);
+        assert!(out.success(), "floatip {} failed:\n{out}", args.join(" "));
+        out
+    }
+
+    /// `floatip ARGS -f json`, which must succeed, parsed.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut argv = args.to_vec();
+        argv.extend(["-f", "json"]);
+        let out = self.ok(&argv);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("floatip {} printed no JSON ({e}):\n{out}", argv.join(" ")))
+    }
+
+    /// `floatip pool create NAME --range RANGE --external gw-ext`, which must succeed.
+    #[track_caller]
+    pub fn pool_create(&self, name: &str, range: &str) -> Output {
+        self.ok(&[
+            "pool",
+            "create",
+            name,
+            "--range",
+            range,
+            "--external",
+            "gw-ext",
+        ])
+    }
+
+    /// The (floating, fixed) pairs in the maps (`nat list`), sorted.
+    #[track_caller]
+    pub fn nat_pairs(&self) -> Vec<(String, String)> {
+        let v = self.json(&["nat", "list"]);
+        let mut pairs: Vec<(String, String)> = v
+            .as_array()
+            .unwrap_or_else(|| panic!("nat list -f json is not an array: {v}"))
+            .iter()
+            .map(|p| (str_field(p, "floating"), str_field(p, "fixed")))
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    /// Creates a veth pair as [`Topology::veth`] does (removed on drop).
+    pub fn veth(&mut self, a_ns: &str, a_if: &str, b_ns: &str, b_if: &str) -> Result<()> {
+        self.topo.veth(a_ns, a_if, b_ns, b_if)
+    }
+
+    /// Every namespace of the lab with its role (ext, rtr, gw, sw, inst1, inst2).
+    pub fn namespaces(&self) -> [(&'static str, &str); 6] {
+        [
+            ("ext", &self.ext),
+            ("rtr", &self.rtr),
+            ("gw", &self.gw),
+            ("sw", &self.sw),
+            ("inst1", &self.inst1),
+            ("inst2", &self.inst2),
+        ]
+    }
+
+    /// Every drop and error counter of every interface of the lab, as
+    /// "ROLE IFACE COUNTER" -> value: the kernel's interface statistics
+    /// (`ip -s link`) and the driver's (`ethtool -S`: veth queue drops, XDP
+    /// transmit errors). Two readings' difference says where packets died.
+    pub fn drop_counters(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (role, ns) in self.namespaces() {
+            let links = run(
+                host_command(&["ip", "-n", ns, "-s", "-j", "link", "show"]),
+                EXEC_TIMEOUT,
+            )
+            .check()?;
+            let links: serde_json::Value = serde_json::from_str(&links.stdout)?;
+            for link in links.as_array().into_iter().flatten() {
+                let Some(ifname) = link["ifname"].as_str() else {
+                    continue;
+                };
+                for dir in ["rx", "tx"] {
+                    let stats = &link["stats64"][dir];
+                    for (k, v) in stats.as_object().into_iter().flatten() {
+                        if (k.contains("drop") || k.contains("err") || k.contains("over"))
+                            && let Some(v) = v.as_u64()
+                        {
+                            out.insert(format!("{role} {ifname} {dir}_{k}"), v);
+                        }
+                    }
+                }
+                if ifname == "lo" || ifname == "br0" {
+                    continue;
+                }
+                let stats = exec(ns, &["ethtool", "-S", ifname]);
+                for line in stats.stdout.lines() {
+                    if let Some((k, v)) = line.trim().split_once(':')
+                        && (k.contains("drop") || k.contains("err"))
+                        && let Ok(v) = v.trim().parse::<u64>()
+                    {
+                        out.insert(format!("{role} {ifname} {}", k.trim()), v);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `floatip attach --external gw-ext --internal gw-int --mode MODE`.
@@ -898,6 +1059,22 @@ impl Lab {
         Ok(s)
     }
 
+    /// Starts netprobe in `ns` in the background with its watchdog set to
+    /// `watchdog` (streams outlive the default 30 s); killed on drop.
+    pub fn netprobe_background(
+        &self,
+        ns: &str,
+        args: &[&str],
+        watchdog: Duration,
+    ) -> Result<Spawned> {
+        let bin = self.netprobe_bin.to_string_lossy();
+        let mut argv: Vec<&str> = vec![&bin];
+        argv.extend_from_slice(args);
+        let mut cmd = ns_command(ns, &argv);
+        cmd.env("NETPROBE_TIMEOUT", watchdog.as_secs().to_string());
+        Spawned::start(cmd)
+    }
+
     /// The MAC address of `ifname` in `ns`, read through netlink (`ip -j link`).
     pub fn mac(&self, ns: &str, ifname: &str) -> Result<String> {
         let out = run(
@@ -918,10 +1095,24 @@ impl Lab {
     pub fn capture(&self, ns: &str, ifname: &str, name: &str) -> Result<Capture> {
         let file = self.workdir.join(format!("{name}.pcap"));
         let f = file.to_string_lossy();
+        // --immediate-mode: libpcap otherwise hands packets over in blocks
+        // (up to 1 s late), and a block not yet handed over when tcpdump
+        // stops is lost: a short capture would come back empty.
         let mut s = spawn(
             ns,
             &[
-                "tcpdump", "-Z", "root", "-n", "-U", "-Q", "in", "-i", ifname, "-w", &f,
+                "tcpdump",
+                "-Z",
+                "root",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-Q",
+                "in",
+                "-i",
+                ifname,
+                "-w",
+                &f,
             ],
         )?;
         s.wait_for("listening on", Duration::from_secs(10))?;

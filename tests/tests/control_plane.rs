@@ -31,7 +31,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::netns::{self, EXT_IP, FIP1, FIP2, INST1_IP, INST2_IP, Lab, Mode, Output, Spawned};
+use tests::netns::{
+    self, EXT_IP, FIP1, FIP2, INST1_IP, INST2_IP, Lab, Mode, Output, Spawned, str_field,
+};
 
 const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");
 /// The demo binary carries the `trickle-send`/`trickle-recv` helpers.
@@ -40,12 +42,7 @@ const DEMO: &str = env!("CARGO_BIN_EXE_demo");
 // ---------------------------------------------------------------- helpers
 
 fn mode() -> Mode {
-    match std::env::var("FLOATIP_TEST_MODE").as_deref() {
-        Ok("xdp-generic") => Mode::XdpGeneric,
-        Ok("tc") => Mode::Tc,
-        Ok("xdp") | Err(_) => Mode::Xdp,
-        Ok(other) => panic!("FLOATIP_TEST_MODE={other:?}: expected xdp, xdp-generic or tc"),
-    }
+    netns::mode_from_env()
 }
 
 /// Builds the topology (not attached). Panics with the reason on failure;
@@ -63,52 +60,12 @@ fn attached_lab() -> Lab {
     lab
 }
 
-/// `floatip ARGS`, which must succeed.
-#[track_caller]
-fn ok(lab: &Lab, args: &[&str]) -> Output {
-    let out = lab.floatip(args);
-    assert!(out.success(), "floatip {} failed:\n{out}", args.join(" "));
-    out
-}
-
-/// `floatip ARGS -f json`, which must succeed, parsed.
-#[track_caller]
-fn json(lab: &Lab, args: &[&str]) -> Value {
-    let mut argv = args.to_vec();
-    argv.extend(["-f", "json"]);
-    let out = ok(lab, &argv);
-    serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("floatip {} printed no JSON ({e}):\n{out}", argv.join(" ")))
-}
-
-/// The (floating, fixed) pairs in the maps, sorted.
-#[track_caller]
-fn nat_pairs(lab: &Lab) -> Vec<(String, String)> {
-    let v = json(lab, &["nat", "list"]);
-    let mut pairs: Vec<(String, String)> = v
-        .as_array()
-        .unwrap_or_else(|| panic!("nat list -f json is not an array: {v}"))
-        .iter()
-        .map(|p| (str_field(p, "floating"), str_field(p, "fixed")))
-        .collect();
-    pairs.sort();
-    pairs
-}
-
-#[track_caller]
-fn str_field(v: &Value, key: &str) -> String {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string {key:?} in {v}"))
-        .to_string()
-}
-
 /// `ip list -f json` (with filters) as (floating, fixed or "", status), sorted.
 #[track_caller]
 fn ip_rows(lab: &Lab, filter: &[&str]) -> Vec<(String, String, String)> {
     let mut args = vec!["ip", "list"];
     args.extend_from_slice(filter);
-    let v = json(lab, &args);
+    let v = lab.json(&args);
     let mut rows: Vec<_> = v
         .as_array()
         .unwrap_or_else(|| panic!("ip list -f json is not an array: {v}"))
@@ -570,79 +527,40 @@ fn errors_leave_state_unchanged() {
     let _serial = netns::serialize();
     let lab = attached_lab();
 
-    ok(
-        &lab,
-        &[
-            "pool",
-            "create",
-            "public",
-            "--range",
-            "203.0.113.10-203.0.113.20",
-            "--external",
-            "gw-ext",
-        ],
-    );
-    ok(
-        &lab,
-        &[
-            "pool",
-            "create",
-            "small",
-            "--range",
-            "203.0.113.30-203.0.113.31",
-            "--external",
-            "gw-ext",
-        ],
-    );
-    ok(&lab, &["ip", "create", "small"]);
-    ok(&lab, &["ip", "create", "small"]);
-    let first = json(&lab, &["ip", "create", "public", "--project", "demo"]);
+    lab.pool_create("public", "203.0.113.10-203.0.113.20");
+    lab.pool_create("small", "203.0.113.30-203.0.113.31");
+    lab.ok(&["ip", "create", "small"]);
+    lab.ok(&["ip", "create", "small"]);
+    let first = lab.json(&["ip", "create", "public", "--project", "demo"]);
     assert_eq!(
         first["floating_ip_address"], "203.0.113.10",
         "lowest free address first: {first}"
     );
-    ok(&lab, &["quota", "set", "demo", "--floating-ips", "1"]);
-    ok(
-        &lab,
-        &["ip", "create", "public", "--address", "203.0.113.11"],
-    );
-    ok(&lab, &["ip", "create", "public"]);
-    ok(
-        &lab,
-        &[
-            "ip",
-            "associate",
-            "203.0.113.10",
-            INST1_IP,
-            "--instance",
-            "web1",
-        ],
-    );
+    lab.ok(&["quota", "set", "demo", "--floating-ips", "1"]);
+    lab.ok(&["ip", "create", "public", "--address", "203.0.113.11"]);
+    lab.ok(&["ip", "create", "public"]);
+    lab.ok(&[
+        "ip",
+        "associate",
+        "203.0.113.10",
+        INST1_IP,
+        "--instance",
+        "web1",
+    ]);
     assert_eq!(
-        nat_pairs(&lab),
+        lab.nat_pairs(),
         vec![("203.0.113.10".to_string(), INST1_IP.to_string())]
     );
 
     let mut failures = run_cases(&lab, ATTACHED_CASES);
 
     // Detached: the association commands fail and change nothing.
-    let associations = nat_pairs(&lab);
-    ok(&lab, &["detach"]);
+    let associations = lab.nat_pairs();
+    lab.ok(&["detach"]);
     failures.extend(run_cases(&lab, DETACHED_CASES));
     // Attaching again brings back exactly the associations there were.
-    ok(
-        &lab,
-        &[
-            "attach",
-            "--external",
-            "gw-ext",
-            "--internal",
-            "gw-int",
-            "--mode",
-            mode().as_str(),
-        ],
-    );
-    let reloaded = nat_pairs(&lab);
+    lab.attach().check().unwrap_or_else(|e| panic!("{e:#}"));
+    let reloaded = lab.nat_pairs();
     if reloaded != associations {
         failures.push(format!(
             "after detach/attach the maps hold {reloaded:?} instead of {associations:?}"
@@ -665,19 +583,8 @@ fn concurrent_allocation_and_association() {
     netns::require_root();
     let _serial = netns::serialize();
     let lab = attached_lab();
-    ok(
-        &lab,
-        &[
-            "pool",
-            "create",
-            "conc",
-            "--range",
-            "203.0.113.100-203.0.113.119",
-            "--external",
-            "gw-ext",
-        ],
-    );
-    let pool = json(&lab, &["pool", "show", "conc"]);
+    lab.pool_create("conc", "203.0.113.100-203.0.113.119");
+    let pool = lab.json(&["pool", "show", "conc"]);
     assert_eq!(
         pool["free"], 20,
         "pool conc should have 20 free addresses: {pool}"
@@ -738,7 +645,7 @@ fn concurrent_allocation_and_association() {
         listed, want,
         "ip list --pool conc must show the 20 allocations"
     );
-    let pool = json(&lab, &["pool", "show", "conc"]);
+    let pool = lab.json(&["pool", "show", "conc"]);
     assert_eq!(
         (pool["allocated"].as_u64(), pool["free"].as_u64()),
         (Some(20), Some(0)),
@@ -769,7 +676,7 @@ fn concurrent_allocation_and_association() {
             "round {round}: the loser should say {INST1_IP} already has a floating IP:\n{loser}"
         );
         assert_eq!(
-            nat_pairs(&lab),
+            lab.nat_pairs(),
             vec![(winner.to_string(), INST1_IP.to_string())],
             "round {round}: the maps must hold exactly the winner's association"
         );
@@ -783,7 +690,7 @@ fn concurrent_allocation_and_association() {
             )],
             "round {round}: the database must hold exactly the winner's association"
         );
-        ok(&lab, &["ip", "disassociate", winner]);
+        lab.ok(&["ip", "disassociate", winner]);
     }
 
     // Two processes associate one floating IP with two fixed IPs at once: one wins.
@@ -802,14 +709,14 @@ fn concurrent_allocation_and_association() {
             ),
         };
         assert_eq!(
-            nat_pairs(&lab),
+            lab.nat_pairs(),
             vec![(a.to_string(), fixed.to_string())],
             "round {round}"
         );
-        ok(&lab, &["ip", "disassociate", a]);
+        lab.ok(&["ip", "disassociate", a]);
     }
     assert_eq!(
-        nat_pairs(&lab),
+        lab.nat_pairs(),
         vec![],
         "every association was removed again"
     );
@@ -822,53 +729,22 @@ fn restart_restores_associations() {
     netns::require_root();
     let _serial = netns::serialize();
     let lab = attached_lab();
-    ok(
-        &lab,
-        &[
-            "pool",
-            "create",
-            "public",
-            "--range",
-            "203.0.113.10-203.0.113.20",
-            "--external",
-            "gw-ext",
-        ],
-    );
-    ok(
-        &lab,
-        &[
-            "pool",
-            "create",
-            "more",
-            "--range",
-            "203.0.113.64/28",
-            "--external",
-            "gw-ext",
-        ],
-    );
+    lab.pool_create("public", "203.0.113.10-203.0.113.20");
+    lab.pool_create("more", "203.0.113.64/28");
     for _ in 0..2 {
-        ok(&lab, &["ip", "create", "public", "--project", "demo"]);
+        lab.ok(&["ip", "create", "public", "--project", "demo"]);
     }
-    ok(
-        &lab,
-        &["ip", "associate", FIP1, INST1_IP, "--instance", "web1"],
-    );
-    ok(
-        &lab,
-        &["ip", "associate", FIP2, INST2_IP, "--instance", "web2"],
-    );
+    lab.ok(&["ip", "associate", FIP1, INST1_IP, "--instance", "web1"]);
+    lab.ok(&["ip", "associate", FIP2, INST2_IP, "--instance", "web2"]);
     // More associations (to tenant addresses without a host), from the second pool.
     for i in 0..6u8 {
-        let fip = json(&lab, &["ip", "create", "more"]);
+        let fip = lab.json(&["ip", "create", "more"]);
         let fip = str_field(&fip, "floating_ip_address");
-        ok(
-            &lab,
-            &["ip", "associate", &fip, &format!("10.0.0.{}", 100 + i)],
-        );
+        lab.ok(&["ip", "associate", &fip, &format!("10.0.0.{}", 100 + i)]);
     }
     // One allocated but not associated: must stay unassociated.
-    ok(&lab, &["ip", "create", "public"]);
-    let pairs = nat_pairs(&lab);
+    lab.ok(&["ip", "create", "public"]);
+    let pairs = lab.nat_pairs();
     assert_eq!(pairs.len(), 8, "8 associations in the maps: {pairs:?}");
     let ips = ip_rows(&lab, &[]);
     let from_db: Vec<(String, String)> = {
@@ -884,7 +760,7 @@ fn restart_restores_associations() {
     ping_ok(&lab.ext, FIP1).unwrap_or_else(|e| panic!("before the restart: {e}"));
 
     // What a reboot does: programs, links and pins are gone; the database stays.
-    ok(&lab, &["detach"]);
+    lab.ok(&["detach"]);
     if lab.bpffs.exists() {
         std::fs::remove_dir_all(&lab.bpffs)
             .unwrap_or_else(|e| panic!("cannot remove {}: {e}", lab.bpffs.display()));
@@ -896,20 +772,9 @@ fn restart_restores_associations() {
         "{FIP1} must not answer while floatip is detached"
     );
 
-    let out = ok(
-        &lab,
-        &[
-            "attach",
-            "--external",
-            "gw-ext",
-            "--internal",
-            "gw-int",
-            "--mode",
-            mode().as_str(),
-        ],
-    );
+    let out = lab.attach().check().unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(
-        nat_pairs(&lab),
+        lab.nat_pairs(),
         pairs,
         "after attach every association is back in the maps:\n{out}"
     );
@@ -967,27 +832,13 @@ fn disassociate_cuts_open_connections() {
     netns::require_root();
     let _serial = netns::serialize();
     let lab = attached_lab();
-    ok(
-        &lab,
-        &[
-            "pool",
-            "create",
-            "public",
-            "--range",
-            "203.0.113.10-203.0.113.20",
-            "--external",
-            "gw-ext",
-        ],
-    );
+    lab.pool_create("public", "203.0.113.10-203.0.113.20");
     let fip = str_field(
-        &json(&lab, &["ip", "create", "public"]),
+        &lab.json(&["ip", "create", "public"]),
         "floating_ip_address",
     );
     assert_eq!(fip, FIP1);
-    ok(
-        &lab,
-        &["ip", "associate", FIP1, INST1_IP, "--instance", "web1"],
-    );
+    lab.ok(&["ip", "associate", FIP1, INST1_IP, "--instance", "web1"]);
 
     // ext keeps writing timestamped lines on one connection to inst1.
     let receiver = server(&lab.inst1, &[DEMO, "trickle-recv", "7000"]);
@@ -1012,7 +863,7 @@ fn disassociate_cuts_open_connections() {
         receiver.stdout_so_far()
     );
 
-    ok(&lab, &["ip", "disassociate", FIP1]);
+    lab.ok(&["ip", "disassociate", FIP1]);
     let cut = now_ns();
     let at_cut = received(&receiver.stdout_so_far()).len();
     thread::sleep(Duration::from_secs(2));
@@ -1042,12 +893,9 @@ fn disassociate_cuts_open_connections() {
     );
 
     // Re-associate the floating IP with the other instance.
-    ok(
-        &lab,
-        &["ip", "associate", FIP1, INST2_IP, "--instance", "web2"],
-    );
+    lab.ok(&["ip", "associate", FIP1, INST2_IP, "--instance", "web2"]);
     assert_eq!(
-        nat_pairs(&lab),
+        lab.nat_pairs(),
         vec![(FIP1.to_string(), INST2_IP.to_string())]
     );
     // Both instances listen; only inst2 may get the new connection.
@@ -1086,20 +934,17 @@ fn disassociate_cuts_open_connections() {
         !out.success() && out.stderr.contains("--force"),
         "moving without --force must fail:\n{out}"
     );
-    ok(
-        &lab,
-        &[
-            "ip",
-            "associate",
-            FIP1,
-            INST1_IP,
-            "--instance",
-            "web1",
-            "--force",
-        ],
-    );
+    lab.ok(&[
+        "ip",
+        "associate",
+        FIP1,
+        INST1_IP,
+        "--instance",
+        "web1",
+        "--force",
+    ]);
     assert_eq!(
-        nat_pairs(&lab),
+        lab.nat_pairs(),
         vec![(FIP1.to_string(), INST1_IP.to_string())]
     );
     let back = server(&lab.inst1, &[NETPROBE, "tcp-serve", "7002"]);

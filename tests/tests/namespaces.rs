@@ -159,6 +159,10 @@ fn run_mode(mode: Mode) {
         || s_spoof(&lab),
     );
     report.run(
+        "anti-spoofing: packets from inst1 with a pool source (another floating IP, a free one) are dropped",
+        || s_spoof_internal(&lab),
+    );
+    report.run(
         "event log: `floatip log` shows the spoofed drop, with addresses",
         || s_event_log(&lab),
     );
@@ -480,6 +484,59 @@ fn s_event_log(lab: &Lab) -> Result<()> {
     seen?;
     ensure!(out.success(), "`floatip log` failed after SIGINT:\n{out}");
     Ok(())
+}
+
+/// The internal side drops a packet whose source lies in a floating IP
+/// pool but is not an associated fixed IP: an instance forging another
+/// instance's floating IP, or an unallocated one. Pools come from the
+/// control plane (the scenarios above map with `nat add` only), so this one
+/// creates a pool over the floating IPs and deletes it again.
+fn s_spoof_internal(lab: &Lab) -> Result<()> {
+    const FREE_IN_POOL: &str = "203.0.113.15";
+    let out = lab.floatip(&[
+        "pool",
+        "create",
+        "spoofcheck",
+        "--range",
+        "203.0.113.10-203.0.113.20",
+    ]);
+    ensure!(out.success(), "pool create failed:\n{out}");
+    let result = (|| {
+        let cap = lab.capture(&lab.ext, "eth0", "spoof-internal")?;
+        let before = lab.counter("dropped_spoofed")?;
+        for src in [FIP2, FREE_IN_POOL] {
+            let out = lab.netprobe(&lab.inst1, &["spoof", src, EXT_IP, "5011", "5"]);
+            ensure!(out.success(), "sending from {src} failed:\n{out}");
+        }
+        // Positive control: the same datagram from inst1's own address
+        // leaves translated, so the capture would show the forged ones.
+        let out = lab.netprobe(&lab.inst1, &["spoof", INST1_IP, EXT_IP, "5011", "2"]);
+        ensure!(out.success(), "sending from {INST1_IP} failed:\n{out}");
+        thread::sleep(Duration::from_millis(300));
+        let after = lab.counter("dropped_spoofed")?;
+        let text = cap.stop()?;
+        let arrived = |src: &str| text.contains(&format!("{src}.40000 > {EXT_IP}.5011:"));
+        ensure!(
+            arrived(FIP1),
+            "the control datagram from {INST1_IP} did not reach ext as {FIP1} (dropped_spoofed {before} -> {after}; {}):\n{text}",
+            lab.status().map(|s| s.to_string()).unwrap_or_default()
+        );
+        for src in [FIP2, FREE_IN_POOL] {
+            ensure!(
+                !arrived(src),
+                "a datagram forged from {src} reached ext:\n{text}"
+            );
+        }
+        ensure!(
+            after - before >= 10,
+            "dropped_spoofed rose by {} ({before} -> {after}), not by the 10 datagrams inst1 forged",
+            after - before
+        );
+        Ok(())
+    })();
+    let out = lab.floatip(&["pool", "delete", "spoofcheck"]);
+    ensure!(out.success(), "pool delete failed:\n{out}");
+    result
 }
 
 fn s11_status_detach(lab: &Lab) -> Result<()> {

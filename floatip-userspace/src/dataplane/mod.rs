@@ -246,16 +246,21 @@ fn pinned_layout(bpffs: &Path) -> Result<Option<u32>> {
     }
 }
 
+/// The refusal of pinned maps whose layout version is not this floatip's.
+fn layout_mismatch(bpffs: &Path, pinned: u32) -> anyhow::Error {
+    anyhow!(
+        "the pinned maps in {} have layout version {pinned}, this floatip expects {MAP_LAYOUT_VERSION}; run `floatip detach` and attach again (associations are restored from the database)",
+        bpffs.display()
+    )
+}
+
 /// Loads the data-plane object with its maps pinned under `bpffs`
 /// (reusing pins that exist).
 fn load(bpffs: &Path, max_associations: u32) -> Result<Ebpf> {
     if let Some(v) = pinned_layout(bpffs)?
         && v != MAP_LAYOUT_VERSION
     {
-        bail!(
-            "the pinned maps in {} have layout version {v}, this floatip expects {MAP_LAYOUT_VERSION}; run `floatip detach` and attach again (associations are restored from the database)",
-            bpffs.display()
-        );
+        return Err(layout_mismatch(bpffs, v));
     }
     let dir = maps_dir(bpffs);
     let mut ebpf = EbpfLoader::new()
@@ -486,14 +491,14 @@ impl Dataplane {
     /// Removes the programs of `only` (every interface when empty), and
     /// with them, when nothing stays attached, every pin.
     pub fn detach(bpffs: &Path, only: &[String]) -> Result<()> {
-        if !maps_dir(bpffs).join(names::META).exists() {
+        if !Self::is_attached(bpffs) {
             return Err(not_attached(bpffs));
         }
         let mut indexes = Vec::new();
         for name in only {
             indexes.push(iface::index(name)?);
         }
-        let mut dp = Self::open(bpffs)?;
+        let mut dp = Self::open_any_layout(bpffs)?;
         let mut devmap: DevMapHash<_> = DevMapHash::try_from(open_map(bpffs, names::REDIRECT)?)?;
         let links = links_dir(bpffs);
         if let Ok(entries) = fs::read_dir(&links) {
@@ -540,8 +545,10 @@ impl Dataplane {
     }
 
     /// Whether a data plane is attached (its maps are pinned) under `bpffs`.
+    /// When that cannot be told (no permission to look), it counts as
+    /// attached, so that opening the maps reports why.
     pub fn is_attached(bpffs: &Path) -> bool {
-        maps_dir(bpffs).join(names::META).exists()
+        !matches!(maps_dir(bpffs).join(names::META).try_exists(), Ok(false))
     }
 
     /// The internal NIC through which the kernel routes to `fixed`, if any.
@@ -557,8 +564,24 @@ impl Dataplane {
     }
 
     /// Opens the pinned maps; fails with a one-line error naming `floatip
-    /// attach` when the data plane is not attached.
+    /// attach` when the data plane is not attached, and refuses maps of
+    /// another layout version (checked before any other map is read).
     pub fn open(bpffs: &Path) -> Result<Self> {
+        let meta: Array<MapData, Meta> = Array::try_from(open_map(bpffs, names::META)?)?;
+        let pinned = meta.get(&0, 0)?.layout_version;
+        if pinned != MAP_LAYOUT_VERSION {
+            return Err(layout_mismatch(bpffs, pinned));
+        }
+        Self::open_with_meta(bpffs, meta)
+    }
+
+    /// [`Self::open`] without the layout check, for `detach`, which must be
+    /// able to remove maps of another layout version.
+    fn open_any_layout(bpffs: &Path) -> Result<Self> {
+        Self::open_with_meta(bpffs, Array::try_from(open_map(bpffs, names::META)?)?)
+    }
+
+    fn open_with_meta(bpffs: &Path, meta: Array<MapData, Meta>) -> Result<Self> {
         let f2x = open_data(bpffs, names::FIP_TO_FIXED)?;
         let max_associations = f2x.info()?.max_entries();
         Ok(Self {
@@ -573,7 +596,7 @@ impl Dataplane {
             spoof_filter: Array::try_from(open_map(bpffs, names::SPOOF_FILTER)?)?,
             outcomes: PerCpuArray::try_from(open_map(bpffs, names::OUTCOMES)?)?,
             ifaces: HashMap::try_from(open_map(bpffs, names::IFACES)?)?,
-            meta: Array::try_from(open_map(bpffs, names::META)?)?,
+            meta,
         })
     }
 

@@ -18,6 +18,14 @@
 //! udp-refused ADDR PORT           connected socket: send, expect ECONNREFUSED (an ICMP
 //!                                 port unreachable matched to the socket) within 2 s
 //! spoof SRC DST PORT COUNT        raw socket: send COUNT UDP datagrams from a forged SRC
+//! udp-stream ADDR PORT RATE       send sequence-numbered datagrams, paced at RATE per
+//!                                 second (bursts of at most 64), until SIGTERM; then
+//!                                 three end markers carrying the total; prints
+//!                                 "sent=N send_errors=E seconds=S"
+//! udp-sink PORT                   receive a udp-stream (SO_RCVBUFFORCE 64 MiB, SO_RXQ_OVFL)
+//!                                 until its end marker (or 5 s without datagrams);
+//!                                 prints "receiving from IP:PORT" at the first datagram,
+//!                                 then one line "total=.. unique=.. missing=.. ..."
 //! tcx-count IFACE                 BPF_PROG_QUERY: "ingress=N egress=M" TCX programs
 //! xdp-pass IFACE                  attach a 2-instruction XDP_PASS program (native mode)
 //!                                 through a bpf_link, print "attached", and hold it
@@ -104,9 +112,11 @@ fn main() -> ExitCode {
         Some("udp-ask") => udp_ask(&args),
         Some("udp-refused") => udp_refused(&args),
         Some("spoof") => spoof(&args),
+        Some("udp-stream") => udp_stream(&args),
+        Some("udp-sink") => udp_sink(&args),
         Some("tcx-count") => tcx_count(&args),
         Some("xdp-pass") => xdp_pass(&args),
-        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|tcx-count|xdp-pass ...".into()),
+        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|udp-stream|udp-sink|tcx-count|xdp-pass ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -439,6 +449,282 @@ fn spoof(args: &[String]) -> Res<()> {
         libc::close(fd);
     }
     println!("sent {count} UDP datagrams {src} -> {dst}:{port}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- streams
+
+/// First bytes of every udp-stream datagram: magic, then the sequence number
+/// (big endian); the end marker carries `END_SEQ` and then the total sent.
+const STREAM_MAGIC: &[u8; 8] = b"fipseq01";
+const END_SEQ: u64 = u64::MAX;
+/// Datagrams sent back to back at most, so a stalled sender catching up
+/// never floods the veth queues (the stream is then slower, not burstier).
+const STREAM_BURST: f64 = 64.0;
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn stream_datagram(seq: u64, extra: u64) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    d[..8].copy_from_slice(STREAM_MAGIC);
+    d[8..16].copy_from_slice(&seq.to_be_bytes());
+    d[16..24].copy_from_slice(&extra.to_be_bytes());
+    d
+}
+
+fn udp_stream(args: &[String]) -> Res<()> {
+    let ip: Ipv4Addr = arg(args, 1, "ADDR")?;
+    let port: u16 = arg(args, 2, "PORT")?;
+    let rate: f64 = arg(args, 3, "RATE")?;
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t) };
+    let sock = connected_udp(ip, port)?;
+    let start = Instant::now();
+    let mut last = start;
+    let mut tokens = 1.0f64;
+    let mut seq = 0u64;
+    let mut errors = 0u64;
+    let mut last_error = String::new();
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        let now = Instant::now();
+        tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(STREAM_BURST);
+        last = now;
+        if tokens < 1.0 {
+            thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        while tokens >= 1.0 {
+            match sock.send(&stream_datagram(seq, 0)) {
+                // The same sequence number goes again: a datagram the
+                // kernel refused never left, so it is not a gap.
+                Err(e) => {
+                    errors += 1;
+                    last_error = e.to_string();
+                    thread::sleep(Duration::from_millis(1));
+                    break;
+                }
+                Ok(_) => {
+                    seq += 1;
+                    tokens -= 1.0;
+                }
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(20));
+        let _ = sock.send(&stream_datagram(END_SEQ, seq));
+    }
+    println!(
+        "sent={seq} send_errors={errors} seconds={secs:.2} last_error={:?}",
+        last_error
+    );
+    Ok(())
+}
+
+fn setsockopt_int(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> Res<()> {
+    // SAFETY: `v` outlives the call; the size passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(os_err(&format!("setsockopt {level}/{name}")));
+    }
+    Ok(())
+}
+
+/// What a udp-sink has seen so far.
+#[derive(Default)]
+struct Sink {
+    seen: Vec<u64>,
+    datagrams: u64,
+    unique: u64,
+    duplicates: u64,
+    /// Datagrams that arrived after one with a higher sequence number.
+    reordered: u64,
+    max_seq: Option<u64>,
+    /// Total the sender announced in its end marker.
+    announced: Option<u64>,
+    foreign: u64,
+    /// The socket's drop counter (SO_RXQ_OVFL), as last reported.
+    rxq_ovfl: u32,
+}
+
+impl Sink {
+    fn record(&mut self, seq: u64) {
+        self.datagrams += 1;
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.seen.len() <= word {
+            self.seen.resize(word + 1024, 0);
+        }
+        if self.seen[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= 1 << bit;
+        self.unique += 1;
+        match self.max_seq {
+            Some(m) if seq < m => self.reordered += 1,
+            _ => self.max_seq = Some(seq),
+        }
+    }
+
+    fn seen(&self, seq: u64) -> bool {
+        self.seen
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
+    /// Missing sequence numbers below the total: their count and the first ranges.
+    fn missing(&self, total: u64) -> (u64, String) {
+        let (mut count, mut ranges, mut seq) = (0u64, Vec::new(), 0u64);
+        while seq < total {
+            if self.seen(seq) {
+                seq += 1;
+                continue;
+            }
+            let from = seq;
+            while seq < total && !self.seen(seq) {
+                seq += 1;
+            }
+            count += seq - from;
+            if ranges.len() < 10 {
+                ranges.push(format!("{from}-{}", seq - 1));
+            }
+        }
+        (count, ranges.join(","))
+    }
+}
+
+fn udp_sink(args: &[String]) -> Res<()> {
+    use std::os::fd::AsRawFd;
+    let port: u16 = arg(args, 1, "PORT")?;
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t) };
+    let sock =
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("bind :{port}: {e}"))?;
+    let fd = sock.as_raw_fd();
+    // A receive buffer far beyond what a stall of the receiver can fill,
+    // and the kernel's count of what the socket dropped anyway.
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let mut rcvbuf: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `rcvbuf` and `len` are valid for the kernel to write.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut rcvbuf as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    println!("listening udp {port} rcvbuf={rcvbuf}");
+    let _ = io::stdout().flush();
+
+    let mut sink = Sink::default();
+    let mut buf = [0u8; 2048];
+    let mut cbuf = [0u64; 16];
+    let mut peer: Option<SocketAddr> = None;
+    let mut last_datagram = Instant::now();
+    let idle = Duration::from_secs(5);
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: zeroed C structs filled in below.
+        let mut from: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: every pointer in `msg` refers to a live buffer of the stated size.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted => {
+                    if peer.is_some() && last_datagram.elapsed() >= idle {
+                        break;
+                    }
+                    continue;
+                }
+                _ => return Err(format!("recvmsg: {e}")),
+            }
+        }
+        // SAFETY: the kernel filled `msg`'s control buffer; the CMSG_*
+        // macros walk exactly the length it reported.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
+                    sink.rxq_ovfl = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>());
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let d = &buf[..n as usize];
+        if d.len() < 24 || &d[..8] != STREAM_MAGIC {
+            sink.foreign += 1;
+            continue;
+        }
+        last_datagram = Instant::now();
+        if peer.is_none() {
+            let p = SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+                u16::from_be(from.sin_port),
+            ));
+            peer = Some(p);
+            println!("receiving from {p}");
+            let _ = io::stdout().flush();
+        }
+        let seq = u64::from_be_bytes(d[8..16].try_into().unwrap_or_default());
+        if seq == END_SEQ {
+            sink.announced = Some(u64::from_be_bytes(d[16..24].try_into().unwrap_or_default()));
+            break;
+        }
+        sink.record(seq);
+    }
+    let total = sink
+        .announced
+        .unwrap_or_else(|| sink.max_seq.map_or(0, |m| m + 1));
+    let (missing, ranges) = sink.missing(total);
+    println!(
+        "total={total} end_marker={} datagrams={} unique={} missing={missing} duplicates={} reordered={} \
+         rxq_ovfl={} rcvbuf={rcvbuf} foreign={} peer={} missing_ranges={}",
+        sink.announced.is_some(),
+        sink.datagrams,
+        sink.unique,
+        sink.duplicates,
+        sink.reordered,
+        sink.rxq_ovfl,
+        sink.foreign,
+        peer.map_or("-".to_string(), |p| p.to_string()),
+        if ranges.is_empty() { "-" } else { &ranges },
+    );
     Ok(())
 }
 
