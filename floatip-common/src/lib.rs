@@ -76,11 +76,13 @@ pub const MAX_POOL_PREFIXES: u32 = 16_384;
 /// Maximum number of managed interfaces.
 pub const MAX_IFACES: u32 = 64;
 
-/// Number of counter slots for `max_associations` associations: a quarter
-/// more than needed keeps the loader's probing for a free slot short.
+/// Number of counter slots for `max_associations` associations: a
+/// sixteenth more than needed, so the loader's linear probing for a free
+/// slot always ends soon (a table with no free slot would make it walk them
+/// all), while the per-CPU counters stay close to what the associations need.
 pub const fn stats_slots(max_associations: u32) -> u32 {
     max_associations
-        .saturating_add(max_associations / 4)
+        .saturating_add(max_associations / 16)
         .saturating_add(1)
 }
 

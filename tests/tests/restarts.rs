@@ -978,3 +978,62 @@ fn unprivileged_user_is_refused() {
     );
     eprintln!("[privileges] ok ({:.1} s)", started.elapsed().as_secs_f64());
 }
+
+// ---------------------------------------------------------------- replaced NIC
+
+/// A pinned link outlives its NIC. When the NIC is deleted and comes back
+/// with the same index (a router namespace rebuilt, a NIC replugged),
+/// `attach` must replace the severed link instead of failing to update it.
+#[test]
+fn replaced_nic_is_attached_again() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    for mode in [Mode::Xdp, Mode::Tc] {
+        let m = mode.as_str();
+        let mut lab = build(mode);
+        let gw = lab.gw.clone();
+        lab.veth(&gw, EXTRA, &gw, EXTRA_PEER)
+            .unwrap_or_else(|e| panic!("cannot add {EXTRA}: {e:#}"));
+        let up = |lab: &Lab| {
+            for ifname in [EXTRA, EXTRA_PEER] {
+                netns::assert_success(&exec(&lab.gw, &["ip", "link", "set", ifname, "up"]));
+            }
+        };
+        up(&lab);
+        let attach = attach_args(mode, true);
+        lab.ok(&attach);
+        let link = exec(&gw, &["ip", "-j", "link", "show", "dev", EXTRA]);
+        let index = serde_json::from_str::<Value>(&link.stdout).unwrap()[0]["ifindex"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no ifindex for {EXTRA}:\n{link}"))
+            .to_string();
+        netns::assert_success(&exec(&gw, &["ip", "link", "del", EXTRA]));
+        netns::assert_success(&exec(
+            &gw,
+            &[
+                "ip", "link", "add", EXTRA, "index", &index, "type", "veth", "peer", "name",
+                EXTRA_PEER,
+            ],
+        ));
+        up(&lab);
+        let out = lab.floatip(&attach);
+        assert!(
+            out.success(),
+            "[{m}] attach after {EXTRA} was replaced (same ifindex {index}) failed:\n{out}"
+        );
+        assert!(
+            has_program(&lab, &gw, EXTRA),
+            "[{m}] {EXTRA} has no program after attach"
+        );
+        let ids = program_ids(&lab.json(&["status"]));
+        assert!(
+            ids.get(EXTRA).is_some_and(|id| *id != 0),
+            "[{m}] status shows no program on {EXTRA}: {ids:?}"
+        );
+        lab.ok(&["detach"]);
+        assert!(
+            !has_program(&lab, &gw, EXTRA),
+            "[{m}] detach left {EXTRA} attached"
+        );
+    }
+}

@@ -292,6 +292,33 @@ fn program_name(role: Role, mode: Mode) -> &'static str {
     }
 }
 
+/// Replaces the program of the existing link `old` in place, or attaches
+/// afresh when there is none. A pinned link outlives its device: when the
+/// NIC went away (a router namespace deleted and created again, a NIC
+/// replugged with the same index) the update fails with ENOLINK; then the
+/// stale pin goes and the program is attached afresh.
+fn update_or_attach<P, L, I>(
+    prog: &mut P,
+    old: Option<L>,
+    update: impl FnOnce(&mut P, L) -> Result<I, ProgramError>,
+    fresh: impl FnOnce(&mut P) -> Result<I>,
+    stale_pin: Option<&Path>,
+) -> Result<I> {
+    let Some(link) = old else {
+        return fresh(prog);
+    };
+    match update(prog, link) {
+        Ok(id) => Ok(id),
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            if let Some(path) = stale_pin {
+                fs::remove_file(path)?;
+            }
+            fresh(prog)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Attaches (or atomically replaces) the program of one interface and pins its link.
 fn attach_one(
     ebpf: &mut Ebpf,
@@ -309,12 +336,13 @@ fn attach_one(
     {
         drop(PinnedLink::from_pin(path)?.unpin()?);
     }
-    let old = match existing {
-        Some((path, old_mode)) if old_mode == mode => {
-            Some(FdLink::from(PinnedLink::from_pin(&path)?))
+    let old = match &existing {
+        Some((path, old_mode)) if *old_mode == mode => {
+            Some(FdLink::from(PinnedLink::from_pin(path)?))
         }
         _ => None,
     };
+    let stale_pin = existing.as_ref().map(|(path, _)| path.as_path());
     let prog_name = program_name(role, mode);
     let prog = ebpf
         .program_mut(prog_name)
@@ -325,25 +353,24 @@ fn attach_one(
             if prog.fd().is_err() {
                 prog.load().context("the kernel rejected the XDP program")?;
             }
-            let id = match old {
-                Some(link) => prog.attach_to_link(XdpLink::try_from(link)?)?,
-                None => {
-                    let xdp_mode = if mode == Mode::Xdp {
-                        XdpMode::Driver
+            let fresh = |prog: &mut Xdp| {
+                let xdp_mode = if mode == Mode::Xdp {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                prog.attach_to_if_index(ifindex, xdp_mode).map_err(|e| {
+                    if mode == Mode::Xdp {
+                        anyhow!(
+                            "{name} refused native XDP ({e}); try --mode xdp-generic or --mode tc"
+                        )
                     } else {
-                        XdpMode::Skb
-                    };
-                    prog.attach_to_if_index(ifindex, xdp_mode).map_err(|e| {
-                        if mode == Mode::Xdp {
-                            anyhow!(
-                                "{name} refused native XDP ({e}); try --mode xdp-generic or --mode tc"
-                            )
-                        } else {
-                            anyhow!("cannot attach XDP to {name}: {e}")
-                        }
-                    })?
-                }
+                        anyhow!("cannot attach XDP to {name}: {e}")
+                    }
+                })
             };
+            let old = old.map(XdpLink::try_from).transpose()?;
+            let id = update_or_attach(prog, old, Xdp::attach_to_link, fresh, stale_pin)?;
             prog.take_link(id)?.try_into()?
         }
         Mode::Tc => {
@@ -351,16 +378,17 @@ fn attach_one(
             if prog.fd().is_err() {
                 prog.load().context("the kernel rejected the TC program")?;
             }
-            let id = match old {
-                Some(link) => prog.attach_to_link(SchedClassifierLink::try_from(link)?)?,
-                None => prog
-                    .attach_with_options(
-                        name,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| anyhow!("cannot attach TCX to {name}: {e}"))?,
+            let fresh = |prog: &mut SchedClassifier| {
+                prog.attach_with_options(
+                    name,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| anyhow!("cannot attach TCX to {name}: {e}"))
             };
+            let old = old.map(SchedClassifierLink::try_from).transpose()?;
+            let id =
+                update_or_attach(prog, old, SchedClassifier::attach_to_link, fresh, stale_pin)?;
             let link = prog.take_link(id)?;
             FdLink::try_from(link)?
         }
