@@ -35,8 +35,6 @@ pub fn announce(ifindex: u32, mac: &[u8; 6], ip: Ipv4Addr) -> Result<()> {
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
             // Protocol 0: send-only (the protocol travels in each sendto
             // address), so no ARP traffic is queued to it while it is open.
-            // Its close still waits for an RCU grace period
-            // (packet_release -> synchronize_net), ~10 ms of `ip associate`.
             0,
         )
     };
@@ -73,6 +71,37 @@ pub fn announce(ifindex: u32, mac: &[u8; 6], ip: Ipv4Addr) -> Result<()> {
             }
         }
     }
-    unsafe { libc::close(fd) };
+    close_in_background(fd);
     result
+}
+
+/// Closes a packet socket without waiting for it. The last close of an
+/// AF_PACKET socket waits for an RCU grace period (packet_release ->
+/// synchronize_net), ~10 ms that would otherwise be half of `ip associate`.
+/// A short-lived grandchild (reparented to init, so never a zombie of ours)
+/// holds the last reference and pays that wait; our own close only drops a
+/// reference. Between fork and exit the children make only raw system calls,
+/// and they hold no file locks (fcntl locks are not inherited).
+fn close_in_background(fd: libc::c_int) {
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            if libc::fork() == 0 {
+                // Everything else first: a caller reading our stdout to EOF
+                // must not wait for this process.
+                let fd = fd as libc::c_uint;
+                if fd > 0 {
+                    libc::syscall(libc::SYS_close_range, 0, fd - 1, 0);
+                }
+                libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, 0);
+                libc::close(fd as libc::c_int);
+            }
+            libc::_exit(0);
+        }
+    }
+    unsafe { libc::close(fd) };
+    if pid > 0 {
+        // The child exits right after its fork: this wait is short.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
 }
