@@ -152,6 +152,16 @@ pub struct Meta {
     pub generation: u64,
 }
 
+/// Folds a 32-bit one's-complement sum to 16 bits. Here, not in the eBPF
+/// crate's library, because the benchmark object needs it too and linking
+/// that library would pull the data plane's pinned maps into the bench object.
+#[inline(always)]
+pub const fn csum_fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
 /// Indices into the `OUTCOMES` per-CPU array.
 pub mod outcome {
     /// Address rewritten (counted once per translated packet).

@@ -31,7 +31,7 @@ pub fn answer<F: Frame>(f: &mut F, l3: usize, ifindex: u32) -> Result<Verdict, (
     if spa == tpa || maps::fixed_of(tpa).is_none() {
         return Ok(Verdict::Pass);
     }
-    let Some(nic) = maps::iface(ifindex) else {
+    let Some(nic_mac) = maps::managed_mac(ifindex) else {
         return Ok(Verdict::Pass);
     };
     // Map lookups leave packet pointers valid, but take the windows again
@@ -40,12 +40,12 @@ pub fn answer<F: Frame>(f: &mut F, l3: usize, ifindex: u32) -> Result<Verdict, (
     let sha = a.mac(8);
     a.set_u16(6, ARPOP_REPLY);
     a.set_mac(18, sha);
-    a.set_mac(8, nic.mac);
+    a.set_mac(8, nic_mac);
     a.set_u32(24, spa);
     a.set_u32(14, tpa);
     let eth = Window::<12>::at(f, 0)?;
     eth.set_mac(0, sha);
-    eth.set_mac(6, nic.mac);
+    eth.set_mac(6, nic_mac);
     stats::count(outcome::ARP_REPLIES);
     Ok(Verdict::Reply)
 }

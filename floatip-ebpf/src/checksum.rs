@@ -3,12 +3,7 @@
 //! one's-complement sum does not care about byte order as long as every word
 //! is read the same way.
 
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
+use floatip_common::csum_fold as fold;
 
 /// New checksum after one 16-bit word changed from `old` to `new`.
 #[inline(always)]

@@ -13,7 +13,7 @@ use aya_ebpf::{
 
 use crate::{
     checksum,
-    frame::{Frame, Window},
+    frame::{Frame, Window, mac_bits},
 };
 
 const AF_INET: u8 = 2;
@@ -21,7 +21,7 @@ const AF_INET: u8 = 2;
 /// Where a translated packet leaves and with which MACs.
 pub struct Route {
     pub ifindex: u32,
-    // MACs in the low 48 bits, memory order: see [`mac_bits`].
+    // MACs as `frame::mac_bits` holds them.
     smac: u64,
     dmac: u64,
 }
@@ -76,28 +76,9 @@ pub fn rewrite<F: Frame>(f: &F, l3: usize, route: &Route) -> Result<(), ()> {
     h.set_u8(8, h.u8(8).wrapping_sub(1));
     h.set_u16(10, checksum::replace2(h.u16(10), word, h.u16(8)));
     let eth = Window::<12>::at(f, 0)?;
-    eth.set_mac_bits(0, route.dmac);
-    eth.set_mac_bits(6, route.smac);
+    eth.set_mac(0, route.dmac);
+    eth.set_mac(6, route.smac);
     Ok(())
-}
-
-/// Reads a MAC of the lookup parameters (on the stack, 2-byte aligned) as
-/// three 16-bit loads into one aligned u64. Volatile keeps LLVM from
-/// merging them into a misaligned 4-byte stack load, and a u64 keeps the
-/// route itself from being spilled as misaligned pieces: the verifier
-/// rejects misaligned stack access even where packet access may be
-/// misaligned (see build.rs).
-#[inline(always)]
-fn mac_bits(mac: &[u8; 6]) -> u64 {
-    let w = mac.as_ptr().cast::<u16>();
-    let (a, b, c) = unsafe {
-        (
-            core::ptr::read_volatile(w),
-            core::ptr::read_volatile(w.add(1)),
-            core::ptr::read_volatile(w.add(2)),
-        )
-    };
-    a as u64 | (b as u64) << 16 | (c as u64) << 32
 }
 
 /// Zeroes the lookup parameters in place with eight 8-byte stores: a plain

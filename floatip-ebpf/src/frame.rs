@@ -31,9 +31,10 @@ pub trait Frame {
     fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()>;
 }
 
-/// Bounds-checked pointer to a `T` at `off` bytes into the frame.
+/// Bounds-checked pointer to a `T` at `off` bytes into the frame: the one
+/// bounds check every [`Window`] goes through.
 #[inline(always)]
-pub fn ptr_at<F: Frame, T>(f: &F, off: usize) -> Result<*mut T, ()> {
+fn ptr_at<F: Frame, T>(f: &F, off: usize) -> Result<*mut T, ()> {
     if off > MAX_OFFSET {
         return Err(());
     }
@@ -82,10 +83,11 @@ impl<const N: usize> Window<N> {
         unsafe { core::ptr::read_unaligned(self.0.add(at).cast()) }
     }
 
+    /// A MAC address as the low 48 bits of a u64, memory order (see [`mac_bits`]).
     #[inline(always)]
-    pub fn mac(&self, at: usize) -> [u8; 6] {
+    pub fn mac(&self, at: usize) -> u64 {
         debug_assert!(at + 6 <= N);
-        unsafe { core::ptr::read_unaligned(self.0.add(at).cast()) }
+        self.u32(at) as u64 | (self.u16(at + 4) as u64) << 32
     }
 
     #[inline(always)]
@@ -106,19 +108,10 @@ impl<const N: usize> Window<N> {
         unsafe { core::ptr::write_unaligned(self.0.add(at).cast(), v) }
     }
 
-    /// Writes a MAC address as a 4-byte and a 2-byte store (a 6-byte array
-    /// copy would become a call to `memmove`).
+    /// Writes a MAC address held as [`Window::mac`] returns it, as a 4-byte
+    /// and a 2-byte store (a 6-byte array copy would become a `memmove` call).
     #[inline(always)]
-    pub fn set_mac(&self, at: usize, mac: [u8; 6]) {
-        debug_assert!(at + 6 <= N);
-        self.set_u32(at, u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]));
-        self.set_u16(at + 4, u16::from_ne_bytes([mac[4], mac[5]]));
-    }
-
-    /// Writes a MAC address held in the low 48 bits of `mac`, memory order
-    /// (little-endian: byte 0 of the address is the lowest byte).
-    #[inline(always)]
-    pub fn set_mac_bits(&self, at: usize, mac: u64) {
+    pub fn set_mac(&self, at: usize, mac: u64) {
         debug_assert!(at + 6 <= N);
         self.set_u32(at, mac as u32);
         self.set_u16(at + 4, (mac >> 32) as u16);
@@ -207,4 +200,23 @@ impl Frame for Tc<'_> {
             .l4_csum_replace(off, old as u64, new as u64, flags)
             .map_err(|_| ())
     }
+}
+
+/// A MAC address held in (2-byte aligned) memory outside the packet, as the
+/// low 48 bits of a u64 in memory order (bpfel: byte 0 is the lowest byte).
+/// Three volatile 16-bit loads: LLVM would otherwise merge them into a
+/// misaligned 4-byte load, which the verifier rejects for the stack even
+/// where misaligned packet access is fine (see build.rs), and a u64 keeps the
+/// value from being spilled to the stack in misaligned pieces.
+#[inline(always)]
+pub fn mac_bits(mac: &[u8; 6]) -> u64 {
+    let w = mac.as_ptr().cast::<u16>();
+    let (a, b, c) = unsafe {
+        (
+            core::ptr::read_volatile(w),
+            core::ptr::read_volatile(w.add(1)),
+            core::ptr::read_volatile(w.add(2)),
+        )
+    };
+    a as u64 | (b as u64) << 16 | (c as u64) << 32
 }

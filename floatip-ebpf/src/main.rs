@@ -138,7 +138,7 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
             };
             // bpf_redirect takes any ifindex: only managed NICs qualify.
             let route = route.and_then(|r| {
-                if maps::iface(r.ifindex).is_none() {
+                if maps::managed_mac(r.ifindex).is_none() {
                     return Err("egress is not a managed NIC");
                 }
                 forward::rewrite(&Tc(ctx), l3, &r).map_err(|()| "header out of reach")?;

@@ -10,6 +10,8 @@ use floatip_common::{
     POOL_MEMBER, SPOOF_FILTER_BUCKETS, outcome, spoof_filter_bucket, stats_slots,
 };
 
+use crate::frame::mac_bits;
+
 // Plain HASH, never LRU: an eviction would silently break half of a pair.
 #[map(name = "FIP_TO_FIXED")]
 pub static FIP_TO_FIXED: HashMap<u32, NatEntry> = HashMap::pinned(DEFAULT_MAX_ASSOCIATIONS, 0);
@@ -72,7 +74,10 @@ pub fn in_pool(addr: u32) -> bool {
     matches!(POOLS.get(Key::new(32, addr)), Some(&POOL_MEMBER))
 }
 
+/// The MAC of `ifindex` if floatip manages that NIC.
 #[inline(always)]
-pub fn iface(ifindex: u32) -> Option<IfaceInfo> {
-    IFACES.get_ptr(ifindex).map(|i| unsafe { *i })
+pub fn managed_mac(ifindex: u32) -> Option<u64> {
+    IFACES
+        .get_ptr(ifindex)
+        .map(|i| mac_bits(unsafe { &(*i).mac }))
 }

@@ -53,7 +53,9 @@ pub trait Maps {
     fn pool_prefix_del(&mut self, addr: Ipv4Addr, len: u8) -> Result<()>;
     fn generation(&self) -> Result<u64>;
     fn set_generation(&mut self, generation: u64) -> Result<()>;
-    /// Recounts derived state (the anti-spoofing filter) from the association maps.
+    /// Recounts derived state (the anti-spoofing filter) from the association maps. Only
+    /// after drift: a crash can leave the filter counting a fixed IP that left the maps (too
+    /// high, never too low), which the map operations themselves keep exact otherwise.
     fn rebuild_derived(&mut self) -> Result<()> {
         Ok(())
     }
@@ -620,8 +622,12 @@ impl<M: Maps> Control<M> {
                 trie_add(maps, &ranges.trie_entries())?;
             }
             let generation = tx.generation()?;
+            let drifted = maps.generation()? != generation;
             maps.set_generation(GENERATION_DIRTY)?;
             let repaired = repair(tx, maps)?;
+            if drifted {
+                maps.rebuild_derived()?;
+            }
             maps.set_generation(generation)?;
             Ok(repaired)
         })
@@ -638,6 +644,7 @@ fn sync_maps<M: Maps>(tx: &Tx<'_>, maps: &mut M) -> Result<u64> {
         return Ok(generation);
     }
     let repaired = repair(tx, maps)?;
+    maps.rebuild_derived()?;
     maps.set_generation(generation)?;
     if repaired > 0 {
         eprintln!("floatip: maps had drifted from the database; repaired {repaired} entries");
@@ -681,8 +688,6 @@ fn repair<M: Maps>(tx: &Tx<'_>, maps: &mut M) -> Result<usize> {
             fixed_up.insert(floating);
         }
     }
-    // A crash can leave the filter counting a fixed IP that left the maps.
-    maps.rebuild_derived()?;
     Ok(fixed_up.len())
 }
 

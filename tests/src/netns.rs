@@ -1010,17 +1010,19 @@ impl Lab {
         Ok(out)
     }
 
-    /// `floatip attach --external gw-ext --internal gw-int --mode MODE`.
+    /// `attach --external gw-ext --internal gw-int [--internal EXTRA...] --mode MODE`.
+    pub fn attach_args(&self, extra_internal: &[&'static str]) -> Vec<&'static str> {
+        let mut v = vec!["attach", "--external", "gw-ext", "--internal", "gw-int"];
+        for nic in extra_internal {
+            v.extend(["--internal", nic]);
+        }
+        v.extend(["--mode", self.mode.as_str()]);
+        v
+    }
+
+    /// `floatip attach` on the lab's NICs in its mode.
     pub fn attach(&self) -> Output {
-        self.floatip(&[
-            "attach",
-            "--external",
-            "gw-ext",
-            "--internal",
-            "gw-int",
-            "--mode",
-            self.mode.as_str(),
-        ])
+        self.floatip(&self.attach_args(&[]))
     }
 
     pub fn detach(&self) -> Output {

@@ -61,15 +61,6 @@ fn build(mode: Mode) -> Lab {
         .unwrap_or_else(|e| panic!("cannot build the namespace topology: {e:#}"))
 }
 
-fn attach_args(mode: Mode, extra: bool) -> Vec<&'static str> {
-    let mut v = vec!["attach", "--external", "gw-ext", "--internal", "gw-int"];
-    if extra {
-        v.extend(["--internal", EXTRA]);
-    }
-    v.extend(["--mode", mode.as_str()]);
-    v
-}
-
 /// Pool `public` (203.0.113.10-20, behind gw-ext), `allocate`d addresses
 /// and `associate`d pairs.
 fn public_pool(lab: &Lab, allocate: &[&str], associate: &[(&str, &str)]) {
@@ -389,7 +380,7 @@ fn zero_loss(mode: Mode) {
     for ifname in [EXTRA, EXTRA_PEER] {
         netns::assert_success(&exec(&lab.gw, &["ip", "link", "set", ifname, "up"]));
     }
-    let attach = attach_args(mode, true);
+    let attach = lab.attach_args(&[EXTRA]);
     lab.ok(&attach);
     public_pool(&lab, &[FIP1], &[(FIP1, INST1_IP)]);
     lab.pool_create("churn", "203.0.113.128/27");
@@ -720,7 +711,7 @@ fn reboot_restores_from_database() {
     let started = Instant::now();
     let mode = netns::mode_from_env();
     let lab = build(mode);
-    lab.ok(&attach_args(mode, false));
+    lab.ok(&lab.attach_args(&[]));
     public_pool(&lab, &[FIP1, FIP2], &[(FIP1, INST1_IP), (FIP2, INST2_IP)]);
     lab.ok(&[
         "pool",
@@ -786,7 +777,7 @@ fn reboot_restores_from_database() {
         "{FIP1} must not answer without the programs:\n{out}"
     );
 
-    let out = lab.ok(&attach_args(mode, false));
+    let out = lab.ok(&lab.attach_args(&[]));
     assert!(
         out.stdout.contains("6 associations loaded"),
         "attach should report restoring 6 associations:\n{out}"
@@ -855,7 +846,7 @@ fn other_layout_version_is_refused() {
     let started = Instant::now();
     let mode = Mode::XdpGeneric;
     let lab = build(mode);
-    let attach = attach_args(mode, false);
+    let attach = lab.attach_args(&[]);
     lab.ok(&attach);
     public_pool(&lab, &[FIP1, FIP2], &[(FIP1, INST1_IP)]);
 
@@ -920,7 +911,7 @@ fn unprivileged_user_is_refused() {
     let started = Instant::now();
     let mode = Mode::XdpGeneric;
     let lab = build(mode);
-    lab.ok(&attach_args(mode, false));
+    lab.ok(&lab.attach_args(&[]));
     public_pool(&lab, &[FIP1, FIP2], &[(FIP1, INST1_IP)]);
 
     // Files: the database owner-only, in an owner-only directory floatip
@@ -959,7 +950,7 @@ fn unprivileged_user_is_refused() {
     assert!(out.success(), "nobody cannot run floatip at all:\n{out}");
 
     let before = Snapshot::take(&lab);
-    let attach = attach_args(mode, false);
+    let attach = lab.attach_args(&[]);
     let mut cases = refusal_cases(&attach);
     cases.extend([("ip list", vec!["ip", "list"]), ("detach", vec!["detach"])]);
     eprintln!("[privileges] as nobody:");
@@ -1000,7 +991,7 @@ fn replaced_nic_is_attached_again() {
             }
         };
         up(&lab);
-        let attach = attach_args(mode, true);
+        let attach = lab.attach_args(&[EXTRA]);
         lab.ok(&attach);
         let link = exec(&gw, &["ip", "-j", "link", "show", "dev", EXTRA]);
         let index = serde_json::from_str::<Value>(&link.stdout).unwrap()[0]["ifindex"]

@@ -22,6 +22,7 @@ pub fn run_tests_bin(name: &str, args: &[String]) -> Result<()> {
     // its namespaces down on SIGINT, and xtask must outlive that teardown
     // instead of handing the shell back while it still runs.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    util::private_mounts()?;
     util::run(
         util::cargo()
             .args(["run", "--release", "-p", "tests", "--bin", name, "--"])

@@ -27,6 +27,7 @@ pub fn test(packages: &[String], args: &[String]) -> Result<()> {
         "--bins",
     ]);
     util::run(&mut build)?;
+    util::private_mounts()?;
     let mut cargo = util::cargo();
     cargo.args(["test", "--release"]);
     if packages.is_empty() {

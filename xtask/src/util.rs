@@ -131,3 +131,35 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Moves xtask, and so everything it starts from here on, into a mount
+/// namespace of its own whose mounts do not propagate to the host. floatip
+/// mounts a bpffs at /sys/fs/bpf when there is none, and `ip netns add`
+/// bind-mounts namespaces under /run/netns: made by tests, the demo or the
+/// benchmarks, they vanish with the last process of the run instead of
+/// staying on the machine (the kernel also fills every new bpffs with
+/// `maps.debug` and `progs.debug`, which are not pins anyone made).
+pub fn private_mounts() -> Result<()> {
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        bail!(
+            "cannot enter a private mount namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "cannot make the mounts private: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

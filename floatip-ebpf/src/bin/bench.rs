@@ -21,7 +21,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use floatip_common::GenConfig;
+use floatip_common::{GenConfig, csum_fold as fold};
 
 /// Length of every generated frame: a 64-byte Ethernet frame without its FCS.
 const FRAME_LEN: usize = 60;
@@ -139,17 +139,6 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_DROP
     }
-}
-
-/// Folds a one's-complement sum to 16 bits. Not taken from the
-/// `floatip_ebpf` library on purpose: linking it would pull the data plane's
-/// pinned map definitions into this object, and loading the bench object
-/// would then pin them at the bpffs root.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
 
 #[inline(always)]

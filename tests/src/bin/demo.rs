@@ -343,7 +343,6 @@ fn walkthrough(mode: Mode) -> Result<()> {
 }
 
 fn steps(d: &Demo) -> Result<()> {
-    let mode = d.lab.mode.as_str();
     let (ext, inst1, inst2) = (&d.lab.ext, &d.lab.inst1, &d.lab.inst2);
 
     blank();
@@ -356,15 +355,7 @@ fn steps(d: &Demo) -> Result<()> {
         "Load the data plane onto the gateway's NICs ({how}): gw-ext faces the\n\
          external network, gw-int the tenant network."
     ));
-    d.floatip(&[
-        "attach",
-        "--external",
-        "gw-ext",
-        "--internal",
-        "gw-int",
-        "--mode",
-        mode,
-    ])?;
+    d.floatip(&d.lab.attach_args(&[]))?;
 
     say("1. The admin creates a pool of external addresses behind gw-ext.");
     d.floatip(&[
