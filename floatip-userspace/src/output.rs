@@ -1,19 +1,22 @@
 //! Printing shared by all commands: aligned tables for people (the default), JSON for
 //! programs (`-f json`: an array for lists, an object for a single record).
 
-use std::{fmt, io::Write};
+use std::io::Write;
 
 use anyhow::{Context, Result};
-use serde::{
-    Deserialize, Deserializer, Serialize,
-    de::{MapAccess, Visitor},
-};
+use clap::ValueEnum;
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::{
-    cli::Format,
-    control::{FloatingIp, Pool, Quota},
-};
+use crate::control::{FloatingIp, Pool, Quota};
+
+/// Output format of commands that print records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
 
 /// A record that lists print as one table row.
 pub trait Record: Serialize {
@@ -138,34 +141,6 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// The fields of a JSON object in their serialization order.
-struct Fields(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Fields {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> Visitor<'de> for Visit {
-            type Value = Fields;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Fields, A::Error> {
-                let mut fields = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    fields.push(entry);
-                }
-                Ok(Fields(fields))
-            }
-        }
-        d.deserialize_map(Visit)
-    }
-}
-
 /// Writes to stdout; a closed pipe (`floatip ip list | head`) is not an error.
 fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -192,26 +167,49 @@ pub fn print_list<T: Record>(format: Format, items: &[T]) -> Result<()> {
     })
 }
 
-/// One record: a FIELD/VALUE table of its JSON keys, or a JSON object.
+/// One record: a FIELD/VALUE table of its JSON keys (in declaration order:
+/// serde_json's `preserve_order`), or a JSON object.
 pub fn print_one<T: Serialize>(format: Format, item: &T) -> Result<()> {
     emit(&match format {
-        Format::Table => {
-            // Through the JSON text rather than `Value`, whose map would sort the keys.
-            let Fields(fields) = serde_json::from_str(&serde_json::to_string(item)?)?;
-            let rows: Vec<Vec<String>> = fields
-                .iter()
-                .map(|(k, v)| vec![k.clone(), cell(v)])
-                .collect();
-            render_table(&["FIELD", "VALUE"], &rows)
-        }
+        Format::Table => render_table(&["FIELD", "VALUE"], &field_rows(item)?),
         Format::Json => json(item)?,
     })
+}
+
+fn field_rows<T: Serialize>(item: &T) -> Result<Vec<Vec<String>>> {
+    Ok(match serde_json::to_value(item)? {
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| vec![k.clone(), cell(v)])
+            .collect(),
+        other => vec![vec!["value".to_owned(), cell(&other)]],
+    })
+}
+
+/// A table that has no [`Record`] type of its own (status, nat listings): the
+/// given rows, or `value` as JSON.
+pub fn print_table<T: Serialize + ?Sized>(
+    format: Format,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    value: &T,
+) -> Result<()> {
+    emit(&match format {
+        Format::Table => render_table(headers, rows),
+        Format::Json => json(value)?,
+    })
+}
+
+/// Free text (the summary lines of `status`, confirmations) through the same
+/// broken-pipe-safe path as the tables.
+pub fn print_text(text: &str) -> Result<()> {
+    emit(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::Status;
+    use crate::control::IpStatus;
 
     #[test]
     fn tables_align_and_keep_columns() {
@@ -238,7 +236,7 @@ mod tests {
             pool: "public".into(),
             project: None,
             instance: None,
-            status: Status::Down,
+            status: IpStatus::Down,
             description: None,
             created_at: "2024-01-01T00:00:00Z".into(),
         };
@@ -254,8 +252,8 @@ mod tests {
         assert_eq!(q.row(), ["demo", "1", "unlimited"]);
         assert_eq!(cell(&serde_json::json!(["a", "b"])), "a,b");
         assert_eq!(cell(&serde_json::json!(3)), "3");
-        let Fields(fields) = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
-        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        let rows = field_rows(&f).unwrap();
+        let keys: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
         assert_eq!(keys[..3], ["id", "floating_ip_address", "fixed_ip_address"]);
     }
 }

@@ -5,7 +5,6 @@
 
 use std::{
     net::Ipv4Addr,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -62,12 +61,6 @@ pub struct GenArgs {
     cpu: Option<usize>,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
     let mut mac = [0u8; 6];
@@ -110,10 +103,7 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     if let Some(cpu) = a.cpu {
         pin_thread(cpu)?;
     }
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
+    super::signals::catch_stop();
     let mut g = BenchObject::load()?;
     g.set_gen_config(&cfg)?;
     let deadline = a
@@ -133,7 +123,7 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
         a.dport,
         a.flows
     );
-    while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+    while !super::signals::stop_requested() && deadline.is_none_or(|d| Instant::now() < d) {
         g.gen_run(ifindex, CHUNK, a.batch)?;
         sent += u64::from(CHUNK);
         if last.elapsed() >= Duration::from_secs(1) {

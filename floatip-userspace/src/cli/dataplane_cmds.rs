@@ -1,20 +1,16 @@
 //! `attach`, `detach`, `status` and the `nat` plumbing: parse and print.
 
-use std::{
-    net::Ipv4Addr,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use floatip_common::DEFAULT_MAX_ASSOCIATIONS;
 
-use super::{Cli, Format};
+use super::{Cli, signals};
 use crate::{
-    control::{self, Control},
-    dataplane::{self, AttachOptions, Dataplane, Mode},
-    output::{self, render_table},
+    control::Gateway,
+    dataplane::{AttachOptions, Mode},
+    output,
 };
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -83,119 +79,103 @@ pub fn attach(cli: &Cli, args: &AttachArgs) -> Result<()> {
         mode: args.mode.into(),
         max_associations: args.max_associations,
     };
-    Dataplane::attach(&cli.bpffs, &opts)?;
-    // The database is the source of truth: fresh maps (after a reboot) get
-    // every pool and association back.
-    let restored = Control::open(&cli.state, &cli.bpffs)?.resync()?;
-    println!(
-        "attached in {} mode: external {}, internal {}; {restored} associations loaded",
+    let report = Gateway::new(&cli.bpffs).attach(&cli.state, &opts)?;
+    output::print_text(&format!(
+        "attached in {} mode: external {}, internal {}; {} associations loaded\n",
         opts.mode.as_str(),
         opts.external.join(","),
-        opts.internal.join(",")
-    );
-    Ok(())
+        opts.internal.join(","),
+        report.restored
+    ))
 }
 
 pub fn detach(cli: &Cli, args: &DetachArgs) -> Result<()> {
-    Dataplane::detach(&cli.bpffs, &args.interfaces)?;
-    if args.interfaces.is_empty() {
-        println!("detached; pins removed from {}", cli.bpffs.display());
+    Gateway::new(&cli.bpffs).detach(&args.interfaces)?;
+    output::print_text(&if args.interfaces.is_empty() {
+        format!("detached; pins removed from {}\n", cli.bpffs.display())
     } else {
-        println!("detached {}", args.interfaces.join(","));
-    }
-    Ok(())
-}
-
-/// Set by SIGINT/SIGTERM so `log` can switch the programs' logging off
-/// before it exits.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
+        format!("detached {}\n", args.interfaces.join(","))
+    })
 }
 
 pub fn log(cli: &Cli, args: &LogArgs) -> Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-    let mut print = |line: String| {
-        println!("{line}");
-    };
-    dataplane::log::follow(
-        &cli.bpffs,
+    signals::catch_stop();
+    Gateway::new(&cli.bpffs).follow_log(
         args.seconds.map(Duration::from_secs),
-        &|| STOP.load(Ordering::Relaxed),
+        &signals::stop_requested,
         &|n| eprintln!("following the event log of {n} program load(s); Ctrl-C to stop"),
-        &mut print,
+        &mut |line| println!("{line}"),
     )
 }
 
 pub fn status(cli: &Cli) -> Result<()> {
-    let st = Dataplane::open(&cli.bpffs)?.status()?;
-    if cli.format == Format::Json {
+    let st = Gateway::new(&cli.bpffs).status()?;
+    let rows: Vec<Vec<String>> = st
+        .interfaces
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                i.ifindex.to_string(),
+                format!("{:?}", i.role).to_lowercase(),
+                i.mode.as_str().to_string(),
+                i.program_id.to_string(),
+                i.mac.clone(),
+            ]
+        })
+        .collect();
+    let head = ["interface", "ifindex", "role", "mode", "program_id", "mac"];
+    if cli.format == output::Format::Json {
         return output::print_one(cli.format, &st);
     }
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let head: &[&str] = &["interface", "ifindex", "role", "mode", "program_id", "mac"];
-    for i in &st.interfaces {
-        rows.push(vec![
-            i.name.clone(),
-            i.ifindex.to_string(),
-            format!("{:?}", i.role).to_lowercase(),
-            i.mode.as_str().to_string(),
-            i.program_id.to_string(),
-            i.mac.clone(),
-        ]);
-    }
-    print!("{}", render_table(head, &rows));
-    println!(
-        "\nassociations: {} of {} (layout v{}, generation {})\n",
+    output::print_table(cli.format, &head, &rows, &st)?;
+    output::print_text(&format!(
+        "\nassociations: {} of {} (layout v{}, generation {})\n\n",
         st.associations, st.max_associations, st.layout_version, st.generation
-    );
-    let mut crows: Vec<Vec<String>> = Vec::new();
-    let chead: &[&str] = &["outcome", "packets"];
-    for (name, v) in &st.counters {
-        crows.push(vec![name.to_string(), v.to_string()]);
-    }
-    print!("{}", render_table(chead, &crows));
-    Ok(())
+    ))?;
+    let counters: Vec<Vec<String>> = st
+        .counters
+        .iter()
+        .map(|(name, v)| vec![name.to_string(), v.to_string()])
+        .collect();
+    output::print_table(cli.format, &["outcome", "packets"], &counters, &st.counters)
 }
 
 pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
-    let mut dp = Dataplane::open(&cli.bpffs)?;
+    let gw = Gateway::new(&cli.bpffs);
     match cmd {
         NatCmd::Add { floating, fixed } => {
-            // Plumbing bypasses the database: mark the maps so the next
-            // control-plane command compares and repairs them.
-            dp.set_generation(control::GENERATION_DIRTY)?;
-            dp.nat_add(*floating, *fixed)?;
-            control::announce(&dp, *floating);
-            println!("{floating} -> {fixed}");
+            gw.nat_add(*floating, *fixed)?;
+            output::print_text(&format!("{floating} -> {fixed}\n"))
         }
         NatCmd::Del { floating } => {
-            dp.set_generation(control::GENERATION_DIRTY)?;
-            let fixed = dp.nat_del(*floating)?;
-            println!("removed {floating} -> {fixed}");
+            let fixed = gw.nat_del(*floating)?;
+            output::print_text(&format!("removed {floating} -> {fixed}\n"))
         }
         NatCmd::List => {
-            let pairs = dp.nat_list()?;
-            if cli.format == Format::Json {
-                return output::print_one(cli.format, &pairs);
-            }
-            let mut rows: Vec<Vec<String>> = Vec::new();
-            let head: &[&str] = &["floating", "fixed"];
-            for p in pairs {
-                rows.push(vec![p.floating.to_string(), p.fixed.to_string()]);
-            }
-            print!("{}", render_table(head, &rows));
+            let pairs = gw.nat_list()?;
+            let rows: Vec<Vec<String>> = pairs
+                .iter()
+                .map(|p| vec![p.floating.to_string(), p.fixed.to_string()])
+                .collect();
+            output::print_table(cli.format, &["floating", "fixed"], &rows, &pairs)
         }
         NatCmd::Stats { floating } => {
-            let stats = dp.pair_stats(*floating)?;
-            if cli.format == Format::Json {
-                return output::print_one(cli.format, &stats);
-            }
-            let mut rows: Vec<Vec<String>> = Vec::new();
-            let head: &[&str] = &[
+            let stats = gw.nat_stats(*floating)?;
+            let rows: Vec<Vec<String>> = stats
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.floating.to_string(),
+                        s.fixed.to_string(),
+                        s.in_packets.to_string(),
+                        s.in_bytes.to_string(),
+                        s.out_packets.to_string(),
+                        s.out_bytes.to_string(),
+                    ]
+                })
+                .collect();
+            let head = [
                 "floating",
                 "fixed",
                 "in_packets",
@@ -203,18 +183,7 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
                 "out_packets",
                 "out_bytes",
             ];
-            for s in stats {
-                rows.push(vec![
-                    s.floating.to_string(),
-                    s.fixed.to_string(),
-                    s.in_packets.to_string(),
-                    s.in_bytes.to_string(),
-                    s.out_packets.to_string(),
-                    s.out_bytes.to_string(),
-                ]);
-            }
-            print!("{}", render_table(head, &rows));
+            output::print_table(cli.format, &head, &rows, &stats)
         }
     }
-    Ok(())
 }

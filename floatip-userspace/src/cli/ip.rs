@@ -7,7 +7,7 @@ use clap::{Subcommand, ValueEnum};
 
 use crate::{
     addr::{parse_bulk, parse_ipv4},
-    control::{Associate, Control, IpQuery, Status},
+    control::{Associate, Control, IpQuery, IpStatus},
     output,
 };
 
@@ -114,8 +114,8 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
                 pool: pool.as_deref(),
                 project: project.as_deref(),
                 status: status.map(|s| match s {
-                    StatusArg::Active => Status::Active,
-                    StatusArg::Down => Status::Down,
+                    StatusArg::Active => IpStatus::Active,
+                    StatusArg::Down => IpStatus::Down,
                 }),
             };
             output::print_list(fmt, &open()?.ip_list(&query)?)

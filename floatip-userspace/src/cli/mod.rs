@@ -1,23 +1,19 @@
-//! Argument parsing and printing. No logic lives here: every command calls into `control`
-//! (pools, addresses, quotas) or `dataplane` (attach, detach, status, nat plumbing).
+//! Argument parsing and printing. No logic lives here: every command calls the control layer
+//! (`control::Control` for pools, addresses and quotas; `control::Gateway` for attach, detach,
+//! status, the event log and the nat plumbing).
 
 mod bench;
 mod dataplane_cmds;
 mod ip;
 mod pool;
 mod quota;
+mod signals;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-/// Output format of commands that print records.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    #[default]
-    Table,
-    Json,
-}
+use crate::output::Format;
 
 #[derive(Debug, Parser)]
 #[command(

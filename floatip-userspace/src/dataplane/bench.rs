@@ -22,9 +22,14 @@ use aya::{
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, ProgramArray, xdp::DevMapHash},
     programs::{TestRun, Xdp, xdp::XdpMode},
 };
-use floatip_common::{IfaceInfo, ROLE_EXTERNAL, ROLE_INTERNAL, maps as names, outcome, programs};
+use floatip_common::{IfaceInfo, maps as names, outcome, programs};
 
-use super::{BENCH_OBJECT, Dataplane, ensure_bpffs, links_dir, load, maps_dir};
+use super::{
+    BENCH_OBJECT, Dataplane, Role,
+    attach::load,
+    pins::{ensure_bpffs, links_dir, maps_dir},
+    xdp_ctx,
+};
 
 /// The wrapper that writes a fresh frame and tail-calls the program under test.
 pub const BENCH_COST: &str = "bench_cost";
@@ -79,13 +84,6 @@ pub fn pin_thread(cpu: usize) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// xdp_md for a test run: data, data_end, data_meta, ingress_ifindex,
-/// rx_queue_index, egress_ifindex.
-fn xdp_ctx(len: usize, ifindex: u32) -> Vec<u8> {
-    let ctx = [0, len as u32, 0, ifindex, 0, 0];
-    ctx.iter().flat_map(|v| v.to_ne_bytes()).collect()
 }
 
 fn xdp_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -232,7 +230,7 @@ impl CostRig {
     pub fn load(
         bpffs: &Path,
         max_associations: u32,
-        nics: &[(u32, [u8; 6], bool)],
+        nics: &[(u32, [u8; 6], Role)],
     ) -> Result<Self> {
         if bpffs.exists() {
             bail!("{} already exists", bpffs.display());
@@ -247,17 +245,12 @@ impl CostRig {
         {
             let mut ifaces: HashMap<_, u32, IfaceInfo> =
                 HashMap::try_from(ebpf.map_mut(names::IFACES).unwrap())?;
-            for (idx, mac, external) in nics {
-                let role = if *external {
-                    ROLE_EXTERNAL
-                } else {
-                    ROLE_INTERNAL
-                };
+            for (idx, mac, role) in nics {
                 ifaces.insert(
                     idx,
                     IfaceInfo {
                         mac: *mac,
-                        role,
+                        role: role.to_map(),
                         _pad: 0,
                     },
                     0,

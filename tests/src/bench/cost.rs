@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use floatip::{
     dataplane::{
-        Pair,
+        Pair, Role,
         bench::{CostRig, CostTarget, GenConfig, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread},
     },
     iface,
@@ -230,8 +230,8 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
     let ext = iface::index("cx")?;
     let int = iface::index("ci")?;
     let nics = [
-        (ext, iface::mac("cx")?, true),
-        (int, iface::mac("ci")?, false),
+        (ext, iface::mac("cx")?, Role::External),
+        (int, iface::mac("ci")?, Role::Internal),
     ];
     let mut rig = CostRig::load(bpffs, n, &nics)?;
     rig.add_lookup_key(FLOATING_BASE)?;

@@ -1,0 +1,115 @@
+//! The data plane's life cycle as the control layer drives it: attach (then restore every pool
+//! and association from the database), detach, status, gratuitous ARP, and the `nat` plumbing
+//! that writes pairs into the maps without the database.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use super::{Control, GENERATION_DIRTY, validate::check_not_gateway_addr};
+use crate::{
+    dataplane::{AttachOptions, Dataplane, DataplaneStatus, Pair, PairStats, Role, log},
+    garp, iface,
+};
+
+/// What `attach` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttachReport {
+    /// Associations the maps had to be given (all of them after a reboot).
+    pub restored: usize,
+}
+
+/// The data plane of one gateway, for the commands that need only its pins and maps (never
+/// the database, so that they create none).
+pub struct Gateway {
+    bpffs: PathBuf,
+}
+
+impl Gateway {
+    pub fn new(bpffs: &Path) -> Self {
+        Self {
+            bpffs: bpffs.to_owned(),
+        }
+    }
+
+    /// Loads and attaches the programs (atomically replacing ones already attached), then
+    /// brings the maps in line with the database at `state`: fresh maps (after a reboot) get
+    /// every pool and association back.
+    pub fn attach(&self, state: &Path, opts: &AttachOptions) -> Result<AttachReport> {
+        Dataplane::attach(&self.bpffs, opts)?;
+        let restored = Control::open(state, &self.bpffs)?.resync()?;
+        Ok(AttachReport { restored })
+    }
+
+    /// Removes the programs of `interfaces` (every one when empty, with every pin).
+    pub fn detach(&self, interfaces: &[String]) -> Result<()> {
+        Dataplane::detach(&self.bpffs, interfaces)
+    }
+
+    /// Interfaces, sizes, generation and per-outcome counters of the attached data plane.
+    pub fn status(&self) -> Result<DataplaneStatus> {
+        Dataplane::open(&self.bpffs)?.status()
+    }
+
+    /// Plumbing: maps `floating` to `fixed` in the maps only. The maps are marked dirty so
+    /// the next association command compares them with the database and repairs them.
+    pub fn nat_add(&self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        let mut maps = Dataplane::open(&self.bpffs)?;
+        let local = iface::addresses()?;
+        check_not_gateway_addr(floating, &local)?;
+        check_not_gateway_addr(fixed, &local)?;
+        maps.set_generation(GENERATION_DIRTY)?;
+        maps.nat_add(floating, fixed)?;
+        announce(&maps, floating);
+        Ok(())
+    }
+
+    /// Plumbing: removes the pair of `floating` from the maps only; returns its fixed IP.
+    pub fn nat_del(&self, floating: Ipv4Addr) -> Result<Ipv4Addr> {
+        let mut maps = Dataplane::open(&self.bpffs)?;
+        maps.set_generation(GENERATION_DIRTY)?;
+        maps.nat_del(floating)
+    }
+
+    /// The pairs the maps hold.
+    pub fn nat_list(&self) -> Result<Vec<Pair>> {
+        Dataplane::open(&self.bpffs)?.nat_list()
+    }
+
+    /// Per-association counters, of one pair or of all.
+    pub fn nat_stats(&self, floating: Option<Ipv4Addr>) -> Result<Vec<PairStats>> {
+        Dataplane::open(&self.bpffs)?.pair_stats(floating)
+    }
+
+    /// Follows the programs' event log (see [`crate::dataplane::log`]) until `stop` says so or
+    /// `limit` passes, printing each record with `print`.
+    pub fn follow_log(
+        &self,
+        limit: Option<Duration>,
+        stop: &dyn Fn() -> bool,
+        started: &dyn Fn(usize),
+        print: &mut (dyn FnMut(String) + Send),
+    ) -> Result<()> {
+        log::follow(&self.bpffs, limit, stop, started, print)
+    }
+}
+
+/// Sends gratuitous ARP for `floating` out of every external NIC so that neighbours drop
+/// stale entries; a failure is reported, not fatal (the mapping already works, neighbours
+/// just learn it later).
+pub(super) fn announce(dp: &Dataplane, floating: Ipv4Addr) {
+    match dp.nics(Role::External) {
+        Ok(nics) => {
+            for (idx, mac) in nics {
+                if let Err(e) = garp::announce(idx, &mac, floating) {
+                    eprintln!("floatip: warning: gratuitous ARP for {floating} failed: {e:#}");
+                }
+            }
+        }
+        Err(e) => eprintln!("floatip: warning: cannot list external NICs: {e:#}"),
+    }
+}

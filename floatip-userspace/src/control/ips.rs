@@ -1,0 +1,257 @@
+//! Floating IPs: allocation, association (one, or a file in one transaction),
+//! disassociation and release.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::{
+    Associate, Control, FloatingIp, IpQuery, IpStatus,
+    gateway::announce,
+    sync::{finish, sync_maps, update_maps},
+    validate::{
+        check_fixed_outside_pools, check_not_gateway_addr, check_reachable, get_ip, get_pool,
+        load_pools, owned_ip, stored_ranges, validate_fixed, validate_name, validate_text,
+    },
+};
+use crate::{
+    addr::BulkEntry,
+    dataplane::{self, Pair},
+    iface,
+    store::IpFilter,
+};
+
+impl Control {
+    /// `ip create`: the lowest free address of `pool`, or `address`.
+    pub fn ip_create(
+        &mut self,
+        pool: &str,
+        address: Option<Ipv4Addr>,
+        project: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<FloatingIp> {
+        if let Some(p) = project {
+            validate_name("project", p, 255)?;
+        }
+        if let Some(d) = description {
+            validate_text("description", d, 255)?;
+        }
+        self.store.write(|tx| {
+            let ranges = stored_ranges(&get_pool(tx, pool)?)?;
+            if let Some(project) = project
+                && let Some(limit) = tx.quota_get(project)?
+            {
+                let used = tx.ip_count_for_project(project)?;
+                if used >= u64::from(limit) {
+                    bail!(
+                        "project {project} is at its quota: {used} of {limit} floating IPs in use"
+                    );
+                }
+            }
+            let address = match address {
+                Some(a) => {
+                    if !ranges.contains(a) {
+                        bail!("{a} is not an address of pool {pool} ({ranges})");
+                    }
+                    if tx.ip_get(a)?.is_some() {
+                        bail!("floating IP {a} is already allocated");
+                    }
+                    a
+                }
+                None => ranges
+                    .lowest_free(&tx.ip_addresses_in_pool(pool)?)
+                    .ok_or_else(|| anyhow!("no more floating IPs in pool {pool}"))?,
+            };
+            Ok(tx.ip_insert(address, pool, project, description)?.into())
+        })
+    }
+
+    pub fn ip_list(&mut self, query: &IpQuery<'_>) -> Result<Vec<FloatingIp>> {
+        self.store.read(|tx| {
+            if let Some(pool) = query.pool {
+                get_pool(tx, pool)?;
+            }
+            let filter = IpFilter {
+                pool: query.pool,
+                project: query.project,
+                associated: query.status.map(|s| s == IpStatus::Active),
+            };
+            Ok(tx
+                .ip_list(&filter)?
+                .into_iter()
+                .map(FloatingIp::from)
+                .collect())
+        })
+    }
+
+    pub fn ip_show(&mut self, floating: Ipv4Addr, project: Option<&str>) -> Result<FloatingIp> {
+        self.store
+            .read(|tx| Ok(owned_ip(tx, floating, project)?.into()))
+    }
+
+    /// `ip associate`. Associating a pair that already exists changes nothing.
+    pub fn ip_associate(&mut self, req: &Associate<'_>) -> Result<FloatingIp> {
+        let Associate {
+            floating,
+            fixed,
+            instance,
+            project,
+            force,
+        } = *req;
+        if let Some(i) = instance {
+            validate_name("instance", i, 255)?;
+        }
+        let (store, maps) = self.parts_attached()?;
+        validate_fixed(fixed)?;
+        let (record, generation) = store.write(|tx| {
+            sync_maps(tx, maps)?;
+            let row = owned_ip(tx, floating, project)?;
+            check_fixed_outside_pools(&load_pools(tx)?, fixed)?;
+            if let Some(holder) = tx.ip_by_fixed(fixed)? {
+                if holder.address == floating {
+                    return Ok((row.into(), None));
+                }
+                bail!("fixed IP {fixed} already has floating IP {}", holder.address);
+            }
+            if let Some(current) = row.fixed_ip
+                && !force
+            {
+                bail!("floating IP {floating} is already associated with {current}; use --force to move it");
+            }
+            let local = iface::addresses()?;
+            check_not_gateway_addr(floating, &local)?;
+            check_not_gateway_addr(fixed, &local)?;
+            check_reachable(maps, fixed)?;
+            tx.ip_set_association(floating, Some(fixed), instance)?;
+            let moving = row.fixed_ip.is_some();
+            let generation = update_maps(tx, maps, |m| {
+                if moving { m.nat_move(floating, fixed) } else { m.nat_add(floating, fixed) }
+            })?;
+            Ok((get_ip(tx, floating)?, Some(generation)))
+        })?;
+        finish(maps, generation);
+        if generation.is_some() {
+            announce(maps, floating);
+        }
+        Ok(record)
+    }
+
+    /// `ip associate --from-file`: every line in one transaction and one batched map update;
+    /// one bad line fails the whole file. Lines that are already in place change nothing.
+    pub fn ip_associate_bulk(
+        &mut self,
+        entries: &[BulkEntry],
+        project: Option<&str>,
+    ) -> Result<Vec<FloatingIp>> {
+        let (store, maps) = self.parts_attached()?;
+        for e in entries {
+            validate_fixed(e.fixed).with_context(|| format!("line {}", e.line))?;
+            if let Some(i) = &e.instance {
+                validate_name("instance", i, 255).with_context(|| format!("line {}", e.line))?;
+            }
+        }
+        let (records, generation) = store.write(|tx| {
+            sync_maps(tx, maps)?;
+            let pools = load_pools(tx)?;
+            let local = iface::addresses()?;
+            let mut pairs = Vec::with_capacity(entries.len());
+            for e in entries {
+                let line = || format!("line {}", e.line);
+                let row = owned_ip(tx, e.floating, project).with_context(line)?;
+                check_fixed_outside_pools(&pools, e.fixed).with_context(line)?;
+                if let Some(holder) = tx.ip_by_fixed(e.fixed)? {
+                    if holder.address == e.floating {
+                        continue;
+                    }
+                    return Err(anyhow!(
+                        "fixed IP {} already has floating IP {}",
+                        e.fixed,
+                        holder.address
+                    ))
+                    .with_context(line);
+                }
+                if let Some(current) = row.fixed_ip {
+                    return Err(anyhow!(
+                        "floating IP {} is already associated with {current}",
+                        e.floating
+                    ))
+                    .with_context(line);
+                }
+                check_not_gateway_addr(e.floating, &local).with_context(line)?;
+                check_not_gateway_addr(e.fixed, &local).with_context(line)?;
+                check_reachable(maps, e.fixed).with_context(line)?;
+                tx.ip_set_association(e.floating, Some(e.fixed), e.instance.as_deref())?;
+                pairs.push(Pair {
+                    floating: e.floating,
+                    fixed: e.fixed,
+                });
+            }
+            let generation = if pairs.is_empty() {
+                None
+            } else {
+                Some(update_maps(tx, maps, |m| {
+                    m.nat_add_bulk(&pairs).inspect_err(|_| {
+                        // A batch may stop half way: take out whatever of it went in.
+                        for p in &pairs {
+                            let _ = m.nat_purge(p.floating, p.fixed);
+                        }
+                    })
+                })?)
+            };
+            let records = entries
+                .iter()
+                .map(|e| get_ip(tx, e.floating))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((records, generation))
+        })?;
+        finish(maps, generation);
+        Ok(records)
+    }
+
+    /// `ip disassociate`. An address that is not associated is left as it is.
+    pub fn ip_disassociate(
+        &mut self,
+        floating: Ipv4Addr,
+        project: Option<&str>,
+    ) -> Result<FloatingIp> {
+        let (store, maps) = self.parts_attached()?;
+        let (record, generation) = store.write(|tx| {
+            sync_maps(tx, maps)?;
+            let row = owned_ip(tx, floating, project)?;
+            if row.fixed_ip.is_none() {
+                return Ok((row.into(), None));
+            }
+            tx.ip_set_association(floating, None, None)?;
+            let generation = update_maps(tx, maps, |m| m.nat_del(floating).map(drop))?;
+            Ok((get_ip(tx, floating)?, Some(generation)))
+        })?;
+        finish(maps, generation);
+        Ok(record)
+    }
+
+    /// `ip delete`: releases the address, disassociating it first. Needs the data plane only
+    /// when the address is associated.
+    pub fn ip_delete(&mut self, floating: Ipv4Addr, project: Option<&str>) -> Result<FloatingIp> {
+        let bpffs = self.bpffs.clone();
+        let (store, mut maps) = self.parts()?;
+        let (record, generation) = store.write(|tx| {
+            let row = owned_ip(tx, floating, project)?;
+            let mut generation = None;
+            if row.fixed_ip.is_some() {
+                let m = maps
+                    .as_deref_mut()
+                    .ok_or_else(|| dataplane::not_attached(&bpffs))?;
+                sync_maps(tx, m)?;
+                tx.ip_delete(floating)?;
+                generation = Some(update_maps(tx, m, |m| m.nat_del(floating).map(drop))?);
+            } else {
+                tx.ip_delete(floating)?;
+            }
+            Ok((FloatingIp::from(row), generation))
+        })?;
+        if let Some(m) = maps {
+            finish(m, generation);
+        }
+        Ok(record)
+    }
+}

@@ -1,0 +1,97 @@
+//! Pools (admin): create, list, show, delete, with their trie entries in the maps.
+
+use anyhow::{Result, bail};
+use floatip_common::MAX_POOL_PREFIXES;
+
+use super::{
+    Control, Pool,
+    sync::{trie_add, trie_del},
+    validate::{
+        check_no_gateway_addr, get_pool, pool_info, stored_ranges, validate_iface, validate_name,
+    },
+};
+use crate::{addr::PoolRanges, iface};
+
+impl Control {
+    /// `pool create`. Adds the pool's trie entries when the data plane is attached (otherwise
+    /// `attach` adds them).
+    pub fn pool_create(
+        &mut self,
+        name: &str,
+        ranges: &PoolRanges,
+        external: Option<&str>,
+    ) -> Result<Pool> {
+        validate_name("pool name", name, 64)?;
+        if let Some(iface) = external {
+            validate_iface(iface)?;
+        }
+        check_no_gateway_addr(name, ranges, &iface::addresses()?)?;
+        let entries = ranges.trie_entries();
+        let (store, mut maps) = self.parts()?;
+        let mut added = false;
+        let result = store.write(|tx| {
+            if tx.pool_get(name)?.is_some() {
+                bail!("pool {name} already exists");
+            }
+            let mut trie_size = entries.len();
+            for other in tx.pool_list()? {
+                let other_ranges = stored_ranges(&other)?;
+                if other_ranges.overlaps(ranges) {
+                    bail!("pool {name} ({ranges}) overlaps pool {} ({other_ranges})", other.name);
+                }
+                trie_size += other_ranges.trie_entries().len();
+            }
+            if trie_size > MAX_POOL_PREFIXES as usize {
+                bail!(
+                    "pool {name} needs {} prefixes; with the existing pools that is {trie_size}, above the \
+                     data plane's limit of {MAX_POOL_PREFIXES}",
+                    entries.len()
+                );
+            }
+            let row = tx.pool_insert(name, &ranges.ranges_text(), &ranges.excludes_text(), external)?;
+            if let Some(m) = maps.as_deref_mut() {
+                trie_add(m, &entries)?;
+                added = true;
+            }
+            pool_info(tx, row)
+        });
+        if result.is_err() && added {
+            // The commit failed after the maps took the entries: take them back out.
+            if let Some(m) = maps {
+                let _ = trie_del(m, &entries);
+            }
+        }
+        result
+    }
+
+    pub fn pool_list(&mut self) -> Result<Vec<Pool>> {
+        self.store.read(|tx| {
+            tx.pool_list()?
+                .into_iter()
+                .map(|p| pool_info(tx, p))
+                .collect()
+        })
+    }
+
+    pub fn pool_show(&mut self, name: &str) -> Result<Pool> {
+        self.store.read(|tx| pool_info(tx, get_pool(tx, name)?))
+    }
+
+    /// `pool delete`: only once no address is allocated from it.
+    pub fn pool_delete(&mut self, name: &str) -> Result<()> {
+        let (store, maps) = self.parts()?;
+        store.write(|tx| {
+            let pool = get_pool(tx, name)?;
+            let allocated = tx.ip_count_in_pool(name)?;
+            if allocated > 0 {
+                let s = if allocated == 1 { "" } else { "s" };
+                bail!("pool {name} has {allocated} allocated floating IP{s}; delete them first");
+            }
+            tx.pool_delete(name)?;
+            if let Some(m) = maps {
+                trie_del(m, &stored_ranges(&pool)?.trie_entries())?;
+            }
+            Ok(())
+        })
+    }
+}

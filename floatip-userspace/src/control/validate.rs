@@ -1,0 +1,153 @@
+//! Checks of user input and of the database's rows, and the lookups that report a missing
+//! row as one line.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::records::{FloatingIp, Pool};
+use crate::{
+    addr::PoolRanges,
+    dataplane::Dataplane,
+    store::{FloatingIpRow, PoolRow, Tx},
+};
+
+pub(super) fn stored_ranges(pool: &PoolRow) -> Result<PoolRanges> {
+    PoolRanges::from_stored(&pool.ranges, &pool.excludes)
+        .with_context(|| format!("pool {} in the state database is corrupt", pool.name))
+}
+
+pub(super) fn load_pools(tx: &Tx<'_>) -> Result<Vec<(String, PoolRanges)>> {
+    tx.pool_list()?
+        .into_iter()
+        .map(|p| Ok((p.name.clone(), stored_ranges(&p)?)))
+        .collect()
+}
+
+pub(super) fn get_pool(tx: &Tx<'_>, name: &str) -> Result<PoolRow> {
+    tx.pool_get(name)?
+        .ok_or_else(|| anyhow!("pool {name} does not exist"))
+}
+
+pub(super) fn pool_info(tx: &Tx<'_>, row: PoolRow) -> Result<Pool> {
+    let ranges = stored_ranges(&row)?;
+    let total = ranges.total();
+    let allocated = tx.ip_count_in_pool(&row.name)?;
+    Ok(Pool {
+        ranges: ranges.ranges().iter().map(ToString::to_string).collect(),
+        excludes: ranges.excludes().iter().map(ToString::to_string).collect(),
+        name: row.name,
+        external_interface: row.external_iface,
+        total,
+        allocated,
+        free: total.saturating_sub(allocated),
+        created_at: row.created_at,
+    })
+}
+
+pub(super) fn get_ip(tx: &Tx<'_>, floating: Ipv4Addr) -> Result<FloatingIp> {
+    Ok(tx
+        .ip_get(floating)?
+        .ok_or_else(|| anyhow!("floating IP {floating} not found"))?
+        .into())
+}
+
+/// The floating IP, as seen by `project`: another project's address is reported exactly as
+/// a missing one, so that projects cannot probe each other's addresses.
+pub(super) fn owned_ip(
+    tx: &Tx<'_>,
+    floating: Ipv4Addr,
+    project: Option<&str>,
+) -> Result<FloatingIpRow> {
+    match tx.ip_get(floating)? {
+        Some(row) if project.is_none_or(|p| row.project.as_deref() == Some(p)) => Ok(row),
+        _ => bail!("floating IP {floating} not found"),
+    }
+}
+
+pub(super) fn validate_fixed(fixed: Ipv4Addr) -> Result<()> {
+    if fixed.is_unspecified() || fixed.is_broadcast() || fixed.is_multicast() || fixed.is_loopback()
+    {
+        bail!("fixed IP {fixed} is not a unicast host address");
+    }
+    Ok(())
+}
+
+pub(super) fn check_fixed_outside_pools(
+    pools: &[(String, PoolRanges)],
+    fixed: Ipv4Addr,
+) -> Result<()> {
+    // Coverage, not usable addresses: a pool's network and excluded addresses are on the
+    // external network too.
+    if let Some((name, _)) = pools.iter().find(|(_, r)| r.covers(fixed)) {
+        bail!(
+            "fixed IP {fixed} lies in floating IP pool {name}: an instance on the external network needs no floating IP"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a pool holding an address of the gateway itself: its traffic would be translated
+/// away from the gateway.
+pub(super) fn check_no_gateway_addr(
+    name: &str,
+    ranges: &PoolRanges,
+    local: &[(String, Ipv4Addr)],
+) -> Result<()> {
+    if let Some((iface, ip)) = local.iter().find(|(_, ip)| ranges.contains(*ip)) {
+        bail!(
+            "pool {name} contains {ip}, an address of the gateway's interface {iface}; leave it out with --exclude {ip}"
+        );
+    }
+    Ok(())
+}
+
+/// Names end up in table columns and in the bulk file format: no blanks, no control
+/// characters.
+pub(super) fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
+    if name.is_empty() || name.len() > max {
+        bail!("{what} must be 1 to {max} characters long");
+    }
+    if name.starts_with('-') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("{what} '{name}' must not start with '-' or contain blanks or control characters");
+    }
+    Ok(())
+}
+
+pub(super) fn validate_text(what: &str, text: &str, max: usize) -> Result<()> {
+    if text.len() > max || text.chars().any(char::is_control) {
+        bail!("{what} must be at most {max} characters, without control characters");
+    }
+    Ok(())
+}
+
+pub(super) fn validate_iface(name: &str) -> Result<()> {
+    // IFNAMSIZ is 16 including the terminating NUL.
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains(['/', ':'])
+        || name.chars().any(|c| c.is_whitespace())
+    {
+        bail!("'{name}' is not a valid interface name");
+    }
+    Ok(())
+}
+
+/// Refuses an address of the gateway itself as either half of a pair: the gateway must never
+/// answer ARP for, or translate, its own addresses.
+pub(super) fn check_not_gateway_addr(addr: Ipv4Addr, local: &[(String, Ipv4Addr)]) -> Result<()> {
+    if let Some((nic, _)) = local.iter().find(|(_, a)| *a == addr) {
+        bail!("{addr} is an address of the gateway's interface {nic}");
+    }
+    Ok(())
+}
+
+/// Fails unless the kernel routes `fixed` out of one of the gateway's internal NICs.
+pub(super) fn check_reachable(maps: &Dataplane, fixed: Ipv4Addr) -> Result<()> {
+    match maps.internal_route(fixed)? {
+        Some(_) => Ok(()),
+        None => {
+            bail!("fixed IP {fixed} is not reachable through an internal interface of the gateway")
+        }
+    }
+}

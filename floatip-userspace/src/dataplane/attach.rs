@@ -1,0 +1,310 @@
+//! Loading the object (maps pinned, reused when present), attaching a program
+//! per NIC behind a pinned bpf_link, and detaching.
+
+use std::{fs, io::ErrorKind, path::Path};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::{XdpLink, XdpMode},
+    },
+};
+use floatip_common::{IfaceInfo, MAP_LAYOUT_VERSION, Meta, maps as names, programs, stats_slots};
+
+use super::{
+    AttachOptions, Dataplane, EBPF_OBJECT, Mode, Role,
+    pins::{
+        ensure_bpffs, find_link, layout_mismatch, links_dir, maps_dir, not_attached, open_map,
+        pinned_layout, remove_pins,
+    },
+};
+use crate::iface;
+
+/// Loads the data-plane object with its maps pinned under `bpffs`
+/// (reusing pins that exist).
+pub(super) fn load(bpffs: &Path, max_associations: u32) -> Result<Ebpf> {
+    if let Some(v) = pinned_layout(bpffs)?
+        && v != MAP_LAYOUT_VERSION
+    {
+        return Err(layout_mismatch(bpffs, v));
+    }
+    let dir = maps_dir(bpffs);
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .map_max_entries(names::FIP_TO_FIXED, max_associations)
+        .map_max_entries(names::FIXED_TO_FIP, max_associations)
+        .map_max_entries(names::ASSOC_STATS, stats_slots(max_associations))
+        .map_max_entries(names::SLOT_OWNERS, stats_slots(max_associations))
+        .load(EBPF_OBJECT)
+        .context("cannot load the floatip eBPF object")?;
+    let mut meta: Array<_, Meta> = Array::try_from(
+        ebpf.map_mut(names::META)
+            .ok_or_else(|| anyhow!("object lacks {}", names::META))?,
+    )?;
+    let mut m = meta.get(&0, 0)?;
+    if m.layout_version == 0 {
+        m.layout_version = MAP_LAYOUT_VERSION;
+        meta.set(0, m, 0)?;
+    }
+    Ok(ebpf)
+}
+
+fn program_name(role: Role, mode: Mode) -> &'static str {
+    match (role, mode) {
+        (Role::External, Mode::Tc) => programs::TC_EXTERNAL,
+        (Role::Internal, Mode::Tc) => programs::TC_INTERNAL,
+        (Role::External, _) => programs::XDP_EXTERNAL,
+        (Role::Internal, _) => programs::XDP_INTERNAL,
+    }
+}
+
+/// Replaces the program of the existing link `old` in place, or attaches
+/// afresh when there is none. A pinned link outlives its device: when the
+/// NIC went away (a router namespace deleted and created again, a NIC
+/// replugged with the same index) the update fails with ENOLINK; then the
+/// stale pin goes and the program is attached afresh.
+fn update_or_attach<P, L, I>(
+    prog: &mut P,
+    old: Option<L>,
+    update: impl FnOnce(&mut P, L) -> Result<I, ProgramError>,
+    fresh: impl FnOnce(&mut P) -> Result<I>,
+    stale_pin: Option<&Path>,
+) -> Result<I> {
+    let Some(link) = old else {
+        return fresh(prog);
+    };
+    match update(prog, link) {
+        Ok(id) => Ok(id),
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            if let Some(path) = stale_pin {
+                fs::remove_file(path)?;
+            }
+            fresh(prog)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Attaches (or atomically replaces) the program of one interface and pins its link.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    bpffs: &Path,
+    name: &str,
+    ifindex: u32,
+    role: Role,
+    mode: Mode,
+) -> Result<()> {
+    let pin = links_dir(bpffs).join(format!("{ifindex}_{}", mode.as_str()));
+    let existing = find_link(bpffs, ifindex)?;
+    // A link in another mode cannot be updated in place: remove it first.
+    if let Some((path, old_mode)) = &existing
+        && *old_mode != mode
+    {
+        drop(PinnedLink::from_pin(path)?.unpin()?);
+    }
+    let old = match &existing {
+        Some((path, old_mode)) if *old_mode == mode => {
+            Some(FdLink::from(PinnedLink::from_pin(path)?))
+        }
+        _ => None,
+    };
+    let stale_pin = existing.as_ref().map(|(path, _)| path.as_path());
+    let prog_name = program_name(role, mode);
+    let prog = ebpf
+        .program_mut(prog_name)
+        .ok_or_else(|| anyhow!("object lacks program {prog_name}"))?;
+    let fd_link: FdLink = match mode {
+        Mode::Xdp | Mode::XdpGeneric => {
+            let prog: &mut Xdp = prog.try_into()?;
+            if prog.fd().is_err() {
+                prog.load().context("the kernel rejected the XDP program")?;
+            }
+            let fresh = |prog: &mut Xdp| {
+                let xdp_mode = if mode == Mode::Xdp {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                prog.attach_to_if_index(ifindex, xdp_mode).map_err(|e| {
+                    if mode == Mode::Xdp {
+                        anyhow!(
+                            "{name} refused native XDP ({e}); try --mode xdp-generic or --mode tc"
+                        )
+                    } else {
+                        anyhow!("cannot attach XDP to {name}: {e}")
+                    }
+                })
+            };
+            let old = old.map(XdpLink::try_from).transpose()?;
+            let id = update_or_attach(prog, old, Xdp::attach_to_link, fresh, stale_pin)?;
+            prog.take_link(id)?.try_into()?
+        }
+        Mode::Tc => {
+            let prog: &mut SchedClassifier = prog.try_into()?;
+            if prog.fd().is_err() {
+                prog.load().context("the kernel rejected the TC program")?;
+            }
+            let fresh = |prog: &mut SchedClassifier| {
+                prog.attach_with_options(
+                    name,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| anyhow!("cannot attach TCX to {name}: {e}"))
+            };
+            let old = old.map(SchedClassifierLink::try_from).transpose()?;
+            let id =
+                update_or_attach(prog, old, SchedClassifier::attach_to_link, fresh, stale_pin)?;
+            let link = prog.take_link(id)?;
+            FdLink::try_from(link)?
+        }
+    };
+    if pin.exists() {
+        // Updated in place: the pin already refers to this link.
+        std::mem::forget(fd_link);
+    } else {
+        fd_link.pin(&pin)?;
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Loads, attaches and pins; safe to run again (replaces programs
+    /// atomically, keeps maps and their entries).
+    pub fn attach(bpffs: &Path, opts: &AttachOptions) -> Result<()> {
+        let mut nics = Vec::new();
+        for (names_, role) in [
+            (&opts.external, Role::External),
+            (&opts.internal, Role::Internal),
+        ] {
+            for name in names_ {
+                let idx = iface::index(name)?;
+                if nics.iter().any(|(_, i, _, _)| *i == idx) {
+                    bail!("interface {name} is given twice");
+                }
+                nics.push((name.clone(), idx, role, iface::mac(name)?));
+            }
+        }
+        if opts.max_associations == 0 {
+            bail!("--max-associations must be at least 1");
+        }
+        let was_attached = Self::is_attached(bpffs);
+        ensure_bpffs(bpffs)?;
+        let result = Self::attach_nics(bpffs, opts, &nics);
+        if result.is_err() && !was_attached {
+            // A first attach that failed leaves nothing behind.
+            if let Ok(entries) = fs::read_dir(links_dir(bpffs)) {
+                for entry in entries.flatten() {
+                    if let Ok(link) = PinnedLink::from_pin(entry.path()) {
+                        let _ = link.unpin();
+                    }
+                }
+            }
+            remove_pins(bpffs);
+        }
+        result
+    }
+
+    fn attach_nics(
+        bpffs: &Path,
+        opts: &AttachOptions,
+        nics: &[(String, u32, Role, [u8; 6])],
+    ) -> Result<()> {
+        let mut ebpf = load(bpffs, opts.max_associations)?;
+        {
+            let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(
+                ebpf.map_mut(names::IFACES)
+                    .ok_or_else(|| anyhow!("object lacks {}", names::IFACES))?,
+            )?;
+            for (_, idx, role, mac) in nics {
+                let info = IfaceInfo {
+                    mac: *mac,
+                    role: role.to_map(),
+                    _pad: 0,
+                };
+                ifaces.insert(idx, info, 0)?;
+            }
+        }
+        {
+            let mut devmap: DevMapHash<_> = DevMapHash::try_from(
+                ebpf.map_mut(names::REDIRECT)
+                    .ok_or_else(|| anyhow!("object lacks {}", names::REDIRECT))?,
+            )?;
+            for (_, idx, _, _) in nics {
+                devmap.insert(*idx, *idx, None, 0)?;
+            }
+        }
+        for (name, idx, role, _) in nics {
+            attach_one(&mut ebpf, bpffs, name, *idx, *role, opts.mode)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the programs of `only` (every interface when empty), and
+    /// with them, when nothing stays attached, every pin.
+    pub fn detach(bpffs: &Path, only: &[String]) -> Result<()> {
+        if !Self::is_attached(bpffs) {
+            return Err(not_attached(bpffs));
+        }
+        let mut indexes = Vec::new();
+        for name in only {
+            indexes.push(iface::index(name)?);
+        }
+        let mut dp = Self::open_any_layout(bpffs)?;
+        let mut devmap: DevMapHash<_> = DevMapHash::try_from(open_map(bpffs, names::REDIRECT)?)?;
+        let links = links_dir(bpffs);
+        if let Ok(entries) = fs::read_dir(&links) {
+            for entry in entries {
+                let path = entry?.path();
+                let idx = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split_once('_'))
+                    .and_then(|(i, _)| i.parse::<u32>().ok());
+                if !indexes.is_empty() && !idx.is_some_and(|i| indexes.contains(&i)) {
+                    continue;
+                }
+                // Dropping the last reference to a bpf_link detaches it.
+                match PinnedLink::from_pin(&path) {
+                    Ok(link) => drop(link.unpin()?),
+                    Err(_) => fs::remove_file(&path)?,
+                }
+                if let Some(i) = idx {
+                    let _ = dp.ifaces.remove(&i);
+                    let _ = devmap.remove(i);
+                }
+            }
+        }
+        if !indexes.is_empty() {
+            return Ok(());
+        }
+        drop((dp, devmap));
+        for name in names::ALL {
+            match fs::remove_file(maps_dir(bpffs).join(name)) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        for dir in [links, maps_dir(bpffs), bpffs.to_path_buf()] {
+            match fs::remove_dir(&dir) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(anyhow!("cannot remove {}: {e}", dir.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a data plane is attached (its maps are pinned) under `bpffs`.
+    /// When that cannot be told (no permission to look), it counts as
+    /// attached, so that opening the maps reports why.
+    pub fn is_attached(bpffs: &Path) -> bool {
+        !matches!(maps_dir(bpffs).join(names::META).try_exists(), Ok(false))
+    }
+}

@@ -1,0 +1,438 @@
+//! The handle on the pinned maps: association pairs written so that traffic
+//! never sees half of one, the per-association counter slots and the
+//! anti-spoofing counting filter kept with them, pool prefixes and `META`.
+
+use std::{
+    io::ErrorKind,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Result, anyhow, bail};
+use aya::{
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+    },
+    util::nr_cpus,
+};
+use floatip_common::{
+    AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, POOL_EXCLUDED, POOL_MEMBER,
+    SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket,
+};
+
+use super::{
+    Pair, Role, from_key,
+    pins::{layout_mismatch, open_data, open_map},
+    to_key,
+};
+use crate::iface;
+
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
+/// Handle on the pinned maps of an attached data plane.
+pub struct Dataplane {
+    pub(super) bpffs: PathBuf,
+    pub(super) fip_to_fixed: HashMap<MapData, u32, NatEntry>,
+    pub(super) fixed_to_fip: HashMap<MapData, u32, NatEntry>,
+    pub(super) pools: LpmTrie<MapData, u32, u32>,
+    pub(super) stats: PerCpuArray<MapData, AssocStats>,
+    pub(super) spoof_filter: Array<MapData, u32>,
+    pub(super) slot_owners: Array<MapData, u32>,
+    pub(super) outcomes: PerCpuArray<MapData, u64>,
+    pub(super) ifaces: HashMap<MapData, u32, IfaceInfo>,
+    pub(super) meta: Array<MapData, Meta>,
+    pub(super) max_associations: u32,
+}
+
+impl Dataplane {
+    /// The internal NIC through which the kernel routes to `fixed`, if any.
+    pub fn internal_route(&self, fixed: Ipv4Addr) -> Result<Option<String>> {
+        let Some(oif) = iface::route_oif(fixed)? else {
+            return Ok(None);
+        };
+        let internal = self.nics(Role::Internal)?;
+        Ok(internal
+            .iter()
+            .find(|(idx, _)| *idx == oif)
+            .map(|(idx, _)| iface::name(*idx).unwrap_or_else(|| format!("#{idx}"))))
+    }
+
+    /// Opens the pinned maps; fails with a one-line error naming `floatip
+    /// attach` when the data plane is not attached, and refuses maps of
+    /// another layout version (checked before any other map is read).
+    pub fn open(bpffs: &Path) -> Result<Self> {
+        let meta: Array<MapData, Meta> = Array::try_from(open_map(bpffs, names::META)?)?;
+        let pinned = meta.get(&0, 0)?.layout_version;
+        if pinned != MAP_LAYOUT_VERSION {
+            return Err(layout_mismatch(bpffs, pinned));
+        }
+        Self::open_with_meta(bpffs, meta)
+    }
+
+    /// [`Self::open`] without the layout check, for `detach`, which must be
+    /// able to remove maps of another layout version.
+    pub(super) fn open_any_layout(bpffs: &Path) -> Result<Self> {
+        Self::open_with_meta(bpffs, Array::try_from(open_map(bpffs, names::META)?)?)
+    }
+
+    fn open_with_meta(bpffs: &Path, meta: Array<MapData, Meta>) -> Result<Self> {
+        let f2x = open_data(bpffs, names::FIP_TO_FIXED)?;
+        let max_associations = f2x.info()?.max_entries();
+        Ok(Self {
+            bpffs: bpffs.to_path_buf(),
+            max_associations,
+            fip_to_fixed: HashMap::try_from(Map::from_map_data(f2x)?)?,
+            fixed_to_fip: HashMap::try_from(open_map(bpffs, names::FIXED_TO_FIP)?)?,
+            pools: LpmTrie::try_from(open_map(bpffs, names::POOLS)?)?,
+            stats: PerCpuArray::try_from(open_map(bpffs, names::ASSOC_STATS)?)?,
+            slot_owners: Array::try_from(open_map(bpffs, names::SLOT_OWNERS)?)?,
+            spoof_filter: Array::try_from(open_map(bpffs, names::SPOOF_FILTER)?)?,
+            outcomes: PerCpuArray::try_from(open_map(bpffs, names::OUTCOMES)?)?,
+            ifaces: HashMap::try_from(open_map(bpffs, names::IFACES)?)?,
+            meta,
+        })
+    }
+
+    pub(super) fn lookup(
+        map: &HashMap<MapData, u32, NatEntry>,
+        ip: Ipv4Addr,
+    ) -> Result<Option<NatEntry>> {
+        match map.get(&to_key(ip), 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The fixed IP `floating` maps to, if any.
+    pub fn fixed_of(&self, floating: Ipv4Addr) -> Result<Option<Ipv4Addr>> {
+        Ok(Self::lookup(&self.fip_to_fixed, floating)?.map(|e| from_key(e.addr)))
+    }
+
+    /// The floating IP of `fixed`, if any.
+    pub fn floating_of(&self, fixed: Ipv4Addr) -> Result<Option<Ipv4Addr>> {
+        Ok(Self::lookup(&self.fixed_to_fip, fixed)?.map(|e| from_key(e.addr)))
+    }
+
+    /// Hands out a counter slot for `floating`, zeroed: linear probing from
+    /// a hash of the address for a free slot, or one `floating` already
+    /// owns (left behind by a crash between claiming and mapping).
+    /// Mutating commands run one at a time (the database's write lock), so
+    /// two claims never race.
+    fn claim_slot(&mut self, floating: Ipv4Addr) -> Result<u32> {
+        let owner = to_key(floating);
+        let n = self.slot_owners.len();
+        let start = u32::from(floating).wrapping_mul(0x9e37_79b1) % n;
+        for i in 0..n {
+            let slot = (start + i) % n;
+            let current = self.slot_owners.get(&slot, 0)?;
+            if current == 0 || current == owner {
+                let cpus = nr_cpus().map_err(|(_, e)| e)?;
+                let zero = PerCpuValues::try_from(vec![AssocStats::default(); cpus])?;
+                self.stats.set(slot, zero, 0)?;
+                self.slot_owners.set(slot, owner, 0)?;
+                return Ok(slot);
+            }
+        }
+        bail!("no free counter slot for {floating} ({n} slots)")
+    }
+
+    /// Adds `delta` to the spoof-filter bucket of `fixed`. Counted up before
+    /// a fixed IP enters `FIXED_TO_FIP` and down after it left, so a crash
+    /// can only leave a count too high (an extra exact lookup), never too
+    /// low (a spoofed packet let through); a full repair recounts.
+    fn filter_add(&mut self, fixed: Ipv4Addr, delta: i32) -> Result<()> {
+        let bucket = spoof_filter_bucket(to_key(fixed));
+        let n = self.spoof_filter.get(&bucket, 0)?;
+        self.spoof_filter
+            .set(bucket, n.saturating_add_signed(delta), 0)?;
+        Ok(())
+    }
+
+    /// What every spoof-filter bucket should count, from `FIXED_TO_FIP`.
+    fn filter_counts(&self) -> Result<Vec<u32>> {
+        let mut want = vec![0u32; SPOOF_FILTER_BUCKETS as usize];
+        for key in self.fixed_to_fip.keys() {
+            want[spoof_filter_bucket(key?) as usize] += 1;
+        }
+        Ok(want)
+    }
+
+    /// Recounts the spoof filter from `FIXED_TO_FIP` (after a repair).
+    pub fn rebuild_spoof_filter(&mut self) -> Result<()> {
+        for (bucket, want) in self.filter_counts()?.into_iter().enumerate() {
+            let bucket = bucket as u32;
+            if self.spoof_filter.get(&bucket, 0)? != want {
+                self.spoof_filter.set(bucket, want, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Buckets whose count differs from the fixed IPs in `FIXED_TO_FIP`:
+    /// (bucket, count, fixed IPs). Empty when the filter is exact.
+    pub fn spoof_filter_mismatches(&self) -> Result<Vec<(u32, u32, u32)>> {
+        let mut out = Vec::new();
+        for (bucket, want) in self.filter_counts()?.into_iter().enumerate() {
+            let bucket = bucket as u32;
+            let have = self.spoof_filter.get(&bucket, 0)?;
+            if have != want {
+                out.push((bucket, have, want));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees `slot` if `floating` owns it.
+    fn release_slot(&mut self, slot: u32, floating: Ipv4Addr) -> Result<()> {
+        if slot < self.slot_owners.len() && self.slot_owners.get(&slot, 0)? == to_key(floating) {
+            self.slot_owners.set(slot, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    fn check_free(&self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        if let Some(other) = self.fixed_of(floating)? {
+            bail!("floating IP {floating} is already mapped to {other}");
+        }
+        if let Some(other) = self.floating_of(fixed)? {
+            bail!("fixed IP {fixed} already has floating IP {other}");
+        }
+        Ok(())
+    }
+
+    /// Adds a pair so that traffic never sees half of it: the reverse entry
+    /// first (BPF_NOEXIST), then the forward one, the reverse rolled back if
+    /// that fails.
+    pub fn nat_add(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        self.check_free(floating, fixed)?;
+        let slot = self.claim_slot(floating)?;
+        self.filter_add(fixed, 1)?;
+        let (f, x) = (to_key(floating), to_key(fixed));
+        if let Err(e) = self
+            .fixed_to_fip
+            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)
+        {
+            let _ = self.filter_add(fixed, -1);
+            let _ = self.release_slot(slot, floating);
+            return Err(anyhow!("cannot map fixed IP {fixed}: {e}"));
+        }
+        crate::failpoint::hit("pair-half-written");
+        if let Err(e) = self
+            .fip_to_fixed
+            .insert(f, NatEntry { addr: x, slot }, BPF_NOEXIST)
+        {
+            let _ = self.fixed_to_fip.remove(&x);
+            let _ = self.filter_add(fixed, -1);
+            let _ = self.release_slot(slot, floating);
+            return Err(anyhow!("cannot map floating IP {floating}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Moves `floating` to `new_fixed`: the floating->fixed entry is
+    /// overwritten in place, so traffic switches from the next packet.
+    /// The association keeps its counters (and slot).
+    pub fn nat_move(&mut self, floating: Ipv4Addr, new_fixed: Ipv4Addr) -> Result<()> {
+        let entry = Self::lookup(&self.fip_to_fixed, floating)?
+            .ok_or_else(|| anyhow!("floating IP {floating} is not mapped"))?;
+        let old_fixed = from_key(entry.addr);
+        if old_fixed == new_fixed {
+            return Ok(());
+        }
+        if let Some(other) = self.floating_of(new_fixed)? {
+            bail!("fixed IP {new_fixed} already has floating IP {other}");
+        }
+        let (f, x, old, slot) = (
+            to_key(floating),
+            to_key(new_fixed),
+            to_key(old_fixed),
+            entry.slot,
+        );
+        self.filter_add(new_fixed, 1)?;
+        if let Err(e) = self
+            .fixed_to_fip
+            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)
+        {
+            let _ = self.filter_add(new_fixed, -1);
+            return Err(e.into());
+        }
+        if let Err(e) = self
+            .fip_to_fixed
+            .insert(f, NatEntry { addr: x, slot }, BPF_EXIST)
+        {
+            let _ = self.fixed_to_fip.remove(&x);
+            let _ = self.filter_add(new_fixed, -1);
+            return Err(e.into());
+        }
+        self.fixed_to_fip.remove(&old)?;
+        self.filter_add(old_fixed, -1)?;
+        Ok(())
+    }
+
+    /// Removes the pair of `floating` (inbound first) and returns its fixed IP.
+    pub fn nat_del(&mut self, floating: Ipv4Addr) -> Result<Ipv4Addr> {
+        let entry = Self::lookup(&self.fip_to_fixed, floating)?
+            .ok_or_else(|| anyhow!("floating IP {floating} is not mapped"))?;
+        let fixed = from_key(entry.addr);
+        self.fip_to_fixed.remove(&to_key(floating))?;
+        crate::failpoint::hit("pair-half-written");
+        self.fixed_to_fip.remove(&to_key(fixed))?;
+        self.filter_add(fixed, -1)?;
+        self.release_slot(entry.slot, floating)?;
+        Ok(fixed)
+    }
+
+    /// Removes whatever entries mention `floating` or `fixed`, half pairs
+    /// included; absence is not an error. For repair after a crash.
+    pub fn nat_purge(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        let mut slots = Vec::new();
+        for (map, key) in [(&self.fip_to_fixed, floating), (&self.fixed_to_fip, fixed)] {
+            if let Some(e) = Self::lookup(map, key)? {
+                slots.push(e.slot);
+            }
+        }
+        let mut fixed_removed = false;
+        for (map, key) in [
+            (&mut self.fip_to_fixed, floating),
+            (&mut self.fixed_to_fip, fixed),
+        ] {
+            match map.remove(&to_key(key)) {
+                Ok(()) => fixed_removed = key == fixed,
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if fixed_removed {
+            self.filter_add(fixed, -1)?;
+        }
+        for slot in slots {
+            self.release_slot(slot, floating)?;
+        }
+        Ok(())
+    }
+
+    /// Writes only the floating->fixed half of a pair, as a crash between the two writes of
+    /// [`Self::nat_add`] would leave it: for the repair tests.
+    #[cfg(test)]
+    pub(crate) fn insert_half_pair(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        let entry = NatEntry {
+            addr: to_key(fixed),
+            slot: 0,
+        };
+        self.fip_to_fixed.insert(to_key(floating), entry, 0)?;
+        Ok(())
+    }
+
+    /// Every pair, read from floating->fixed.
+    pub fn nat_list(&self) -> Result<Vec<Pair>> {
+        let mut out = Vec::new();
+        for item in self.fip_to_fixed.iter() {
+            let (f, e) = item?;
+            out.push(Pair {
+                floating: from_key(f),
+                fixed: from_key(e.addr),
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every fixed->floating entry, for finding half pairs.
+    pub fn nat_list_reverse(&self) -> Result<Vec<Pair>> {
+        let mut out = Vec::new();
+        for item in self.fixed_to_fip.iter() {
+            let (x, e) = item?;
+            out.push(Pair {
+                floating: from_key(e.addr),
+                fixed: from_key(x),
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Adds many pairs; each pair is written as in [`Self::nat_add`].
+    /// On failure the pairs already added by this call are removed again.
+    pub fn nat_add_bulk(&mut self, pairs: &[Pair]) -> Result<()> {
+        for (i, p) in pairs.iter().enumerate() {
+            if i == pairs.len() / 2 {
+                crate::failpoint::hit("bulk-middle");
+            }
+            if let Err(e) = self.nat_add(p.floating, p.fixed) {
+                for q in &pairs[..i] {
+                    let _ = self.nat_purge(q.floating, q.fixed);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `addr/len` as a pool prefix or, with `excluded`, as a hole in one.
+    pub fn pool_prefix_add(&mut self, addr: Ipv4Addr, len: u8, excluded: bool) -> Result<()> {
+        let value = if excluded { POOL_EXCLUDED } else { POOL_MEMBER };
+        self.pools
+            .insert(&Key::new(len as u32, to_key(addr)), value, 0)?;
+        Ok(())
+    }
+
+    pub fn pool_prefix_del(&mut self, addr: Ipv4Addr, len: u8) -> Result<()> {
+        match self.pools.remove(&Key::new(len as u32, to_key(addr))) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every pool prefix: (address, length, excluded).
+    pub fn pool_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8, bool)>> {
+        let mut out = Vec::new();
+        for item in self.pools.iter() {
+            let (k, v) = item?;
+            out.push((from_key(k.data()), k.prefix_len() as u8, v == POOL_EXCLUDED));
+        }
+        Ok(out)
+    }
+
+    /// Control-plane generation the maps reflect.
+    pub fn generation(&self) -> Result<u64> {
+        Ok(self.meta.get(&0, 0)?.generation)
+    }
+
+    pub fn set_generation(&mut self, generation: u64) -> Result<()> {
+        let mut m = self.meta.get(&0, 0)?;
+        m.generation = generation;
+        self.meta.set(0, m, 0)?;
+        Ok(())
+    }
+
+    /// Whether the programs write their event log (see [`log::follow`]).
+    pub fn set_log_enabled(&mut self, on: bool) -> Result<()> {
+        let mut m = self.meta.get(&0, 0)?;
+        m.log_enabled = u32::from(on);
+        self.meta.set(0, m, 0)?;
+        Ok(())
+    }
+
+    /// Size of the association maps.
+    pub fn max_associations(&self) -> Result<u32> {
+        Ok(self.max_associations)
+    }
+
+    /// Managed NICs of the given role: (ifindex, MAC).
+    pub fn nics(&self, role: Role) -> Result<Vec<(u32, [u8; 6])>> {
+        let want = role.to_map();
+        let mut out = Vec::new();
+        for item in self.ifaces.iter() {
+            let (idx, info) = item?;
+            if info.role == want {
+                out.push((idx, info.mac));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}

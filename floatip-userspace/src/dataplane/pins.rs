@@ -1,0 +1,151 @@
+//! The bpffs layout: where maps and links are pinned, mounting the bpffs,
+//! finding a NIC's link, the map layout check and opening pinned maps.
+
+use std::{
+    fs,
+    io::ErrorKind,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{Array, Map, MapData, MapError};
+use floatip_common::{MAP_LAYOUT_VERSION, Meta, maps as names};
+
+use super::Mode;
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+pub(super) fn maps_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("maps")
+}
+
+pub(super) fn links_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("links")
+}
+
+pub fn not_attached(bpffs: &Path) -> anyhow::Error {
+    anyhow!(
+        "the data plane is not attached (no pinned maps in {}); run `floatip attach --external IFACE --internal IFACE` first",
+        bpffs.display()
+    )
+}
+
+/// Mounts a bpffs at the pin root when none is mounted there (as bpftool
+/// does), and creates `bpffs` owner-only.
+pub(super) fn ensure_bpffs(bpffs: &Path) -> Result<()> {
+    let root = if bpffs.starts_with("/sys/fs/bpf") {
+        PathBuf::from("/sys/fs/bpf")
+    } else {
+        bpffs.to_path_buf()
+    };
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    if !is_bpffs(&root)? {
+        let src = c"bpf";
+        let target = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            bail!("cannot mount a bpffs at {}: {err}", root.display());
+        }
+    }
+    for dir in [bpffs.to_path_buf(), maps_dir(bpffs), links_dir(bpffs)] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    fs::set_permissions(bpffs, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+pub(super) fn is_bpffs(path: &Path) -> Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(false);
+    }
+    Ok(st.f_type == BPF_FS_MAGIC)
+}
+
+/// The pinned link of `ifindex`, with the mode it was attached in.
+pub(super) fn find_link(bpffs: &Path, ifindex: u32) -> Result<Option<(PathBuf, Mode)>> {
+    let dir = links_dir(bpffs);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((idx, mode)) = name.split_once('_')
+            && idx.parse::<u32>() == Ok(ifindex)
+            && let Some(mode) = Mode::parse(mode)
+        {
+            return Ok(Some((entry.path(), mode)));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the layout version of already pinned maps, if any.
+pub(super) fn pinned_layout(bpffs: &Path) -> Result<Option<u32>> {
+    let path = maps_dir(bpffs).join(names::META);
+    match MapData::from_pin(&path) {
+        Ok(data) => {
+            let meta: Array<_, Meta> = Array::try_from(Map::from_map_data(data)?)?;
+            Ok(Some(meta.get(&0, 0)?.layout_version))
+        }
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The refusal of pinned maps whose layout version is not this floatip's.
+pub(super) fn layout_mismatch(bpffs: &Path, pinned: u32) -> anyhow::Error {
+    anyhow!(
+        "the pinned maps in {} have layout version {pinned}, this floatip expects {MAP_LAYOUT_VERSION}; run `floatip detach` and attach again (associations are restored from the database)",
+        bpffs.display()
+    )
+}
+
+pub(super) fn open_map(bpffs: &Path, name: &str) -> Result<Map> {
+    Ok(Map::from_map_data(open_data(bpffs, name)?)?)
+}
+
+pub(super) fn open_data(bpffs: &Path, name: &str) -> Result<MapData> {
+    let path = maps_dir(bpffs).join(name);
+    match MapData::from_pin(&path) {
+        Ok(data) => Ok(data),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {
+            Err(not_attached(bpffs))
+        }
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::PermissionDenied => {
+            Err(anyhow!(
+                "permission denied opening {}: run floatip as root",
+                path.display()
+            ))
+        }
+        Err(e) => Err(anyhow!("cannot open {}: {e}", path.display())),
+    }
+}
+
+/// Removes the map pins and directories under `bpffs`, best effort.
+pub(super) fn remove_pins(bpffs: &Path) {
+    for name in names::ALL {
+        let _ = fs::remove_file(maps_dir(bpffs).join(name));
+    }
+    for dir in [links_dir(bpffs), maps_dir(bpffs), bpffs.to_path_buf()] {
+        let _ = fs::remove_dir(&dir);
+    }
+}

@@ -1,0 +1,132 @@
+//! What `floatip status` and `floatip nat stats` read from the maps and links.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Result, anyhow};
+use aya::programs::links::{FdLink, PinnedLink};
+use floatip_common::outcome;
+
+use super::{Dataplane, Mode, Role, from_key, pins::find_link};
+use crate::iface;
+
+/// An attached interface, as `floatip status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attached {
+    pub ifindex: u32,
+    pub name: String,
+    pub role: Role,
+    pub mode: Mode,
+    pub program_id: u32,
+    pub mac: String,
+}
+
+/// Everything `floatip status` prints.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DataplaneStatus {
+    pub bpffs: PathBuf,
+    pub interfaces: Vec<Attached>,
+    pub associations: usize,
+    pub max_associations: u32,
+    pub layout_version: u32,
+    pub generation: u64,
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+/// Per-association counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct PairStats {
+    pub floating: Ipv4Addr,
+    pub fixed: Ipv4Addr,
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+}
+
+impl Dataplane {
+    /// Per-outcome counters summed over CPUs, in `outcome::NAMES` order.
+    pub fn outcomes(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut out = BTreeMap::new();
+        for (i, name) in outcome::NAMES.iter().enumerate() {
+            let v = self.outcomes.get(&(i as u32), 0)?;
+            out.insert(*name, v.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Counters of one association, or of all when `only` is `None`.
+    pub fn pair_stats(&self, only: Option<Ipv4Addr>) -> Result<Vec<PairStats>> {
+        let entries = match only {
+            Some(f) => vec![(
+                f,
+                Self::lookup(&self.fip_to_fixed, f)?
+                    .ok_or_else(|| anyhow!("floating IP {f} is not mapped"))?,
+            )],
+            None => {
+                let mut all = Vec::new();
+                for item in self.fip_to_fixed.iter() {
+                    let (f, e) = item?;
+                    all.push((from_key(f), e));
+                }
+                all.sort_by_key(|(f, _)| *f);
+                all
+            }
+        };
+        let mut out = Vec::new();
+        for (floating, entry) in entries {
+            let mut s = PairStats {
+                floating,
+                fixed: from_key(entry.addr),
+                in_packets: 0,
+                in_bytes: 0,
+                out_packets: 0,
+                out_bytes: 0,
+            };
+            if let Ok(values) = self.stats.get(&entry.slot, 0) {
+                for v in values.iter() {
+                    s.in_packets += v.in_packets;
+                    s.in_bytes += v.in_bytes;
+                    s.out_packets += v.out_packets;
+                    s.out_bytes += v.out_bytes;
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// Everything `floatip status` shows.
+    pub fn status(&self) -> Result<DataplaneStatus> {
+        let mut interfaces = Vec::new();
+        for item in self.ifaces.iter() {
+            let (idx, info) = item?;
+            let Some((path, mode)) = find_link(&self.bpffs, idx)? else {
+                continue;
+            };
+            let program_id = PinnedLink::from_pin(&path)
+                .ok()
+                .and_then(|l| FdLink::from(l).info().ok())
+                .map(|i| i.program_id())
+                .unwrap_or(0);
+            interfaces.push(Attached {
+                ifindex: idx,
+                name: iface::name(idx).unwrap_or_else(|| format!("#{idx}")),
+                role: Role::from_map(info.role),
+                mode,
+                program_id,
+                mac: iface::fmt_mac(&info.mac),
+            });
+        }
+        interfaces.sort_by_key(|a| a.ifindex);
+        let meta = self.meta.get(&0, 0)?;
+        Ok(DataplaneStatus {
+            bpffs: self.bpffs.clone(),
+            interfaces,
+            associations: self.fip_to_fixed.keys().count(),
+            max_associations: self.max_associations()?,
+            layout_version: meta.layout_version,
+            generation: meta.generation,
+            counters: self.outcomes()?,
+        })
+    }
+}
