@@ -9,7 +9,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -150,6 +150,8 @@ pub struct Meta {
     pub log_enabled: u32,
     /// Generation of the control-plane state the maps reflect.
     pub generation: u64,
+    /// Identity of the state database the maps were loaded from (0: none yet).
+    pub db_identity: u64,
 }
 
 /// Folds a 32-bit one's-complement sum to 16 bits. Here, not in the eBPF

@@ -34,6 +34,7 @@ pub use self::{
 };
 use crate::{
     dataplane::{self, Dataplane},
+    error::{ErrorKind, error},
     store::Store,
 };
 
@@ -51,14 +52,29 @@ pub struct Control {
 }
 
 impl Control {
-    /// Opens the state at `state`; the data plane pinned under `bpffs` is opened when a
-    /// command needs it.
+    /// Opens the state at `state` together with the data plane pinned under `bpffs`, if one is.
+    /// The two must belong together: while maps are pinned, no database is created, and one
+    /// the maps were not loaded from is refused, so a typo in `--state` changes nothing.
     pub fn open(state: &Path, bpffs: &Path) -> Result<Self> {
-        Ok(Self {
-            store: Store::open(state)?,
-            bpffs: bpffs.to_owned(),
-            maps: None,
-        })
+        if !Dataplane::is_attached(bpffs) {
+            return Ok(Self {
+                store: Store::open(state)?,
+                bpffs: bpffs.to_owned(),
+                maps: Some(None),
+            });
+        }
+        let maps = Dataplane::open(bpffs)?;
+        let mut store = open_existing_for(state, bpffs, &maps)?;
+        check_belongs(&mut store, &maps, bpffs)?;
+        Ok(Self::new(store, bpffs, Some(maps)))
+    }
+
+    /// [`Self::open`] without the identity check, for `attach --adopt`, which is about to make
+    /// the maps this database's.
+    fn open_adopting(state: &Path, bpffs: &Path) -> Result<Self> {
+        let maps = Dataplane::open(bpffs)?;
+        let store = open_existing_for(state, bpffs, &maps)?;
+        Ok(Self::new(store, bpffs, Some(maps)))
     }
 
     /// A control plane over `store` and the maps already opened from `bpffs` (`None`: not
@@ -69,6 +85,16 @@ impl Control {
             bpffs: bpffs.to_owned(),
             maps: Some(maps),
         }
+    }
+
+    /// The maps, if attached and already opened.
+    fn maps_ref(&self) -> Option<&Dataplane> {
+        self.maps.as_ref().and_then(Option::as_ref)
+    }
+
+    /// Path of the state database.
+    pub fn state_path(&self) -> &Path {
+        self.store.path()
     }
 
     /// The store and, if attached, the maps, borrowed separately so that a transaction can
@@ -92,4 +118,45 @@ impl Control {
         let (store, maps) = self.parts()?;
         Ok((store, maps.ok_or_else(|| dataplane::not_attached(&bpffs))?))
     }
+}
+
+/// The database at `state`, which must exist: maps are pinned, so a missing file is a mistake
+/// (creating one would "repair" the maps into emptiness).
+fn open_existing_for(state: &Path, bpffs: &Path, maps: &Dataplane) -> Result<Store> {
+    if maps.db_identity()? == 0 {
+        // Maps no database has claimed yet (attach records its database at the end).
+        return Store::open(state);
+    }
+    if !state.exists() {
+        return Err(error(
+            ErrorKind::Unavailable,
+            format!(
+                "there is no state database at {}, but the data plane in {} was loaded from one \
+                 (identity {:016x}); check --state / FLOATIP_STATE",
+                state.display(),
+                bpffs.display(),
+                maps.db_identity()?
+            ),
+        ));
+    }
+    Store::open_existing(state)
+}
+
+/// Refuses maps that were loaded from another database. Maps that record no database yet
+/// (just created, or written only by `nat` plumbing) belong to whichever one attaches them.
+fn check_belongs(store: &mut Store, maps: &Dataplane, bpffs: &Path) -> Result<()> {
+    let (ours, theirs) = (store.identity()?, maps.db_identity()?);
+    if theirs != 0 && theirs != ours {
+        return Err(error(
+            ErrorKind::Unavailable,
+            format!(
+                "the state database {} (identity {ours:016x}) is not the one the data plane in {} \
+                 was loaded from (identity {theirs:016x}); check --state / FLOATIP_STATE, or run \
+                 `floatip attach --adopt` to reload the maps from this database",
+                store.path().display(),
+                bpffs.display()
+            ),
+        ));
+    }
+    Ok(())
 }

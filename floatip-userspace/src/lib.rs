@@ -4,6 +4,7 @@ pub mod addr;
 pub mod cli;
 pub mod control;
 pub mod dataplane;
+pub mod error;
 pub mod failpoint;
 /// Property checks of the parsers, for the fuzz targets in `fuzz/` and the corpus replay test.
 #[doc(hidden)]

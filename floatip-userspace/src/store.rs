@@ -48,7 +48,14 @@ const MIGRATIONS: &[&str] = &[
         generation INTEGER NOT NULL
     );
     INSERT INTO meta (id, generation) VALUES (0, 0);",
+    // 2: the database's identity, recorded by the maps loaded from it, so that a command run
+    // with another database (a typo in --state) is refused instead of "repairing" the maps.
+    "ALTER TABLE meta ADD COLUMN identity INTEGER NOT NULL DEFAULT 0;
+    UPDATE meta SET identity = (random() & 9223372036854775807) | 1 WHERE id = 0;",
 ];
+
+/// The tables of the current schema; a database holding other tables is not floatip's.
+const TABLES: &[&str] = &["floating_ips", "meta", "pools", "quotas"];
 
 /// A pool as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,24 +118,37 @@ impl Store {
     /// Opens (creating if needed) the database at `path`: parent directory 0700, file 0600, WAL,
     /// a 5 s busy timeout, foreign keys on, schema migrated to the current version.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_inner(path)
+        Self::open_inner(path, true)
             .with_context(|| format!("cannot open state database {}", path.display()))
     }
 
-    fn open_inner(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    /// [`Self::open`] of a database that must exist already: never creates one.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("there is no state database at {}", path.display());
+        }
+        Self::open_inner(path, false)
+            .with_context(|| format!("cannot open state database {}", path.display()))
+    }
+
+    fn open_inner(path: &Path, create: bool) -> Result<Self> {
+        if create && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Only directories created here get 0700; an existing one is left as the admin set it.
             DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
         // Create the file ourselves so it is 0600 from the first byte (SQLite would use 0644);
         // SQLite gives the -wal and -shm files the same mode.
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
+        if create {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)?;
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // Before anything is written (WAL mode is a write): refuse what is not ours.
+        check_schema(&conn)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -141,6 +161,11 @@ impl Store {
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The identity the database got when it was created (see migration 2).
+    pub fn identity(&mut self) -> Result<u64> {
+        self.read(|tx| tx.identity())
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -198,6 +223,34 @@ impl Store {
             .context("cannot commit to the state database")?;
         Ok(value)
     }
+}
+
+/// Refuses a file that SQLite can read but that is not a floatip database, or one of a newer
+/// schema, before anything is written to it.
+fn check_schema(conn: &Connection) -> Result<()> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let latest = MIGRATIONS.len() as u32;
+    if version > latest {
+        bail!(
+            "schema version {version} is newer than this floatip supports ({latest}); upgrade floatip"
+        );
+    }
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let tables: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let foreign = if version == 0 {
+        // Not yet migrated: only an empty file is ours to take.
+        !tables.is_empty()
+    } else {
+        tables.iter().any(|t| !TABLES.contains(&t.as_str()))
+    };
+    if foreign {
+        bail!("it is not a floatip state database (it holds other tables)");
+    }
+    Ok(())
 }
 
 /// An open transaction: every query and mutation of the state.
@@ -259,6 +312,14 @@ impl<'c> Tx<'c> {
             .tx
             .query_row("SELECT generation FROM meta WHERE id = 0", [], |r| r.get(0))?;
         Ok(g as u64)
+    }
+
+    /// The database's identity: non-zero, fixed at creation.
+    pub fn identity(&self) -> Result<u64> {
+        let id: i64 = self
+            .tx
+            .query_row("SELECT identity FROM meta WHERE id = 0", [], |r| r.get(0))?;
+        Ok(id as u64)
     }
 
     // --- pools ---

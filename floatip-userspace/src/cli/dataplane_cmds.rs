@@ -4,7 +4,6 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use floatip_common::DEFAULT_MAX_ASSOCIATIONS;
 
 use super::{Cli, signals};
 use crate::{
@@ -41,9 +40,13 @@ pub struct AttachArgs {
     /// xdp (native), xdp-generic, or tc (TCX classifiers).
     #[arg(long, value_enum, default_value = "xdp")]
     pub mode: ModeArg,
-    /// Size of the association maps.
-    #[arg(long, default_value_t = DEFAULT_MAX_ASSOCIATIONS)]
-    pub max_associations: u32,
+    /// Size of the association maps when they are created (default 65536; maps already
+    /// pinned keep theirs, and a different size is refused).
+    #[arg(long)]
+    pub max_associations: Option<u32>,
+    /// Reload maps pinned by another state database from this one.
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -79,7 +82,7 @@ pub fn attach(cli: &Cli, args: &AttachArgs) -> Result<()> {
         mode: args.mode.into(),
         max_associations: args.max_associations,
     };
-    let report = Gateway::new(&cli.bpffs).attach(&cli.state, &opts)?;
+    let report = Gateway::new(&cli.bpffs).attach(&cli.state, &opts, args.adopt)?;
     output::print_text(&format!(
         "attached in {} mode: external {}, internal {}; {} associations loaded\n",
         opts.mode.as_str(),

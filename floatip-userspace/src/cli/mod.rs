@@ -13,7 +13,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::output::Format;
+use crate::{error, output::Format};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,9 +90,18 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            let kind = error::kind_of(&err);
             // One line: the outermost context and its causes, joined.
-            eprintln!("floatip: {err:#}");
-            ExitCode::FAILURE
+            let message = format!("{err:#}");
+            if cli.format == Format::Json {
+                let body = serde_json::json!({
+                    "error": {"type": kind.as_str(), "message": message}
+                });
+                eprintln!("{body}");
+            } else {
+                eprintln!("floatip: {message}");
+            }
+            ExitCode::from(kind.exit_code())
         }
     }
 }

@@ -13,7 +13,9 @@ use anyhow::Result;
 use super::{Control, GENERATION_DIRTY, validate::check_not_gateway_addr};
 use crate::{
     dataplane::{AttachOptions, Dataplane, DataplaneStatus, Pair, PairStats, Role, log},
+    error::fail,
     garp, iface,
+    store::Store,
 };
 
 /// What `attach` did.
@@ -38,10 +40,35 @@ impl Gateway {
 
     /// Loads and attaches the programs (atomically replacing ones already attached), then
     /// brings the maps in line with the database at `state`: fresh maps (after a reboot) get
-    /// every pool and association back.
-    pub fn attach(&self, state: &Path, opts: &AttachOptions) -> Result<AttachReport> {
+    /// every pool and association back. Maps already pinned must belong to that database,
+    /// unless `adopt` says to reload them from it.
+    pub fn attach(&self, state: &Path, opts: &AttachOptions, adopt: bool) -> Result<AttachReport> {
+        if !Dataplane::is_attached(&self.bpffs) {
+            // Fresh maps: the database may be created, before anything is pinned.
+            drop(Store::open(state)?);
+        } else {
+            // Checked before anything changes: a wrong --state must not touch the data plane.
+            let pinned = Control::open_adopting(state, &self.bpffs)?;
+            if !adopt {
+                drop(Control::open(state, &self.bpffs)?);
+            }
+            let size = pinned
+                .maps_ref()
+                .map(|m| m.max_associations())
+                .transpose()?;
+            if let (Some(want), Some(have)) = (opts.max_associations, size)
+                && want != have
+            {
+                fail!(
+                    Conflict,
+                    "the pinned maps hold {have} associations, not {want}; run `floatip detach` \
+                     first, then attach with --max-associations {want} (associations are restored \
+                     from the database)"
+                );
+            }
+        }
         Dataplane::attach(&self.bpffs, opts)?;
-        let restored = Control::open(state, &self.bpffs)?.resync()?;
+        let restored = Control::open_adopting(state, &self.bpffs)?.resync()?;
         Ok(AttachReport { restored })
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 
 use super::{
     Associate, Control, FloatingIp, IpQuery, IpStatus,
@@ -17,6 +17,7 @@ use super::{
 use crate::{
     addr::BulkEntry,
     dataplane::{self, Pair},
+    error::{ErrorKind, error, fail},
     iface,
     store::IpFilter,
 };
@@ -43,7 +44,8 @@ impl Control {
             {
                 let used = tx.ip_count_for_project(project)?;
                 if used >= u64::from(limit) {
-                    bail!(
+                    fail!(
+                        Conflict,
                         "project {project} is at its quota: {used} of {limit} floating IPs in use"
                     );
                 }
@@ -51,16 +53,21 @@ impl Control {
             let address = match address {
                 Some(a) => {
                     if !ranges.contains(a) {
-                        bail!("{a} is not an address of pool {pool} ({ranges})");
+                        fail!(Invalid, "{a} is not an address of pool {pool} ({ranges})");
                     }
                     if tx.ip_get(a)?.is_some() {
-                        bail!("floating IP {a} is already allocated");
+                        fail!(Conflict, "floating IP {a} is already allocated");
                     }
                     a
                 }
                 None => ranges
                     .lowest_free(&tx.ip_addresses_in_pool(pool)?)
-                    .ok_or_else(|| anyhow!("no more floating IPs in pool {pool}"))?,
+                    .ok_or_else(|| {
+                        error(
+                            ErrorKind::Conflict,
+                            format!("no more floating IPs in pool {pool}"),
+                        )
+                    })?,
             };
             Ok(tx.ip_insert(address, pool, project, description)?.into())
         })
@@ -111,12 +118,12 @@ impl Control {
                 if holder.address == floating {
                     return Ok((row.into(), None));
                 }
-                bail!("fixed IP {fixed} already has floating IP {}", holder.address);
+                fail!(Conflict, "fixed IP {fixed} already has floating IP {}", holder.address);
             }
             if let Some(current) = row.fixed_ip
                 && !force
             {
-                bail!("floating IP {floating} is already associated with {current}; use --force to move it");
+                fail!(Conflict, "floating IP {floating} is already associated with {current}; use --force to move it");
             }
             let local = iface::addresses()?;
             check_not_gateway_addr(floating, &local)?;
@@ -163,17 +170,22 @@ impl Control {
                     if holder.address == e.floating {
                         continue;
                     }
-                    return Err(anyhow!(
-                        "fixed IP {} already has floating IP {}",
-                        e.fixed,
-                        holder.address
+                    return Err(error(
+                        ErrorKind::Conflict,
+                        format!(
+                            "fixed IP {} already has floating IP {}",
+                            e.fixed, holder.address
+                        ),
                     ))
                     .with_context(line);
                 }
                 if let Some(current) = row.fixed_ip {
-                    return Err(anyhow!(
-                        "floating IP {} is already associated with {current}",
-                        e.floating
+                    return Err(error(
+                        ErrorKind::Conflict,
+                        format!(
+                            "floating IP {} is already associated with {current}",
+                            e.floating
+                        ),
                     ))
                     .with_context(line);
                 }

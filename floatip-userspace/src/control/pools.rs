@@ -1,6 +1,6 @@
 //! Pools (admin): create, list, show, delete, with their trie entries in the maps.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use floatip_common::MAX_POOL_PREFIXES;
 
 use super::{
@@ -10,7 +10,7 @@ use super::{
         check_no_gateway_addr, get_pool, pool_info, stored_ranges, validate_iface, validate_name,
     },
 };
-use crate::{addr::PoolRanges, iface};
+use crate::{addr::PoolRanges, error::fail, iface};
 
 impl Control {
     /// `pool create`. Adds the pool's trie entries when the data plane is attached (otherwise
@@ -31,19 +31,18 @@ impl Control {
         let mut added = false;
         let result = store.write(|tx| {
             if tx.pool_get(name)?.is_some() {
-                bail!("pool {name} already exists");
+                fail!(Conflict, "pool {name} already exists");
             }
             let mut trie_size = entries.len();
             for other in tx.pool_list()? {
                 let other_ranges = stored_ranges(&other)?;
                 if other_ranges.overlaps(ranges) {
-                    bail!("pool {name} ({ranges}) overlaps pool {} ({other_ranges})", other.name);
+                    fail!(Conflict, "pool {name} ({ranges}) overlaps pool {} ({other_ranges})", other.name);
                 }
                 trie_size += other_ranges.trie_entries().len();
             }
             if trie_size > MAX_POOL_PREFIXES as usize {
-                bail!(
-                    "pool {name} needs {} prefixes; with the existing pools that is {trie_size}, above the \
+                fail!(Conflict, "pool {name} needs {} prefixes; with the existing pools that is {trie_size}, above the \
                      data plane's limit of {MAX_POOL_PREFIXES}",
                     entries.len()
                 );
@@ -85,7 +84,10 @@ impl Control {
             let allocated = tx.ip_count_in_pool(name)?;
             if allocated > 0 {
                 let s = if allocated == 1 { "" } else { "s" };
-                bail!("pool {name} has {allocated} allocated floating IP{s}; delete them first");
+                fail!(
+                    Conflict,
+                    "pool {name} has {allocated} allocated floating IP{s}; delete them first"
+                );
             }
             tx.pool_delete(name)?;
             if let Some(m) = maps {

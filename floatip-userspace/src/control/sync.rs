@@ -19,8 +19,18 @@ impl Control {
         let (store, maps) = self.parts_attached()?;
         // In a write transaction only for its lock: no other floatip changes state meanwhile.
         store.write(|tx| {
+            let mut wanted = HashSet::new();
             for (_, ranges) in load_pools(tx)? {
-                trie_add(maps, &ranges.trie_entries())?;
+                let entries = ranges.trie_entries();
+                trie_add(maps, &entries)?;
+                wanted.extend(entries.iter().map(|e| (e.addr, e.len)));
+            }
+            // Prefixes of pools this database does not have (maps adopted from another one,
+            // or a pool deleted while detached) go, after this database's are all in.
+            for (addr, len, _) in maps.pool_prefixes()? {
+                if !wanted.contains(&(addr, len)) {
+                    maps.pool_prefix_del(addr, len)?;
+                }
             }
             let generation = tx.generation()?;
             let drifted = maps.generation()? != generation;
@@ -30,6 +40,7 @@ impl Control {
                 maps.rebuild_spoof_filter()?;
             }
             maps.set_generation(generation)?;
+            maps.set_db_identity(tx.identity()?)?;
             Ok(repaired)
         })
     }

@@ -3,12 +3,13 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 
 use super::records::{FloatingIp, Pool};
 use crate::{
     addr::PoolRanges,
     dataplane::Dataplane,
+    error::{ErrorKind, error, fail},
     store::{FloatingIpRow, PoolRow, Tx},
 };
 
@@ -26,7 +27,7 @@ pub(super) fn load_pools(tx: &Tx<'_>) -> Result<Vec<(String, PoolRanges)>> {
 
 pub(super) fn get_pool(tx: &Tx<'_>, name: &str) -> Result<PoolRow> {
     tx.pool_get(name)?
-        .ok_or_else(|| anyhow!("pool {name} does not exist"))
+        .ok_or_else(|| error(ErrorKind::NotFound, format!("pool {name} does not exist")))
 }
 
 pub(super) fn pool_info(tx: &Tx<'_>, row: PoolRow) -> Result<Pool> {
@@ -48,7 +49,12 @@ pub(super) fn pool_info(tx: &Tx<'_>, row: PoolRow) -> Result<Pool> {
 pub(super) fn get_ip(tx: &Tx<'_>, floating: Ipv4Addr) -> Result<FloatingIp> {
     Ok(tx
         .ip_get(floating)?
-        .ok_or_else(|| anyhow!("floating IP {floating} not found"))?
+        .ok_or_else(|| {
+            error(
+                ErrorKind::NotFound,
+                format!("floating IP {floating} not found"),
+            )
+        })?
         .into())
 }
 
@@ -61,14 +67,14 @@ pub(super) fn owned_ip(
 ) -> Result<FloatingIpRow> {
     match tx.ip_get(floating)? {
         Some(row) if project.is_none_or(|p| row.project.as_deref() == Some(p)) => Ok(row),
-        _ => bail!("floating IP {floating} not found"),
+        _ => fail!(NotFound, "floating IP {floating} not found"),
     }
 }
 
 pub(super) fn validate_fixed(fixed: Ipv4Addr) -> Result<()> {
     if fixed.is_unspecified() || fixed.is_broadcast() || fixed.is_multicast() || fixed.is_loopback()
     {
-        bail!("fixed IP {fixed} is not a unicast host address");
+        fail!(Invalid, "fixed IP {fixed} is not a unicast host address");
     }
     Ok(())
 }
@@ -80,7 +86,8 @@ pub(super) fn check_fixed_outside_pools(
     // Coverage, not usable addresses: a pool's network and excluded addresses are on the
     // external network too.
     if let Some((name, _)) = pools.iter().find(|(_, r)| r.covers(fixed)) {
-        bail!(
+        fail!(
+            Invalid,
             "fixed IP {fixed} lies in floating IP pool {name}: an instance on the external network needs no floating IP"
         );
     }
@@ -95,7 +102,8 @@ pub(super) fn check_no_gateway_addr(
     local: &[(String, Ipv4Addr)],
 ) -> Result<()> {
     if let Some((iface, ip)) = local.iter().find(|(_, ip)| ranges.contains(*ip)) {
-        bail!(
+        fail!(
+            Invalid,
             "pool {name} contains {ip}, an address of the gateway's interface {iface}; leave it out with --exclude {ip}"
         );
     }
@@ -106,17 +114,23 @@ pub(super) fn check_no_gateway_addr(
 /// characters.
 pub(super) fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
     if name.is_empty() || name.len() > max {
-        bail!("{what} must be 1 to {max} characters long");
+        fail!(Invalid, "{what} must be 1 to {max} characters long");
     }
     if name.starts_with('-') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("{what} '{name}' must not start with '-' or contain blanks or control characters");
+        fail!(
+            Invalid,
+            "{what} '{name}' must not start with '-' or contain blanks or control characters"
+        );
     }
     Ok(())
 }
 
 pub(super) fn validate_text(what: &str, text: &str, max: usize) -> Result<()> {
     if text.len() > max || text.chars().any(char::is_control) {
-        bail!("{what} must be at most {max} characters, without control characters");
+        fail!(
+            Invalid,
+            "{what} must be at most {max} characters, without control characters"
+        );
     }
     Ok(())
 }
@@ -128,7 +142,7 @@ pub(super) fn validate_iface(name: &str) -> Result<()> {
         || name.contains(['/', ':'])
         || name.chars().any(|c| c.is_whitespace())
     {
-        bail!("'{name}' is not a valid interface name");
+        fail!(Invalid, "'{name}' is not a valid interface name");
     }
     Ok(())
 }
@@ -137,7 +151,10 @@ pub(super) fn validate_iface(name: &str) -> Result<()> {
 /// answer ARP for, or translate, its own addresses.
 pub(super) fn check_not_gateway_addr(addr: Ipv4Addr, local: &[(String, Ipv4Addr)]) -> Result<()> {
     if let Some((nic, _)) = local.iter().find(|(_, a)| *a == addr) {
-        bail!("{addr} is an address of the gateway's interface {nic}");
+        fail!(
+            Invalid,
+            "{addr} is an address of the gateway's interface {nic}"
+        );
     }
     Ok(())
 }
@@ -147,7 +164,10 @@ pub(super) fn check_reachable(maps: &Dataplane, fixed: Ipv4Addr) -> Result<()> {
     match maps.internal_route(fixed)? {
         Some(_) => Ok(()),
         None => {
-            bail!("fixed IP {fixed} is not reachable through an internal interface of the gateway")
+            fail!(
+                Invalid,
+                "fixed IP {fixed} is not reachable through an internal interface of the gateway"
+            )
         }
     }
 }

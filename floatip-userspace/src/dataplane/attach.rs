@@ -14,7 +14,10 @@ use aya::{
         xdp::{XdpLink, XdpMode},
     },
 };
-use floatip_common::{IfaceInfo, MAP_LAYOUT_VERSION, Meta, maps as names, programs, stats_slots};
+use floatip_common::{
+    DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAP_LAYOUT_VERSION, Meta, maps as names, programs,
+    stats_slots,
+};
 
 use super::{
     AttachOptions, Dataplane, EBPF_OBJECT, Mode, Role,
@@ -190,7 +193,7 @@ impl Dataplane {
                 nics.push((name.clone(), idx, role, iface::mac(name)?));
             }
         }
-        if opts.max_associations == 0 {
+        if opts.max_associations == Some(0) {
             bail!("--max-associations must be at least 1");
         }
         let was_attached = Self::is_attached(bpffs);
@@ -215,7 +218,8 @@ impl Dataplane {
         opts: &AttachOptions,
         nics: &[(String, u32, Role, [u8; 6])],
     ) -> Result<()> {
-        let mut ebpf = load(bpffs, opts.max_associations)?;
+        let size = opts.max_associations.unwrap_or(DEFAULT_MAX_ASSOCIATIONS);
+        let mut ebpf = load(bpffs, size)?;
         {
             let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(
                 ebpf.map_mut(names::IFACES)

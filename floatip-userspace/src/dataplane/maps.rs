@@ -409,6 +409,18 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Identity of the state database the maps were loaded from (0: not recorded yet).
+    pub fn db_identity(&self) -> Result<u64> {
+        Ok(self.meta.get(&0, 0)?.db_identity)
+    }
+
+    pub fn set_db_identity(&mut self, identity: u64) -> Result<()> {
+        let mut m = self.meta.get(&0, 0)?;
+        m.db_identity = identity;
+        self.meta.set(0, m, 0)?;
+        Ok(())
+    }
+
     /// Whether the programs write their event log (see [`log::follow`]).
     pub fn set_log_enabled(&mut self, on: bool) -> Result<()> {
         let mut m = self.meta.get(&0, 0)?;

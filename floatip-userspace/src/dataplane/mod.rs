@@ -102,7 +102,8 @@ pub struct AttachOptions {
     pub external: Vec<String>,
     pub internal: Vec<String>,
     pub mode: Mode,
-    pub max_associations: u32,
+    /// Size of the association maps when they are created (`None`: the default).
+    pub max_associations: Option<u32>,
 }
 
 /// One association as the maps hold it.

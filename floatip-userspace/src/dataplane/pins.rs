@@ -13,6 +13,7 @@ use aya::maps::{Array, Map, MapData, MapError};
 use floatip_common::{MAP_LAYOUT_VERSION, Meta, maps as names};
 
 use super::Mode;
+use crate::error::{self, error};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -25,9 +26,12 @@ pub(super) fn links_dir(bpffs: &Path) -> PathBuf {
 }
 
 pub fn not_attached(bpffs: &Path) -> anyhow::Error {
-    anyhow!(
-        "the data plane is not attached (no pinned maps in {}); run `floatip attach --external IFACE --internal IFACE` first",
-        bpffs.display()
+    error(
+        error::ErrorKind::Unavailable,
+        format!(
+            "the data plane is not attached (no pinned maps in {}); run `floatip attach --external IFACE --internal IFACE` first",
+            bpffs.display()
+        ),
     )
 }
 
@@ -113,9 +117,12 @@ pub(super) fn pinned_layout(bpffs: &Path) -> Result<Option<u32>> {
 
 /// The refusal of pinned maps whose layout version is not this floatip's.
 pub(super) fn layout_mismatch(bpffs: &Path, pinned: u32) -> anyhow::Error {
-    anyhow!(
-        "the pinned maps in {} have layout version {pinned}, this floatip expects {MAP_LAYOUT_VERSION}; run `floatip detach` and attach again (associations are restored from the database)",
-        bpffs.display()
+    error(
+        error::ErrorKind::Unavailable,
+        format!(
+            "the pinned maps in {} have layout version {pinned}, this floatip expects {MAP_LAYOUT_VERSION}; run `floatip detach` and attach again (associations are restored from the database)",
+            bpffs.display()
+        ),
     )
 }
 

@@ -29,6 +29,8 @@ pub struct DataplaneStatus {
     pub max_associations: u32,
     pub layout_version: u32,
     pub generation: u64,
+    /// Identity of the state database the maps were loaded from.
+    pub db_identity: String,
     pub counters: BTreeMap<&'static str, u64>,
 }
 
@@ -126,6 +128,7 @@ impl Dataplane {
             max_associations: self.max_associations()?,
             layout_version: meta.layout_version,
             generation: meta.generation,
+            db_identity: format!("{:016x}", meta.db_identity),
             counters: self.outcomes()?,
         })
     }
