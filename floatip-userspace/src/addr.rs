@@ -211,10 +211,16 @@ impl PoolRanges {
             .iter()
             .map(|r| RangeSpec::parse(r.as_ref()))
             .collect::<Result<_>>()?;
-        let excludes = excludes
+        let excludes: Vec<Ipv4Addr> = excludes
             .iter()
             .map(|e| parse_ipv4(e.as_ref()))
             .collect::<Result<_>>()?;
+        // A repeated value is a typo more often than not: say so rather than fold it away.
+        for (i, e) in excludes.iter().enumerate() {
+            if excludes[..i].contains(e) {
+                bail!("excluded address {e} is given twice");
+            }
+        }
         Self::new(specs, excludes)
     }
 
@@ -296,6 +302,14 @@ impl PoolRanges {
             if a.1 < b.1 { i += 1 } else { j += 1 }
         }
         false
+    }
+
+    /// Whether the ranges cover any address of `first..=last`.
+    pub fn overlaps_span(&self, first: Ipv4Addr, last: Ipv4Addr) -> bool {
+        let (first, last) = (u32::from(first), u32::from(last));
+        self.extents
+            .iter()
+            .any(|&(lo, hi)| lo <= last && first <= hi)
     }
 
     /// Usable addresses as sorted inclusive intervals: the extents with the holes cut out.
@@ -388,6 +402,9 @@ pub struct BulkEntry {
 
 /// Parses `FLOATING FIXED [INSTANCE]` lines; `#` starts a comment, blank lines are skipped.
 /// Errors name the line, also when an address appears twice in the file.
+/// Most associations one bulk file may hold (one transaction, one batch of map writes).
+pub const MAX_BULK_ENTRIES: usize = 1 << 20;
+
 pub fn parse_bulk(text: &str) -> Result<Vec<BulkEntry>> {
     use std::collections::HashMap;
 
@@ -407,6 +424,9 @@ pub fn parse_bulk(text: &str) -> Result<Vec<BulkEntry>> {
                 fields.len()
             ),
         };
+        if out.len() == MAX_BULK_ENTRIES {
+            bail!("line {line}: more than {MAX_BULK_ENTRIES} associations in one file; split it");
+        }
         let floating = parse_ipv4(floating).with_context(|| format!("line {line}"))?;
         let fixed = parse_ipv4(fixed).with_context(|| format!("line {line}"))?;
         if let Some(first) = floating_seen.insert(floating, line) {
@@ -424,6 +444,27 @@ pub fn parse_bulk(text: &str) -> Result<Vec<BulkEntry>> {
     }
     Ok(out)
 }
+
+/// The first and last address of `addr/len`.
+pub fn prefix_span(addr: Ipv4Addr, len: u8) -> (Ipv4Addr, Ipv4Addr) {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    let first = u32::from(addr) & mask;
+    (Ipv4Addr::from(first), Ipv4Addr::from(first | !mask))
+}
+
+/// Blocks that can never hold a floating IP: "this network", loopback, link-local, multicast,
+/// reserved and limited broadcast.
+pub const NEVER_FLOATING: &[(Ipv4Addr, u8)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::new(240, 0, 0, 0), 4),
+];
 
 #[cfg(test)]
 mod tests {

@@ -29,8 +29,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 pub use self::{
-    gateway::{AttachReport, Gateway},
+    gateway::{AttachReport, Gateway, GatewayStatus},
     records::{Associate, FloatingIp, IpQuery, IpStatus, Pool, Quota},
+    sync::{PairDifference, SyncReport, SyncState},
 };
 use crate::{
     dataplane::{self, Dataplane},
@@ -61,6 +62,15 @@ impl Control {
                 store: Store::open(state)?,
                 bpffs: bpffs.to_owned(),
                 maps: Some(None),
+            });
+        }
+        if !Dataplane::layout_matches(bpffs)? {
+            // Maps this floatip cannot read (nor tell the database of): the database alone
+            // stays usable; every command that needs the maps reports the layout.
+            return Ok(Self {
+                store: Store::open_existing(state)?,
+                bpffs: bpffs.to_owned(),
+                maps: None,
             });
         }
         let maps = Dataplane::open(bpffs)?;

@@ -67,6 +67,11 @@ pub fn error(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
     })
 }
 
+/// Marks a parser's error as the caller's mistake: what `addr` rejects is always invalid input.
+pub fn invalid<T>(result: anyhow::Result<T>) -> anyhow::Result<T> {
+    result.map_err(|e| error(ErrorKind::Invalid, format!("{e:#}")))
+}
+
 /// The kind of `err`: the first classified error in its chain, else [`ErrorKind::System`].
 pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
     err.chain()

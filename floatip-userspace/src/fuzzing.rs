@@ -117,7 +117,7 @@ struct Model {
 
 impl Model {
     /// None when the pool must be rejected: no range, two ranges sharing an address, an exclude
-    /// outside every range, or nothing usable left.
+    /// given twice or outside every range, or nothing usable left.
     fn new(specs: &[RangeSpec], excludes: &[Ipv4Addr]) -> Option<Self> {
         let mut ranges: Vec<(u32, u32)> = specs.iter().map(|s| (s.first(), s.last())).collect();
         ranges.sort_unstable();
@@ -138,7 +138,11 @@ impl Model {
                 holes.extend([s.first(), s.last()]);
             }
         }
+        let given = excludes.len();
         let excludes: BTreeSet<u32> = excludes.iter().copied().map(u32::from).collect();
+        if excludes.len() != given {
+            return None;
+        }
         holes.extend(&excludes);
         let model = Self {
             ranges,

@@ -152,3 +152,98 @@ pub fn route_oif(dst: Ipv4Addr) -> Result<Option<u32>> {
     }
     Ok(None)
 }
+
+/// A unicast route of the main table: `dst/len` out of interface `oif`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub len: u8,
+    pub oif: u32,
+}
+
+/// Every IPv4 unicast route of the main table (RTM_GETROUTE dump, like `ip route show`).
+pub fn routes() -> Result<Vec<Route>> {
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTA_TABLE: u16 = 15;
+    const RT_TABLE_MAIN: u32 = 254;
+    const RTN_UNICAST: u8 = 1;
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // nlmsghdr (16) + rtmsg (12).
+    let mut req = [0u8; 28];
+    req[0..4].copy_from_slice(&28u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_INET as u8;
+    let result = (|| {
+        if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error().into());
+            }
+            let mut msg = &buf[..n as usize];
+            while msg.len() >= 16 {
+                let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+                let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+                if len < 16 || len > msg.len() {
+                    bail!("malformed rtnetlink reply");
+                }
+                if kind == libc::NLMSG_DONE as u16 {
+                    return Ok(out);
+                }
+                if kind == libc::NLMSG_ERROR as u16 {
+                    bail!("rtnetlink refused the route dump");
+                }
+                let body = &msg[16..len];
+                if kind == libc::RTM_NEWROUTE && body.len() >= 12 && body[7] == RTN_UNICAST {
+                    let mut route = Route {
+                        dst: Ipv4Addr::UNSPECIFIED,
+                        len: body[1],
+                        oif: 0,
+                    };
+                    let mut table = u32::from(body[4]);
+                    let mut off = 12;
+                    while off + 4 <= body.len() {
+                        let alen = u16::from_ne_bytes([body[off], body[off + 1]]) as usize;
+                        let ty = u16::from_ne_bytes([body[off + 2], body[off + 3]]);
+                        if alen < 4 || off + alen > body.len() {
+                            break;
+                        }
+                        let v = &body[off + 4..off + alen];
+                        if v.len() >= 4 {
+                            let word = [v[0], v[1], v[2], v[3]];
+                            match ty {
+                                RTA_DST => route.dst = Ipv4Addr::from(word),
+                                RTA_OIF => route.oif = u32::from_ne_bytes(word),
+                                RTA_TABLE => table = u32::from_ne_bytes(word),
+                                _ => {}
+                            }
+                        }
+                        off += (alen + 3) & !3;
+                    }
+                    if table == RT_TABLE_MAIN && route.oif != 0 {
+                        out.push(route);
+                    }
+                }
+                msg = &msg[((len + 3) & !3).min(msg.len())..];
+            }
+        }
+    })();
+    unsafe { libc::close(fd) };
+    result
+}

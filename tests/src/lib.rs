@@ -5,3 +5,4 @@ pub mod model;
 pub mod netns;
 pub mod pkt;
 pub mod rng;
+pub mod snapshot;

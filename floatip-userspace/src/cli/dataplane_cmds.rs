@@ -7,8 +7,9 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::{Cli, signals};
 use crate::{
-    control::Gateway,
+    control::{Control, Gateway, SyncReport, SyncState},
     dataplane::{AttachOptions, Mode},
+    error::fail,
     output,
 };
 
@@ -112,7 +113,11 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<()> {
 }
 
 pub fn status(cli: &Cli) -> Result<()> {
-    let st = Gateway::new(&cli.bpffs).status()?;
+    let full = Gateway::new(&cli.bpffs).status(&cli.state)?;
+    if cli.format == output::Format::Json {
+        return output::print_one(cli.format, &full);
+    }
+    let st = &full.dataplane;
     let rows: Vec<Vec<String>> = st
         .interfaces
         .iter()
@@ -128,13 +133,20 @@ pub fn status(cli: &Cli) -> Result<()> {
         })
         .collect();
     let head = ["interface", "ifindex", "role", "mode", "program_id", "mac"];
-    if cli.format == output::Format::Json {
-        return output::print_one(cli.format, &st);
-    }
-    output::print_table(cli.format, &head, &rows, &st)?;
+    output::print_table(cli.format, &head, &rows, st)?;
+    let sync = match (&full.sync, &full.sync_error) {
+        (Some(r), _) => sync_line(r),
+        (None, Some(e)) => format!("not compared: {e}"),
+        (None, None) => "not compared".to_owned(),
+    };
     output::print_text(&format!(
-        "\nassociations: {} of {} (layout v{}, generation {})\n\n",
-        st.associations, st.max_associations, st.layout_version, st.generation
+        "\nassociations: {} of {} (layout v{}, generation {})\ndatabase: {} ({}): {sync}\n\n",
+        st.associations,
+        st.max_associations,
+        st.layout_version,
+        st.generation,
+        full.state_database.display(),
+        st.db_identity
     ))?;
     let counters: Vec<Vec<String>> = st
         .counters
@@ -189,4 +201,73 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
             output::print_table(cli.format, &head, &rows, &stats)
         }
     }
+}
+
+/// `clean`, or the state with how many floating IPs differ.
+fn sync_line(r: &SyncReport) -> String {
+    let n = r.differences.len();
+    match r.state {
+        SyncState::Clean => "clean".to_owned(),
+        SyncState::Dirty => format!("dirty (a command was interrupted), {n} pairs differ"),
+        SyncState::Drifted => format!(
+            "drifted (generation {} in the maps, {} in the database), {n} pairs differ",
+            r.maps_generation, r.database_generation
+        ),
+    }
+}
+
+/// `check`: the comparison; non-zero exit when the maps differ from the database.
+pub fn check(cli: &Cli) -> Result<()> {
+    let report = Control::open(&cli.state, &cli.bpffs)?.check()?;
+    print_sync(cli, &report)?;
+    if report.state != SyncState::Clean {
+        fail!(
+            Conflict,
+            "the maps are not in step with the database: {}",
+            sync_line(&report)
+        );
+    }
+    Ok(())
+}
+
+/// `repair`: makes the maps match the database; prints what differed.
+pub fn repair(cli: &Cli) -> Result<()> {
+    let report = Control::open(&cli.state, &cli.bpffs)?.repair()?;
+    print_sync(cli, &report)?;
+    if cli.format == output::Format::Table {
+        let n = report.differences.len();
+        output::print_text(&match report.state {
+            SyncState::Clean => "nothing to repair\n".to_owned(),
+            _ => format!("repaired {n} floating IPs ({})\n", sync_line(&report)),
+        })?;
+    }
+    Ok(())
+}
+
+fn print_sync(cli: &Cli, report: &SyncReport) -> Result<()> {
+    let dash = |v: Option<Ipv4Addr>| v.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    let rows: Vec<Vec<String>> = report
+        .differences
+        .iter()
+        .map(|d| {
+            vec![
+                d.floating.to_string(),
+                dash(d.database),
+                dash(d.maps),
+                dash(d.maps_reverse),
+            ]
+        })
+        .collect();
+    if cli.format == output::Format::Json {
+        return output::print_one(cli.format, report);
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    output::print_table(
+        cli.format,
+        &["floating", "database", "maps", "maps_reverse"],
+        &rows,
+        report,
+    )
 }

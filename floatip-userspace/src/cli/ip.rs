@@ -8,6 +8,7 @@ use clap::{Subcommand, ValueEnum};
 use crate::{
     addr::{parse_bulk, parse_ipv4},
     control::{Associate, Control, IpQuery, IpStatus},
+    error::{fail, invalid},
     output,
 };
 
@@ -87,7 +88,7 @@ pub enum IpCmd {
 }
 
 fn ip(s: &Option<String>) -> Result<Option<Ipv4Addr>> {
-    s.as_deref().map(parse_ipv4).transpose()
+    invalid(s.as_deref().map(parse_ipv4).transpose())
 }
 
 pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
@@ -121,7 +122,7 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             output::print_list(fmt, &open()?.ip_list(&query)?)
         }
         IpCmd::Show { floating, project } => {
-            let floating = parse_ipv4(floating)?;
+            let floating = invalid(parse_ipv4(floating))?;
             output::print_one(fmt, &open()?.ip_show(floating, project.as_deref())?)
         }
         IpCmd::Associate {
@@ -129,9 +130,8 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             project,
             ..
         } => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let entries = parse_bulk(&text).with_context(|| path.display().to_string())?;
+            let text = read_bounded(path)?;
+            let entries = invalid(parse_bulk(&text).with_context(|| path.display().to_string()))?;
             let records = open()?
                 .ip_associate_bulk(&entries, project.as_deref())
                 .with_context(|| path.display().to_string())?;
@@ -158,12 +158,34 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             output::print_one(fmt, &open()?.ip_associate(&req)?)
         }
         IpCmd::Disassociate { floating, project } => {
-            let floating = parse_ipv4(floating)?;
+            let floating = invalid(parse_ipv4(floating))?;
             output::print_one(fmt, &open()?.ip_disassociate(floating, project.as_deref())?)
         }
         IpCmd::Delete { floating, project } => {
-            let floating = parse_ipv4(floating)?;
+            let floating = invalid(parse_ipv4(floating))?;
             open()?.ip_delete(floating, project.as_deref()).map(drop)
         }
     }
+}
+
+/// Most bytes `--from-file` reads: a million lines of the longest form fit.
+const MAX_BULK_BYTES: u64 = 64 << 20;
+
+/// Reads `path` as text, refusing more than [`MAX_BULK_BYTES`] (`/dev/zero` must not fill
+/// the memory).
+fn read_bounded(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BULK_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if text.len() as u64 > MAX_BULK_BYTES {
+        fail!(
+            Invalid,
+            "{} is larger than {} MiB; split it",
+            path.display(),
+            MAX_BULK_BYTES >> 20
+        );
+    }
+    Ok(text)
 }

@@ -56,6 +56,10 @@ pub enum Command {
     /// Follow the programs' event log (drops, malformed frames, packets
     /// left to the kernel) until Ctrl-C; the programs log only meanwhile.
     Log(dataplane_cmds::LogArgs),
+    /// Compare the maps with the database (exit 4 when they differ).
+    Check,
+    /// Make the maps match the database; print what differed.
+    Repair,
     /// Plumbing on the pinned maps.
     #[command(subcommand)]
     Nat(dataplane_cmds::NatCmd),
@@ -80,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Attach(args) => dataplane_cmds::attach(&cli, args),
         Command::Detach(args) => dataplane_cmds::detach(&cli, args),
         Command::Status => dataplane_cmds::status(&cli),
+        Command::Check => dataplane_cmds::check(&cli),
+        Command::Repair => dataplane_cmds::repair(&cli),
         Command::Log(args) => dataplane_cmds::log(&cli, args),
         Command::Nat(cmd) => dataplane_cmds::nat(&cli, cmd),
         Command::Pool(cmd) => pool::run(&cli, cmd),

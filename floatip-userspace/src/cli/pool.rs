@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::{addr::PoolRanges, control::Control, output};
+use crate::{addr::PoolRanges, control::Control, error::invalid, output};
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCmd {
@@ -35,7 +35,7 @@ pub fn run(cli: &super::Cli, cmd: &PoolCmd) -> Result<()> {
     let ranges = match cmd {
         PoolCmd::Create {
             ranges, excludes, ..
-        } => Some(PoolRanges::parse(ranges, excludes)?),
+        } => Some(invalid(PoolRanges::parse(ranges, excludes))?),
         _ => None,
     };
     let mut control = Control::open(&cli.state, &cli.bpffs)?;

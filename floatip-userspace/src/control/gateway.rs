@@ -10,13 +10,24 @@ use std::{
 
 use anyhow::Result;
 
-use super::{Control, GENERATION_DIRTY, validate::check_not_gateway_addr};
+use super::{Control, GENERATION_DIRTY, SyncReport, validate::check_not_gateway_addr};
 use crate::{
     dataplane::{AttachOptions, Dataplane, DataplaneStatus, Pair, PairStats, Role, log},
     error::fail,
     garp, iface,
     store::Store,
 };
+
+/// `floatip status`: the data plane, and how it compares with the database.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GatewayStatus {
+    #[serde(flatten)]
+    pub dataplane: DataplaneStatus,
+    pub state_database: PathBuf,
+    /// `None` when the database cannot be compared: `sync_error` says why.
+    pub sync: Option<SyncReport>,
+    pub sync_error: Option<String>,
+}
 
 /// What `attach` did.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -77,9 +88,27 @@ impl Gateway {
         Dataplane::detach(&self.bpffs, interfaces)
     }
 
-    /// Interfaces, sizes, generation and per-outcome counters of the attached data plane.
-    pub fn status(&self) -> Result<DataplaneStatus> {
-        Dataplane::open(&self.bpffs)?.status()
+    /// Interfaces, sizes, generation and per-outcome counters of the attached data plane, and
+    /// whether its maps are in step with the database at `state` (never created here).
+    pub fn status(&self, state: &Path) -> Result<GatewayStatus> {
+        let dataplane = Dataplane::open(&self.bpffs)?.status()?;
+        let (sync, sync_error) = if !state.exists() {
+            (
+                None,
+                Some(format!("there is no state database at {}", state.display())),
+            )
+        } else {
+            match Control::open(state, &self.bpffs).and_then(|mut c| c.check()) {
+                Ok(report) => (Some(report), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            }
+        };
+        Ok(GatewayStatus {
+            dataplane,
+            state_database: state.to_owned(),
+            sync,
+            sync_error,
+        })
     }
 
     /// Plumbing: maps `floating` to `fixed` in the maps only. The maps are marked dirty so

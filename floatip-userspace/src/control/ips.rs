@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     addr::BulkEntry,
-    dataplane::{self, Pair},
+    dataplane::Pair,
     error::{ErrorKind, error, fail},
     iface,
     store::IpFilter,
@@ -74,26 +74,43 @@ impl Control {
     }
 
     pub fn ip_list(&mut self, query: &IpQuery<'_>) -> Result<Vec<FloatingIp>> {
-        self.store.read(|tx| {
-            if let Some(pool) = query.pool {
-                get_pool(tx, pool)?;
-            }
-            let filter = IpFilter {
-                pool: query.pool,
-                project: query.project,
-                associated: query.status.map(|s| s == IpStatus::Active),
-            };
-            Ok(tx
-                .ip_list(&filter)?
-                .into_iter()
-                .map(FloatingIp::from)
-                .collect())
-        })
+        self.store
+            .read(|tx| {
+                if let Some(pool) = query.pool {
+                    get_pool(tx, pool)?;
+                }
+                let filter = IpFilter {
+                    pool: query.pool,
+                    project: query.project,
+                    associated: query.status.map(|s| s == IpStatus::Active),
+                };
+                Ok(tx
+                    .ip_list(&filter)?
+                    .into_iter()
+                    .map(FloatingIp::from)
+                    .collect())
+            })
+            .map(|records| self.as_served(records))
     }
 
     pub fn ip_show(&mut self, floating: Ipv4Addr, project: Option<&str>) -> Result<FloatingIp> {
-        self.store
-            .read(|tx| Ok(owned_ip(tx, floating, project)?.into()))
+        let record = self
+            .store
+            .read(|tx| Ok(owned_ip(tx, floating, project)?.into()))?;
+        Ok(self.as_served(vec![record]).remove(0))
+    }
+
+    /// Records as the gateway serves them: an association is ACTIVE only while a data plane
+    /// is attached to carry it.
+    fn as_served(&mut self, mut records: Vec<FloatingIp>) -> Vec<FloatingIp> {
+        if !matches!(self.parts(), Ok((_, Some(_)))) {
+            for r in &mut records {
+                if r.status == IpStatus::Active {
+                    r.status = IpStatus::Detached;
+                }
+            }
+        }
+        records
     }
 
     /// `ip associate`. Associating a pair that already exists changes nothing.
@@ -226,7 +243,16 @@ impl Control {
         floating: Ipv4Addr,
         project: Option<&str>,
     ) -> Result<FloatingIp> {
-        let (store, maps) = self.parts_attached()?;
+        let (store, maps) = self.parts()?;
+        let Some(maps) = maps else {
+            // Detached: the database alone; the next attach applies it to fresh maps.
+            return store.write(|tx| {
+                if owned_ip(tx, floating, project)?.fixed_ip.is_some() {
+                    tx.ip_set_association(floating, None, None)?;
+                }
+                get_ip(tx, floating)
+            });
+        };
         let (record, generation) = store.write(|tx| {
             sync_maps(tx, maps)?;
             let row = owned_ip(tx, floating, project)?;
@@ -241,23 +267,22 @@ impl Control {
         Ok(record)
     }
 
-    /// `ip delete`: releases the address, disassociating it first. Needs the data plane only
-    /// when the address is associated.
+    /// `ip delete`: releases the address, disassociating it first (in the database alone
+    /// when the data plane is not attached).
     pub fn ip_delete(&mut self, floating: Ipv4Addr, project: Option<&str>) -> Result<FloatingIp> {
-        let bpffs = self.bpffs.clone();
         let (store, mut maps) = self.parts()?;
         let (record, generation) = store.write(|tx| {
             let row = owned_ip(tx, floating, project)?;
             let mut generation = None;
-            if row.fixed_ip.is_some() {
-                let m = maps
-                    .as_deref_mut()
-                    .ok_or_else(|| dataplane::not_attached(&bpffs))?;
-                sync_maps(tx, m)?;
-                tx.ip_delete(floating)?;
-                generation = Some(update_maps(tx, m, |m| m.nat_del(floating).map(drop))?);
-            } else {
-                tx.ip_delete(floating)?;
+            match maps.as_deref_mut() {
+                Some(m) if row.fixed_ip.is_some() => {
+                    sync_maps(tx, m)?;
+                    tx.ip_delete(floating)?;
+                    generation = Some(update_maps(tx, m, |m| m.nat_del(floating).map(drop))?);
+                }
+                _ => {
+                    tx.ip_delete(floating)?;
+                }
             }
             Ok((FloatingIp::from(row), generation))
         })?;

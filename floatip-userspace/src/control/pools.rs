@@ -7,7 +7,8 @@ use super::{
     Control, Pool,
     sync::{trie_add, trie_del},
     validate::{
-        check_no_gateway_addr, get_pool, pool_info, stored_ranges, validate_iface, validate_name,
+        check_external_nic, check_no_gateway_addr, check_not_internal, check_not_reserved,
+        get_pool, pool_info, stored_ranges, validate_iface, validate_name,
     },
 };
 use crate::{addr::PoolRanges, error::fail, iface};
@@ -25,9 +26,16 @@ impl Control {
         if let Some(iface) = external {
             validate_iface(iface)?;
         }
-        check_no_gateway_addr(name, ranges, &iface::addresses()?)?;
+        check_not_reserved(name, ranges)?;
         let entries = ranges.trie_entries();
         let (store, mut maps) = self.parts()?;
+        if let Some(m) = maps.as_deref() {
+            check_not_internal(name, ranges, m)?;
+            if let Some(nic) = external {
+                check_external_nic(nic, m)?;
+            }
+        }
+        check_no_gateway_addr(name, ranges, &iface::addresses()?)?;
         let mut added = false;
         let result = store.write(|tx| {
             if tx.pool_get(name)?.is_some() {

@@ -6,12 +6,14 @@ use serde::Serialize;
 
 use crate::store::{FloatingIpRow, QuotaRow};
 
-/// ACTIVE when associated, DOWN when not.
+/// ACTIVE when associated (DETACHED while no data plane carries it), DOWN when not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum IpStatus {
     Active,
     Down,
+    /// Associated in the database, but no data plane is attached to carry it.
+    Detached,
 }
 
 impl IpStatus {
@@ -19,6 +21,7 @@ impl IpStatus {
         match self {
             Self::Active => "ACTIVE",
             Self::Down => "DOWN",
+            Self::Detached => "DETACHED",
         }
     }
 }

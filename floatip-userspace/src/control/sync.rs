@@ -165,3 +165,121 @@ pub(super) fn trie_del(maps: &mut Dataplane, entries: &[TrieEntry]) -> Result<()
     }
     Ok(())
 }
+
+/// Whether the maps are in step with the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// Same generation, same pairs.
+    Clean,
+    /// Marked as being changed: a command was interrupted (or `nat` plumbing ran); the next
+    /// association command compares and repairs.
+    Dirty,
+    /// Another generation, or other pairs, without the mark.
+    Drifted,
+}
+
+/// One floating IP on which database and maps disagree.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PairDifference {
+    pub floating: Ipv4Addr,
+    /// The fixed IP the database associates it with.
+    pub database: Option<Ipv4Addr>,
+    /// The fixed IP of its floating->fixed entry in the maps.
+    pub maps: Option<Ipv4Addr>,
+    /// The fixed IP of a fixed->floating entry pointing at it that has no matching other half.
+    pub maps_reverse: Option<Ipv4Addr>,
+}
+
+/// What `floatip check` (and `status`) report, and `floatip repair` fixed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SyncReport {
+    pub state: SyncState,
+    pub database_generation: u64,
+    pub maps_generation: u64,
+    pub differences: Vec<PairDifference>,
+}
+
+/// Compares the database's pairs with both halves of the maps' pairs.
+fn compare(tx: &Tx<'_>, maps: &Dataplane) -> Result<SyncReport> {
+    let want: HashMap<Ipv4Addr, Ipv4Addr> = tx.associations()?.into_iter().collect();
+    let fwd: HashMap<Ipv4Addr, Ipv4Addr> = maps
+        .nat_list()?
+        .into_iter()
+        .map(|p| (p.floating, p.fixed))
+        .collect();
+    let rev: HashMap<Ipv4Addr, Ipv4Addr> = maps
+        .nat_list_reverse()?
+        .into_iter()
+        .map(|p| (p.fixed, p.floating))
+        .collect();
+    let mut floating: Vec<Ipv4Addr> = want
+        .keys()
+        .chain(fwd.keys())
+        .chain(rev.values())
+        .copied()
+        .collect();
+    floating.sort_unstable();
+    floating.dedup();
+    let mut differences = Vec::new();
+    for f in floating {
+        let database = want.get(&f).copied();
+        let forward = fwd.get(&f).copied();
+        // A reverse entry naming `f` whose fixed IP is not `f`'s forward target is half a pair.
+        let stray_reverse = rev
+            .iter()
+            .find(|(x, ff)| **ff == f && forward != Some(**x))
+            .map(|(x, _)| *x);
+        let intact = forward.is_some_and(|x| rev.get(&x) == Some(&f));
+        if database == forward && intact && stray_reverse.is_none() {
+            continue;
+        }
+        if database.is_none() && forward.is_none() && stray_reverse.is_none() {
+            continue;
+        }
+        differences.push(PairDifference {
+            floating: f,
+            database,
+            maps: forward,
+            maps_reverse: stray_reverse.or_else(|| forward.filter(|_| !intact)),
+        });
+    }
+    let database_generation = tx.generation()?;
+    let maps_generation = maps.generation()?;
+    let state = if maps_generation == GENERATION_DIRTY {
+        SyncState::Dirty
+    } else if maps_generation != database_generation || !differences.is_empty() {
+        SyncState::Drifted
+    } else {
+        SyncState::Clean
+    };
+    Ok(SyncReport {
+        state,
+        database_generation,
+        maps_generation,
+        differences,
+    })
+}
+
+impl Control {
+    /// Compares the maps with the database, changing nothing.
+    pub fn check(&mut self) -> Result<SyncReport> {
+        let (store, maps) = self.parts_attached()?;
+        store.read(|tx| compare(tx, maps))
+    }
+
+    /// Makes the maps match the database and returns what differed before.
+    pub fn repair(&mut self) -> Result<SyncReport> {
+        let (store, maps) = self.parts_attached()?;
+        store.write(|tx| {
+            let report = compare(tx, maps)?;
+            if report.state != SyncState::Clean {
+                maps.set_generation(GENERATION_DIRTY)?;
+                repair(tx, maps)?;
+                maps.rebuild_spoof_filter()?;
+                maps.set_generation(tx.generation()?)?;
+            }
+            Ok(report)
+        })
+    }
+}

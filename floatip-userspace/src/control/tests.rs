@@ -545,19 +545,29 @@ fn association_needs_the_data_plane_first() {
         err(c.ip_associate(&assoc("203.0.113.1", "10.0.0.5"))),
         not_attached
     );
-    assert_eq!(
-        err(c.ip_disassociate(ip("203.0.113.1"), None)),
-        not_attached
-    );
     assert_eq!(err(c.ip_associate_bulk(&[], None)), not_attached);
     assert!(env.db_pairs().is_empty());
 
     let mut a = env.attached();
     a.ip_associate(&assoc("203.0.113.1", "10.0.0.5")).unwrap();
-    // Deleting an associated address needs the maps; the row stays.
-    assert_eq!(err(c.ip_delete(ip("203.0.113.1"), None)), not_attached);
-    assert_eq!(env.db_pairs().len(), 1);
-    assert_eq!(env.db_generation(), 1);
+    assert_eq!(
+        a.ip_show(ip("203.0.113.1"), None).unwrap().status,
+        IpStatus::Active
+    );
+    // Seen without a data plane the association is not carried: DETACHED, not ACTIVE.
+    assert_eq!(
+        c.ip_show(ip("203.0.113.1"), None).unwrap().status,
+        IpStatus::Detached
+    );
+    // Disassociating and deleting work on the database alone; the next attach applies them.
+    let d = c.ip_disassociate(ip("203.0.113.1"), None).unwrap();
+    assert_eq!(d.status, IpStatus::Down);
+    assert!(env.db_pairs().is_empty());
+    assert_eq!(env.db_generation(), 2);
+    a.ip_associate(&assoc("203.0.113.1", "10.0.0.5")).unwrap();
+    c.ip_delete(ip("203.0.113.1"), None).unwrap();
+    assert!(env.db_pairs().is_empty());
+    assert!(c.ip_list(&IpQuery::default()).unwrap().is_empty());
 }
 
 #[test]

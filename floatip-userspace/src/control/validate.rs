@@ -7,9 +7,10 @@ use anyhow::{Context, Result};
 
 use super::records::{FloatingIp, Pool};
 use crate::{
-    addr::PoolRanges,
-    dataplane::Dataplane,
+    addr::{NEVER_FLOATING, PoolRanges, prefix_span},
+    dataplane::{Dataplane, Role},
     error::{ErrorKind, error, fail},
+    iface,
     store::{FloatingIpRow, PoolRow, Tx},
 };
 
@@ -116,20 +117,20 @@ pub(super) fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
     if name.is_empty() || name.len() > max {
         fail!(Invalid, "{what} must be 1 to {max} characters long");
     }
-    if name.starts_with('-') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if name.starts_with('-') || name.chars().any(|c| c.is_whitespace() || hidden(c)) {
         fail!(
             Invalid,
-            "{what} '{name}' must not start with '-' or contain blanks or control characters"
+            "{what} {name:?} must not start with '-' or contain blanks, control or format characters"
         );
     }
     Ok(())
 }
 
 pub(super) fn validate_text(what: &str, text: &str, max: usize) -> Result<()> {
-    if text.len() > max || text.chars().any(char::is_control) {
+    if text.len() > max || text.chars().any(hidden) {
         fail!(
             Invalid,
-            "{what} must be at most {max} characters, without control characters"
+            "{what} must be at most {max} characters, without control or format characters"
         );
     }
     Ok(())
@@ -162,7 +163,7 @@ pub(super) fn check_not_gateway_addr(addr: Ipv4Addr, local: &[(String, Ipv4Addr)
 /// Fails unless the kernel routes `fixed` out of one of the gateway's internal NICs.
 pub(super) fn check_reachable(maps: &Dataplane, fixed: Ipv4Addr) -> Result<()> {
     match maps.internal_route(fixed)? {
-        Some(_) => Ok(()),
+        Some(_) => check_host_of_subnet(fixed, maps),
         None => {
             fail!(
                 Invalid,
@@ -170,4 +171,129 @@ pub(super) fn check_reachable(maps: &Dataplane, fixed: Ipv4Addr) -> Result<()> {
             )
         }
     }
+}
+
+/// Refuses pool ranges that can never be floating IPs (loopback, link-local, multicast, ...).
+pub(super) fn check_not_reserved(name: &str, ranges: &PoolRanges) -> Result<()> {
+    for &(addr, len) in NEVER_FLOATING {
+        let (first, last) = prefix_span(addr, len);
+        if ranges.overlaps_span(first, last) {
+            fail!(
+                Invalid,
+                "pool {name} ({ranges}) overlaps {addr}/{len}, which can never hold floating IPs"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The subnets the kernel routes through the data plane's internal NICs: (NIC, prefix, length).
+pub(super) fn internal_subnets(maps: &Dataplane) -> Result<Vec<(String, Ipv4Addr, u8)>> {
+    let internal: Vec<u32> = maps
+        .nics(Role::Internal)?
+        .into_iter()
+        .map(|(idx, _)| idx)
+        .collect();
+    Ok(iface::routes()?
+        .into_iter()
+        // A default route through a tenant network says nothing about which addresses live
+        // there.
+        .filter(|r| r.len > 0 && internal.contains(&r.oif))
+        .map(|r| {
+            let name = iface::name(r.oif).unwrap_or_else(|| format!("#{}", r.oif));
+            (name, r.dst, r.len)
+        })
+        .collect())
+}
+
+/// Refuses a pool that overlaps a tenant subnet: the instances' own traffic from it would be
+/// dropped as spoofed.
+pub(super) fn check_not_internal(name: &str, ranges: &PoolRanges, maps: &Dataplane) -> Result<()> {
+    for (nic, addr, len) in internal_subnets(maps)? {
+        let (first, last) = prefix_span(addr, len);
+        if ranges.overlaps_span(first, last) {
+            fail!(
+                Invalid,
+                "pool {name} ({ranges}) overlaps {addr}/{len}, a subnet routed through the internal interface {nic}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a fixed IP that is the network or broadcast address of the internal subnet it lies
+/// in (the most specific one).
+pub(super) fn check_host_of_subnet(fixed: Ipv4Addr, maps: &Dataplane) -> Result<()> {
+    let subnet = internal_subnets(maps)?
+        .into_iter()
+        .filter(|(_, addr, len)| {
+            let (first, last) = prefix_span(*addr, *len);
+            first <= fixed && fixed <= last
+        })
+        .max_by_key(|(_, _, len)| *len);
+    if let Some((nic, addr, len)) = subnet
+        && len < 31
+    {
+        let (first, last) = prefix_span(addr, len);
+        if fixed == first || fixed == last {
+            let what = if fixed == first {
+                "network"
+            } else {
+                "broadcast"
+            };
+            fail!(
+                Invalid,
+                "fixed IP {fixed} is the {what} address of {addr}/{len} on {nic}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `--external NIC` unless it is an external NIC of the attached data plane.
+pub(super) fn check_external_nic(nic: &str, maps: &Dataplane) -> Result<()> {
+    let names: Vec<String> = maps
+        .nics(Role::External)?
+        .into_iter()
+        .map(|(idx, _)| iface::name(idx).unwrap_or_else(|| format!("#{idx}")))
+        .collect();
+    if !names.iter().any(|n| n == nic) {
+        fail!(
+            Invalid,
+            "{nic} is not an external interface of this gateway (attached: {})",
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Control characters and Unicode format characters (category Cf: zero-width spaces and
+/// joiners, bidirectional overrides and isolates, the BOM, tags): invisible or reordering in a
+/// terminal, so a name holding one can pass for another.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{890}'..='\u{891}'
+                | '\u{8e2}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
 }

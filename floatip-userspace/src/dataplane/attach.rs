@@ -22,11 +22,11 @@ use floatip_common::{
 use super::{
     AttachOptions, Dataplane, EBPF_OBJECT, Mode, Role,
     pins::{
-        ensure_bpffs, find_link, layout_mismatch, links_dir, maps_dir, not_attached, open_map,
-        pinned_layout, remove_pins,
+        ensure_bpffs, find_link, is_mount_point, layout_mismatch, links_dir, maps_dir,
+        not_attached, open_map, pinned_layout, remove_pins, unmount,
     },
 };
-use crate::iface;
+use crate::{error::fail, iface};
 
 /// Loads the data-plane object with its maps pinned under `bpffs`
 /// (reusing pins that exist).
@@ -197,7 +197,7 @@ impl Dataplane {
             bail!("--max-associations must be at least 1");
         }
         let was_attached = Self::is_attached(bpffs);
-        ensure_bpffs(bpffs)?;
+        let mounted = ensure_bpffs(bpffs)?;
         let result = Self::attach_nics(bpffs, opts, &nics);
         if result.is_err() && !was_attached {
             // A first attach that failed leaves nothing behind.
@@ -209,6 +209,10 @@ impl Dataplane {
                 }
             }
             remove_pins(bpffs);
+            if let Some(root) = mounted {
+                // What this attach mounted goes with it.
+                unmount(&root);
+            }
         }
         result
     }
@@ -257,7 +261,11 @@ impl Dataplane {
         }
         let mut indexes = Vec::new();
         for name in only {
-            indexes.push(iface::index(name)?);
+            let idx = iface::index(name)?;
+            if find_link(bpffs, idx)?.is_none() {
+                fail!(Invalid, "{name} is not attached");
+            }
+            indexes.push(idx);
         }
         let mut dp = Self::open_any_layout(bpffs)?;
         let mut devmap: DevMapHash<_> = DevMapHash::try_from(open_map(bpffs, names::REDIRECT)?)?;
@@ -294,7 +302,12 @@ impl Dataplane {
                 _ => {}
             }
         }
-        for dir in [links, maps_dir(bpffs), bpffs.to_path_buf()] {
+        // A --bpffs that is itself a mount point stays: it is the admin's, not ours.
+        let own_dir = !is_mount_point(bpffs);
+        for dir in [links, maps_dir(bpffs), bpffs.to_path_buf()]
+            .into_iter()
+            .filter(|d| own_dir || d != bpffs)
+        {
             match fs::remove_dir(&dir) {
                 Err(e) if e.kind() != ErrorKind::NotFound => {
                     return Err(anyhow!("cannot remove {}: {e}", dir.display()));
@@ -303,6 +316,11 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Whether the maps pinned under `bpffs` have this floatip's layout.
+    pub fn layout_matches(bpffs: &Path) -> Result<bool> {
+        Ok(pinned_layout(bpffs)?.is_none_or(|v| v == MAP_LAYOUT_VERSION))
     }
 
     /// Whether a data plane is attached (its maps are pinned) under `bpffs`.

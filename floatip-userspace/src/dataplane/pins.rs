@@ -37,13 +37,16 @@ pub fn not_attached(bpffs: &Path) -> anyhow::Error {
 
 /// Mounts a bpffs at the pin root when none is mounted there (as bpftool
 /// does), and creates `bpffs` owner-only.
-pub(super) fn ensure_bpffs(bpffs: &Path) -> Result<()> {
+///
+/// Returns the mount point when it mounted one.
+pub(super) fn ensure_bpffs(bpffs: &Path) -> Result<Option<PathBuf>> {
     let root = if bpffs.starts_with("/sys/fs/bpf") {
         PathBuf::from("/sys/fs/bpf")
     } else {
         bpffs.to_path_buf()
     };
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let mut mounted = None;
     if !is_bpffs(&root)? {
         let src = c"bpf";
         let target = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
@@ -60,6 +63,7 @@ pub(super) fn ensure_bpffs(bpffs: &Path) -> Result<()> {
             let err = std::io::Error::last_os_error();
             bail!("cannot mount a bpffs at {}: {err}", root.display());
         }
+        mounted = Some(root.clone());
     }
     for dir in [bpffs.to_path_buf(), maps_dir(bpffs), links_dir(bpffs)] {
         fs::DirBuilder::new()
@@ -69,7 +73,24 @@ pub(super) fn ensure_bpffs(bpffs: &Path) -> Result<()> {
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     fs::set_permissions(bpffs, fs::Permissions::from_mode(0o700))?;
-    Ok(())
+    Ok(mounted)
+}
+
+/// Whether `path` is the root of a mount (its device differs from its parent's).
+pub(super) fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Unmounts `root`, best effort (a failed first attach undoing its mount).
+pub(super) fn unmount(root: &Path) {
+    if let Ok(c) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a NUL-terminated path; umount2 has no other preconditions.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 pub(super) fn is_bpffs(path: &Path) -> Result<bool> {

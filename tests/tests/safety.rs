@@ -1,0 +1,511 @@
+//! Control-plane safety (issue 11): the real `floatip` binary, driven with the mistakes an
+//! operator or a careless script makes, on the namespace topology of `tests::netns`.
+//!
+//! - `operator_mistakes_change_nothing`: a table of mistakes (a `--state` typo, another
+//!   database, a pool inside a tenant subnet or a reserved block, a duplicate exclude, a fixed IP
+//!   that is a subnet's network or broadcast address or the gateway's own, an unknown external
+//!   NIC, detaching a NIC that is not attached, a map size that differs from the pinned one,
+//!   invisible characters in names, an endless `--from-file`). Each must exit with its
+//!   documented code, print one line naming the problem (a JSON object with `-f json`), and
+//!   leave the maps, links, database view and database bytes as they were; traffic through the
+//!   floating IP, and the instances' own traffic, keeps flowing.
+//! - `drift_is_visible`: pairs written behind the database's back show in `status`, `check`
+//!   exits non-zero until `repair` puts the maps back and says what it changed.
+//! - `foreign_database_files_are_refused`: an SQLite file that is not floatip's, or of a newer
+//!   schema, is refused before a byte is written.
+//!
+//! Needs root and a built `floatip`; `FLOATIP_BIN` overrides the binary, `FLOATIP_TEST_MODE`
+//! the attach mode.
+
+use std::{fs, path::Path, process::Command};
+
+use serde_json::Value;
+use tests::{
+    netns::{self, EXT_IP, FIP1, FIP2, INST1_IP, INST2_IP, Lab, Output, exec},
+    snapshot::Snapshot,
+};
+
+const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");
+
+/// Exit codes the README documents.
+const INVALID: i32 = 2;
+const NOT_FOUND: i32 = 3;
+const CONFLICT: i32 = 4;
+const UNAVAILABLE: i32 = 5;
+
+fn attached_lab() -> Lab {
+    let lab = Lab::build(
+        netns::mode_from_env(),
+        &netns::floatip_binary(),
+        Path::new(NETPROBE),
+    )
+    .unwrap_or_else(|e| panic!("cannot build the namespace topology: {e:#}"));
+    let out = lab.attach();
+    assert!(out.success(), "floatip attach failed:\n{out}");
+    lab.pool_create("public", "203.0.113.10-203.0.113.20");
+    lab.ok(&["ip", "create", "public", "--address", FIP1]);
+    lab.ok(&["ip", "create", "public", "--address", FIP2]);
+    lab.ok(&["ip", "associate", FIP1, INST1_IP]);
+    lab
+}
+
+/// `floatip --bpffs (the lab's) --state STATE ARGS` in the gateway namespace.
+fn floatip_with_state(lab: &Lab, state: &Path, args: &[&str]) -> Output {
+    let bin = lab.floatip_bin.to_string_lossy().into_owned();
+    let bpffs = lab.bpffs.to_string_lossy().into_owned();
+    let state = state.to_string_lossy().into_owned();
+    let mut argv = vec![bin.as_str(), "--bpffs", &bpffs, "--state", &state];
+    argv.extend_from_slice(args);
+    exec(&lab.gw, &argv)
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.and_then(|s| s.code())
+}
+
+/// Traffic that must survive every refused command: outside -> floating IP, and an instance's
+/// own traffic to the outside.
+fn traffic_flows(lab: &Lab) -> Result<(), String> {
+    for (ns, dst) in [(&lab.ext, FIP1), (&lab.inst1, EXT_IP)] {
+        let out = exec(ns, &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", dst]);
+        if !(out.success() && out.stdout.contains(" 0% packet loss")) {
+            return Err(format!("ping {dst} from {ns} lost replies:\n{out}"));
+        }
+    }
+    Ok(())
+}
+
+/// One mistake: `args` (run with `state` instead of the lab's database when given) must exit
+/// with `code` and one stderr line containing every `expect` string.
+struct Case {
+    what: &'static str,
+    state: Option<&'static str>,
+    args: Vec<String>,
+    code: i32,
+    expect: Vec<String>,
+}
+
+fn case(what: &'static str, args: &[&str], code: i32, expect: &[&str]) -> Case {
+    Case {
+        what,
+        state: None,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        code,
+        expect: expect.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn with_state(state: &'static str, c: Case) -> Case {
+    Case {
+        state: Some(state),
+        ..c
+    }
+}
+
+#[test]
+fn operator_mistakes_change_nothing() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let lab = attached_lab();
+    traffic_flows(&lab).unwrap_or_else(|e| panic!("before the mistakes: {e}"));
+    let dir = lab.state.parent().unwrap().parent().unwrap().to_path_buf();
+    // Another floatip database, made against a bpffs where nothing is attached.
+    let other = dir.join("other.db");
+    let bin = lab.floatip_bin.to_string_lossy().into_owned();
+    let nowhere = dir.join("no-bpffs");
+    let out = exec(
+        &lab.gw,
+        &[
+            &bin,
+            "--bpffs",
+            &nowhere.to_string_lossy(),
+            "--state",
+            &other.to_string_lossy(),
+            "pool",
+            "list",
+        ],
+    );
+    assert!(out.success(), "cannot make a second database:\n{out}");
+
+    let attach = lab.attach_args(&[]);
+    let mut too_small: Vec<&str> = attach.clone();
+    too_small.extend(["--max-associations", "100"]);
+    let typo = dir.join("typo").join("state.db");
+    let typo_s = typo.to_string_lossy().into_owned();
+    let other_s = other.to_string_lossy().into_owned();
+    let bpffs = lab.bpffs.to_string_lossy().into_owned();
+    let cases = vec![
+        // 1. Maps and database belong together.
+        with_state(
+            "typo",
+            case(
+                "--state typo, associate",
+                &["ip", "associate", FIP2, INST2_IP],
+                UNAVAILABLE,
+                &["no state database", &typo_s, &bpffs],
+            ),
+        ),
+        with_state(
+            "typo",
+            case(
+                "--state typo, attach",
+                &attach,
+                UNAVAILABLE,
+                &["no state database", &typo_s],
+            ),
+        ),
+        with_state(
+            "typo",
+            case(
+                "--state typo, ip list",
+                &["ip", "list"],
+                UNAVAILABLE,
+                &["no state database"],
+            ),
+        ),
+        with_state(
+            "other",
+            case(
+                "another database, disassociate",
+                &["ip", "disassociate", FIP1],
+                UNAVAILABLE,
+                &["is not the one", &other_s, &bpffs, "--adopt"],
+            ),
+        ),
+        with_state(
+            "other",
+            case(
+                "another database, attach",
+                &attach,
+                UNAVAILABLE,
+                &["is not the one", "--adopt"],
+            ),
+        ),
+        // 3. Topology.
+        case(
+            "pool inside the tenant subnet",
+            &["pool", "create", "tenant", "--range", "10.0.0.0/25"],
+            INVALID,
+            &["10.0.0.0/24", "gw-int"],
+        ),
+        case(
+            "pool of loopback addresses",
+            &["pool", "create", "lo", "--range", "127.0.0.0/24"],
+            INVALID,
+            &["127.0.0.0/8"],
+        ),
+        case(
+            "pool of multicast addresses",
+            &["pool", "create", "mc", "--range", "224.0.0.10-224.0.0.20"],
+            INVALID,
+            &["224.0.0.0/4"],
+        ),
+        case(
+            "pool of link-local addresses",
+            &["pool", "create", "ll", "--range", "169.254.10.0/24"],
+            INVALID,
+            &["169.254.0.0/16"],
+        ),
+        case(
+            "limited broadcast",
+            &["pool", "create", "bc", "--range", "255.255.255.255/32"],
+            INVALID,
+            &["240.0.0.0/4"],
+        ),
+        case(
+            "an exclude given twice",
+            &[
+                "pool",
+                "create",
+                "p2",
+                "--range",
+                "192.0.2.0/28",
+                "--exclude",
+                "192.0.2.3",
+                "--exclude",
+                "192.0.2.3",
+            ],
+            INVALID,
+            &["192.0.2.3", "twice"],
+        ),
+        case(
+            "an external NIC that is not attached",
+            &[
+                "pool",
+                "create",
+                "p3",
+                "--range",
+                "192.0.2.16/28",
+                "--external",
+                "lo",
+            ],
+            INVALID,
+            &["lo", "not an external interface"],
+        ),
+        case(
+            "fixed IP = network address of the tenant subnet",
+            &["ip", "associate", FIP2, "10.0.0.0"],
+            INVALID,
+            &["10.0.0.0", "network address"],
+        ),
+        case(
+            "fixed IP = broadcast address of the tenant subnet",
+            &["ip", "associate", FIP2, "10.0.0.255"],
+            INVALID,
+            &["10.0.0.255", "broadcast address"],
+        ),
+        case(
+            "fixed IP = the gateway's own address",
+            &["ip", "associate", FIP2, "10.0.0.1"],
+            INVALID,
+            &["10.0.0.1", "address of the gateway", "gw-int"],
+        ),
+        // 4. attach / detach edges.
+        case(
+            "detach a NIC that is not attached",
+            &["detach", "--interface", "lo"],
+            INVALID,
+            &["lo is not attached"],
+        ),
+        case(
+            "--max-associations other than the pinned maps'",
+            &too_small,
+            CONFLICT,
+            &["100", "detach"],
+        ),
+        // 6. Input.
+        case(
+            "zero-width space in a project",
+            &["ip", "create", "public", "--project", "de\u{200b}mo"],
+            INVALID,
+            &["project", "format characters"],
+        ),
+        case(
+            "right-to-left override in an instance",
+            &[
+                "ip",
+                "associate",
+                FIP2,
+                INST2_IP,
+                "--instance",
+                "web\u{202e}1",
+            ],
+            INVALID,
+            &["instance", "format characters"],
+        ),
+        case(
+            "newline in a description",
+            &["ip", "create", "public", "--description", "two\nlines"],
+            INVALID,
+            &["description"],
+        ),
+        case(
+            "--from-file /dev/zero",
+            &["ip", "associate", "--from-file", "/dev/zero"],
+            INVALID,
+            &["/dev/zero", "larger than"],
+        ),
+        // 7. Kinds of errors.
+        case(
+            "an address that does not exist",
+            &["ip", "show", "203.0.113.99"],
+            NOT_FOUND,
+            &["203.0.113.99", "not found"],
+        ),
+        case(
+            "a fixed IP that has a floating IP",
+            &["ip", "associate", FIP2, INST1_IP],
+            CONFLICT,
+            &[INST1_IP, "already has floating IP"],
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    for c in &cases {
+        let before = Snapshot::take(&lab);
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let out = match c.state {
+            Some("typo") => floatip_with_state(&lab, &typo, &args),
+            Some(_) => floatip_with_state(&lab, &other, &args),
+            None => lab.floatip(&args),
+        };
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        let mut problems = Vec::new();
+        if code(&out) != Some(c.code) {
+            problems.push(format!("exit {:?}, want {}", code(&out), c.code));
+        }
+        if lines.len() != 1 {
+            problems.push(format!("{} stderr lines, want 1", lines.len()));
+        }
+        for e in &c.expect {
+            if !out.stderr.contains(e.as_str()) {
+                problems.push(format!("stderr lacks {e:?}"));
+            }
+        }
+        problems.extend(before.changes(&lab));
+        if typo.exists() || typo.parent().unwrap().exists() {
+            problems.push(format!("{} was created", typo.display()));
+        }
+        // The same mistake with -f json: one JSON object naming the kind.
+        let mut json_args = args.clone();
+        json_args.extend(["-f", "json"]);
+        let jout = match c.state {
+            Some("typo") => floatip_with_state(&lab, &typo, &json_args),
+            Some(_) => floatip_with_state(&lab, &other, &json_args),
+            None => lab.floatip(&json_args),
+        };
+        match serde_json::from_str::<Value>(jout.stderr.trim()) {
+            Ok(v) if v["error"]["message"].is_string() && v["error"]["type"].is_string() => {}
+            _ => problems.push(format!(
+                "-f json error is not an error object: {:?}",
+                jout.stderr
+            )),
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}\n{out}", c.what, problems.join("; ")));
+        }
+    }
+    // Nothing stopped flowing, and the maps still carry the association.
+    if let Err(e) = traffic_flows(&lab) {
+        failures.push(format!("after the mistakes: {e}"));
+    }
+    assert_eq!(lab.nat_pairs(), [(FIP1.to_string(), INST1_IP.to_string())]);
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    // The way out the refusal names: --adopt makes the maps the other database's.
+    let out = floatip_with_state(&lab, &other, &[&attach[..], &["--adopt"]].concat());
+    assert!(out.success(), "attach --adopt failed:\n{out}");
+    assert!(
+        lab.nat_pairs().is_empty(),
+        "the other database has no associations"
+    );
+    assert!(
+        !lab.floatip(&["ip", "list"]).success(),
+        "the first database no longer owns the maps"
+    );
+}
+
+#[test]
+fn drift_is_visible() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let lab = attached_lab();
+    let sync = |lab: &Lab| lab.json(&["status"])["sync"].clone();
+    assert_eq!(sync(&lab)["state"], "clean", "{}", sync(&lab));
+    let out = lab.floatip(&["check"]);
+    assert!(out.success(), "check on clean maps:\n{out}");
+
+    // Plumbing writes a pair the database never committed (as a bulk associate killed half
+    // way would leave): status says so until a repair.
+    lab.ok(&["nat", "add", "203.0.113.15", "10.0.0.15"]);
+    let s = sync(&lab);
+    assert_eq!(s["state"], "dirty", "{s}");
+    assert_eq!(s["differences"].as_array().map(Vec::len), Some(1), "{s}");
+    let text = lab.ok(&["status"]).stdout;
+    assert!(
+        text.contains("dirty") && text.contains("1 pairs differ"),
+        "{text}"
+    );
+    let out = lab.floatip(&["check"]);
+    assert_eq!(
+        code(&out),
+        Some(CONFLICT),
+        "check must fail on a difference:\n{out}"
+    );
+    assert!(
+        out.stdout.contains("203.0.113.15") && out.stdout.contains("10.0.0.15"),
+        "{out}"
+    );
+
+    let out = lab.ok(&["repair"]);
+    assert!(out.stdout.contains("repaired 1"), "{out}");
+    assert_eq!(sync(&lab)["state"], "clean");
+    assert!(lab.floatip(&["check"]).success());
+    assert_eq!(lab.nat_pairs(), [(FIP1.to_string(), INST1_IP.to_string())]);
+
+    // While detached the database says so instead of ACTIVE; disassociating still works and
+    // the next attach applies it.
+    assert!(lab.detach().success());
+    let v = lab.json(&["ip", "show", FIP1]);
+    assert_eq!(v["status"], "DETACHED", "{v}");
+    lab.ok(&["ip", "disassociate", FIP1]);
+    assert!(lab.attach().success());
+    assert!(lab.nat_pairs().is_empty());
+}
+
+#[test]
+fn foreign_database_files_are_refused() {
+    netns::require_root();
+    let dir = std::env::temp_dir().join(format!("floatip-safety-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Cleanup(dir.clone());
+    let foreign = dir.join("foreign.db");
+    let newer = dir.join("newer.db");
+    let sql = |path: &Path, script: &str| {
+        let st = Command::new("python3")
+            .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
+            .arg(path)
+            .arg(script)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    sql(&foreign, "CREATE TABLE invoices (id INTEGER PRIMARY KEY);");
+    let bin = netns::floatip_binary();
+    // A database made by this floatip, then marked as coming from a newer one.
+    let out = netns::run(
+        netns::host_command(&[
+            &bin.to_string_lossy(),
+            "--bpffs",
+            &dir.join("bpf").to_string_lossy(),
+            "--state",
+            &newer.to_string_lossy(),
+            "quota",
+            "show",
+        ]),
+        netns::EXEC_TIMEOUT,
+    );
+    assert!(out.success(), "{out}");
+    sql(&newer, "PRAGMA user_version = 99;");
+    for (db, expect) in [
+        (&foreign, "not a floatip state database"),
+        (&newer, "newer"),
+    ] {
+        let bytes = fs::read(db).unwrap();
+        let out = netns::run(
+            netns::host_command(&[
+                &bin.to_string_lossy(),
+                "--bpffs",
+                &dir.join("bpf").to_string_lossy(),
+                "--state",
+                &db.to_string_lossy(),
+                "pool",
+                "list",
+            ]),
+            netns::EXEC_TIMEOUT,
+        );
+        assert!(!out.success(), "{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "one line:\n{out}");
+        assert!(out.stderr.contains(expect), "{out}");
+        assert_eq!(fs::read(db).unwrap(), bytes, "{} was written", db.display());
+        let wal = db.with_extension("db-wal");
+        assert!(
+            !wal.exists() || fs::read(&wal).unwrap().is_empty(),
+            "a WAL was started"
+        );
+    }
+}
+
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
