@@ -644,7 +644,7 @@ mod tests {
     fn excludes() {
         let p = pool(
             &["203.0.113.0/29"],
-            &["203.0.113.1", "203.0.113.3", "203.0.113.1", "203.0.113.0"],
+            &["203.0.113.1", "203.0.113.3", "203.0.113.0"],
         );
         assert_eq!(p.total(), 6 - 2);
         assert_eq!(p.excludes_text(), "203.0.113.0,203.0.113.1,203.0.113.3");
@@ -667,6 +667,13 @@ mod tests {
                 .contains("invalid IPv4 address '203.0.113.x'")
         );
         assert!(err(&[], &[]).contains("at least one range"));
+        assert_eq!(
+            err(
+                &["203.0.113.0/29"],
+                &["203.0.113.1", "203.0.113.3", "203.0.113.1"]
+            ),
+            "excluded address 203.0.113.1 is given twice"
+        );
     }
 
     #[test]
