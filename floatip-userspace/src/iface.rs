@@ -247,3 +247,95 @@ pub fn routes() -> Result<Vec<Route>> {
     unsafe { libc::close(fd) };
     result
 }
+
+/// The id of the XDP program attached to `ifindex` in any mode (IFLA_XDP of RTM_GETLINK, as
+/// `ip link` shows it), or `None`.
+pub fn xdp_program(ifindex: u32) -> Result<Option<u32>> {
+    const IFLA_XDP: u16 = 43;
+    const IFLA_XDP_PROG_ID: u16 = 4;
+    const NLA_F_NESTED: u16 = 1 << 15;
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // nlmsghdr (16) + ifinfomsg (16).
+    let mut req = [0u8; 32];
+    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_UNSPEC as u8;
+    req[20..24].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut buf = vec![0u8; 32 * 1024];
+    let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
+    let n = if sent < 0 {
+        -1
+    } else {
+        unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) }
+    };
+    let err = io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if n < 0 {
+        return Err(err.into());
+    }
+    let msg = &buf[..n as usize];
+    if msg.len() < 32 || u16::from_ne_bytes([msg[4], msg[5]]) != libc::RTM_NEWLINK {
+        return Ok(None);
+    }
+    let attrs = |data: &[u8], mut f: &mut dyn FnMut(u16, &[u8])| {
+        let mut off = 0;
+        while off + 4 <= data.len() {
+            let len = u16::from_ne_bytes([data[off], data[off + 1]]) as usize;
+            let ty = u16::from_ne_bytes([data[off + 2], data[off + 3]]) & !NLA_F_NESTED;
+            if len < 4 || off + len > data.len() {
+                break;
+            }
+            f(ty, &data[off + 4..off + len]);
+            off += (len + 3) & !3;
+        }
+        let _ = &mut f;
+    };
+    let mut id = None;
+    attrs(&msg[32..], &mut |ty, v| {
+        if ty == IFLA_XDP {
+            attrs(v, &mut |ty, v| {
+                if ty == IFLA_XDP_PROG_ID && v.len() >= 4 {
+                    id = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])).filter(|i| *i != 0);
+                }
+            });
+        }
+    });
+    Ok(id)
+}
+
+/// The kernel driver of the interface `name` (ETHTOOL_GDRVINFO, as `ethtool -i` shows it).
+pub fn driver(name: &str) -> Result<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo: cmd, then driver[32], version[32], ... (196 bytes in all).
+    let mut info = [0u8; 196];
+    info[0..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    let err = io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        bail!("cannot read the driver of {name}: {err}");
+    }
+    let drv = &info[4..36];
+    let end = drv.iter().position(|b| *b == 0).unwrap_or(drv.len());
+    Ok(String::from_utf8_lossy(&drv[..end]).into_owned())
+}

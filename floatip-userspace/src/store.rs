@@ -163,6 +163,21 @@ impl Store {
         Ok(store)
     }
 
+    /// `PRAGMA quick_check`: a damaged file is refused in one line instead of failing some
+    /// later query half way through a command.
+    pub fn check_integrity(&mut self) -> Result<()> {
+        let verdict: String = self
+            .conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        if verdict != "ok" {
+            bail!(
+                "state database {} is corrupt: {verdict}",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
     /// The identity the database got when it was created (see migration 2).
     pub fn identity(&mut self) -> Result<u64> {
         self.read(|tx| tx.identity())

@@ -454,17 +454,9 @@ const DETACHED_CASES: &[Case] = &[
         &["ip", "associate", "203.0.113.10", INST2_IP, "--force"],
         &["not attached", "floatip attach"],
     ),
-    case(
-        "disassociate while detached",
-        &["ip", "disassociate", "203.0.113.10"],
-        &["not attached", "floatip attach"],
-    ),
-    case(
-        "delete an associated address while detached",
-        &["ip", "delete", "203.0.113.10"],
-        &["not attached", "floatip attach"],
-    ),
 ];
+// `ip disassociate` and `ip delete` while detached change the database alone (issue 11):
+// `safety::drift_is_visible` checks that the next attach applies them.
 
 /// Runs every case, returning one description per failed case.
 fn run_cases(lab: &Lab, cases: &[Case]) -> Vec<String> {

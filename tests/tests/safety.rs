@@ -369,7 +369,12 @@ fn operator_mistakes_change_nothing() {
     if let Err(e) = traffic_flows(&lab) {
         failures.push(format!("after the mistakes: {e}"));
     }
-    assert_eq!(lab.nat_pairs(), [(FIP1.to_string(), INST1_IP.to_string())]);
+    let pairs = lab.nat_pairs();
+    if pairs != [(FIP1.to_string(), INST1_IP.to_string())] {
+        failures.push(format!(
+            "the maps hold {pairs:?}, want only {FIP1} -> {INST1_IP}"
+        ));
+    }
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",
@@ -457,6 +462,14 @@ fn foreign_database_files_are_refused() {
         assert!(st.success());
     };
     sql(&foreign, "CREATE TABLE invoices (id INTEGER PRIMARY KEY);");
+    let garbage = dir.join("garbage.db");
+    fs::write(
+        &garbage,
+        (0..8192u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     let bin = netns::floatip_binary();
     // A database made by this floatip, then marked as coming from a newer one.
     let out = netns::run(
@@ -476,6 +489,7 @@ fn foreign_database_files_are_refused() {
     for (db, expect) in [
         (&foreign, "not a floatip state database"),
         (&newer, "newer"),
+        (&garbage, "not a database"),
     ] {
         let bytes = fs::read(db).unwrap();
         let out = netns::run(

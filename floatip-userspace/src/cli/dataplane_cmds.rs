@@ -84,6 +84,9 @@ pub fn attach(cli: &Cli, args: &AttachArgs) -> Result<()> {
         max_associations: args.max_associations,
     };
     let report = Gateway::new(&cli.bpffs).attach(&cli.state, &opts, args.adopt)?;
+    for w in &report.warnings {
+        eprintln!("floatip: warning: {w}");
+    }
     output::print_text(&format!(
         "attached in {} mode: external {}, internal {}; {} associations loaded\n",
         opts.mode.as_str(),

@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::{Control, GENERATION_DIRTY, SyncReport, validate::check_not_gateway_addr};
 use crate::{
-    dataplane::{AttachOptions, Dataplane, DataplaneStatus, Pair, PairStats, Role, log},
+    dataplane::{AttachOptions, Dataplane, DataplaneStatus, Mode, Pair, PairStats, Role, log},
     error::fail,
     garp, iface,
     store::Store,
@@ -34,6 +34,8 @@ pub struct GatewayStatus {
 pub struct AttachReport {
     /// Associations the maps had to be given (all of them after a reboot).
     pub restored: usize,
+    /// Things that work but may not do what the operator expects.
+    pub warnings: Vec<String>,
 }
 
 /// The data plane of one gateway, for the commands that need only its pins and maps (never
@@ -56,10 +58,11 @@ impl Gateway {
     pub fn attach(&self, state: &Path, opts: &AttachOptions, adopt: bool) -> Result<AttachReport> {
         if !Dataplane::is_attached(&self.bpffs) {
             // Fresh maps: the database may be created, before anything is pinned.
-            drop(Store::open(state)?);
+            Store::open(state)?.check_integrity()?;
         } else {
             // Checked before anything changes: a wrong --state must not touch the data plane.
-            let pinned = Control::open_adopting(state, &self.bpffs)?;
+            let mut pinned = Control::open_adopting(state, &self.bpffs)?;
+            pinned.store.check_integrity()?;
             if !adopt {
                 drop(Control::open(state, &self.bpffs)?);
             }
@@ -80,7 +83,19 @@ impl Gateway {
         }
         Dataplane::attach(&self.bpffs, opts)?;
         let restored = Control::open_adopting(state, &self.bpffs)?.resync()?;
-        Ok(AttachReport { restored })
+        let mut warnings = Vec::new();
+        if opts.mode == Mode::Xdp {
+            for nic in opts.external.iter().chain(&opts.internal) {
+                if iface::driver(nic).is_ok_and(|d| d == "veth") {
+                    warnings.push(format!(
+                        "{nic} is a veth: the kernel drops every frame XDP sends into it (ARP \
+                         replies included) unless its peer runs an XDP program or has GRO on \
+                         (ethtool -K PEER gro on)"
+                    ));
+                }
+            }
+        }
+        Ok(AttachReport { restored, warnings })
     }
 
     /// Removes the programs of `interfaces` (every one when empty, with every pin).

@@ -26,7 +26,10 @@ use super::{
         not_attached, open_map, pinned_layout, remove_pins, unmount,
     },
 };
-use crate::{error::fail, iface};
+use crate::{
+    error::{self, error, fail},
+    iface,
+};
 
 /// Loads the data-plane object with its maps pinned under `bpffs`
 /// (reusing pins that exist).
@@ -134,6 +137,16 @@ fn attach_one(
                     XdpMode::Skb
                 };
                 prog.attach_to_if_index(ifindex, xdp_mode).map_err(|e| {
+                    // Not ours (ours would have a pinned link): name it rather than blame the mode.
+                    if let Ok(Some(id)) = iface::xdp_program(ifindex) {
+                        return error(
+                            error::ErrorKind::Conflict,
+                            format!(
+                                "{name} already has an XDP program, id {id}, not floatip's; remove it \
+                                 first (ip link set dev {name} xdp off)"
+                            ),
+                        );
+                    }
                     if mode == Mode::Xdp {
                         anyhow!(
                             "{name} refused native XDP ({e}); try --mode xdp-generic or --mode tc"
