@@ -119,6 +119,7 @@ impl Store {
     /// a 5 s busy timeout, foreign keys on, schema migrated to the current version.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_inner(path, true)
+            .map_err(|e| disk_full(e, path))
             .with_context(|| format!("cannot open state database {}", path.display()))
     }
 
@@ -128,6 +129,7 @@ impl Store {
             bail!("there is no state database at {}", path.display());
         }
         Self::open_inner(path, false)
+            .map_err(|e| disk_full(e, path))
             .with_context(|| format!("cannot open state database {}", path.display()))
     }
 
@@ -227,6 +229,11 @@ impl Store {
     /// rolls everything back. `f` may do other work (map updates) that must succeed for the
     /// transaction to commit.
     pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let path = self.path.clone();
+        self.write_inner(f).map_err(|e| disk_full(e, &path))
+    }
+
+    fn write_inner<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -238,6 +245,50 @@ impl Store {
             .context("cannot commit to the state database")?;
         Ok(value)
     }
+}
+
+/// An SQLite error that comes of a full filesystem, as one line that says so. SQLite reports
+/// ENOSPC as SQLITE_FULL when the database or WAL grows, but as an I/O or open error when the
+/// WAL's shared-memory file cannot be created: those are told apart by the free space left.
+fn disk_full(err: anyhow::Error, path: &Path) -> anyhow::Error {
+    use rusqlite::ErrorCode;
+    let code = err
+        .chain()
+        .find_map(|e| match e.downcast_ref::<rusqlite::Error>() {
+            Some(rusqlite::Error::SqliteFailure(f, _)) => Some(f.code),
+            _ => None,
+        });
+    let full = match code {
+        Some(ErrorCode::DiskFull) => true,
+        Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => no_space_left(path),
+        _ => false,
+    };
+    if full {
+        anyhow::anyhow!(
+            "disk full: cannot write the state database {}",
+            path.display()
+        )
+    } else {
+        err
+    }
+}
+
+/// Whether the filesystem holding `path` has no block left for an unprivileged writer... or
+/// for root (whose reserve tmpfs does not keep).
+fn no_space_left(path: &Path) -> bool {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    st.f_bfree == 0 || st.f_bavail == 0
 }
 
 /// Refuses a file that SQLite can read but that is not a floatip database, or one of a newer

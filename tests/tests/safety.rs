@@ -523,3 +523,105 @@ impl Drop for Cleanup {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+/// A tmpfs of its own (unmounted on drop), so that a test can fill it.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot mount a tmpfs at {}", dir.display());
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Writes zeros until the filesystem refuses.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_says_so() {
+    netns::require_root();
+    let dir = std::env::temp_dir().join(format!("floatip-full-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
+    let bin = netns::floatip_binary();
+    let bpffs = dir.join("bpf");
+    let floatip = |state: &Path, args: &[&str]| {
+        // In an empty network namespace: the machine's own addresses are not the test's.
+        let mut argv = vec![
+            "unshare".to_owned(),
+            "-n".into(),
+            bin.to_string_lossy().into_owned(),
+            "--bpffs".into(),
+            bpffs.to_string_lossy().into_owned(),
+            "--state".into(),
+            state.to_string_lossy().into_owned(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        netns::run(netns::host_command(&argv), netns::EXEC_TIMEOUT)
+    };
+    for shm_exists in [false, true] {
+        let disk = SmallFs::mount(&dir.join(format!("fs-{shm_exists}")), "1m");
+        let state = disk.0.join("state.db");
+        let out = floatip(&state, &["pool", "create", "p", "--range", "192.0.2.0/28"]);
+        assert!(out.success(), "{out}");
+        // With a reader holding the database open, the WAL's shared-memory file exists.
+        let _reader = shm_exists.then(|| {
+            let mut reader = netns::Spawned::start({
+                let mut c = Command::new("python3");
+                c.args([
+                    "-c",
+                    "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1]); \
+                     c.execute('select count(*) from pools').fetchall(); print('listening', flush=True); time.sleep(600)",
+                ])
+                .arg(&state);
+                c
+            })
+            .unwrap();
+            reader.wait_for("listening", std::time::Duration::from_secs(10)).unwrap();
+            reader
+        });
+        let shm = state.with_extension("db-shm");
+        assert_eq!(shm.exists(), shm_exists, "{}", shm.display());
+        disk.fill();
+        let before = fs::read(&state).unwrap();
+        let out = floatip(
+            &state,
+            &["ip", "create", "p", "--description", &"x".repeat(200)],
+        );
+        assert_eq!(code(&out), Some(1), "{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "one line:\n{out}");
+        assert!(
+            out.stderr.contains("disk full"),
+            "shm exists: {shm_exists}\n{out}"
+        );
+        assert_eq!(
+            fs::read(&state).unwrap(),
+            before,
+            "the database file changed"
+        );
+    }
+}

@@ -758,3 +758,31 @@ fn json_keys_are_stable() {
         r#"{"id":1,"floating_ip_address":"203.0.113.1","fixed_ip_address":null,"pool":"public","project":"demo","instance":null,"status":"DOWN","description":null,"created_at":"2024-01-01T00:00:00Z"}"#
     );
 }
+
+#[test]
+fn topology_is_validated() {
+    let env = Env::new("ctl-topology");
+    let mut c = with_pools(&env);
+    assert_eq!(
+        err(c.pool_create("tenant", &ranges(&["10.1.0.0/24"], &[]), None)),
+        "pool tenant (10.1.0.0/24) overlaps 10.0.0.0/8, a subnet routed through the internal \
+         interface int0"
+    );
+    assert!(
+        err(c.pool_create("lo", &ranges(&["127.1.0.0/24"], &[]), None)).contains("127.0.0.0/8")
+    );
+    assert_eq!(
+        err(c.pool_create("far", &ranges(&["192.0.2.64/28"], &[]), Some("int0"))),
+        "int0 is not an external interface of this gateway (attached: eth0)"
+    );
+    c.ip_create("public", None, None, None).unwrap();
+    assert_eq!(
+        err(c.ip_associate(&assoc("203.0.113.1", "10.255.255.255"))),
+        "fixed IP 10.255.255.255 is the broadcast address of 10.0.0.0/8 on int0"
+    );
+    assert_eq!(
+        err(c.ip_associate(&assoc("203.0.113.1", "10.255.0.1"))),
+        "10.255.0.1 is an address of the gateway's interface int0"
+    );
+    assert!(env.db_pairs().is_empty() && env.map_pairs().is_empty());
+}
