@@ -102,6 +102,8 @@ pub struct QuotaRow {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// On a read-only filesystem: [`Self::write`] refuses.
+    read_only: bool,
 }
 
 fn ip_to_sql(ip: Ipv4Addr) -> i64 {
@@ -134,6 +136,9 @@ impl Store {
     }
 
     fn open_inner(path: &Path, create: bool) -> Result<Self> {
+        if path.exists() && on_read_only_fs(path) {
+            return Self::open_read_only(path);
+        }
         if create && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Only directories created here get 0700; an existing one is left as the admin set it.
             DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -160,9 +165,36 @@ impl Store {
         let mut store = Self {
             conn,
             path: path.to_owned(),
+            read_only: false,
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// A database on a read-only filesystem: reading commands work, writing ones are refused
+    /// in one line. `immutable` because no writer can exist there (and SQLite could not create
+    /// the WAL's shared memory beside it).
+    fn open_read_only(path: &Path) -> Result<Self> {
+        use rusqlite::OpenFlags;
+        let uri = format!("file:{}?immutable=1", path.display());
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        check_schema(&conn)?;
+        let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != MIGRATIONS.len() as u32 {
+            bail!(
+                "it is on a read-only filesystem and has schema version {version}, not {}: open it \
+                 writable once to upgrade it",
+                MIGRATIONS.len()
+            );
+        }
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+            read_only: true,
+        })
     }
 
     /// `PRAGMA quick_check`: a damaged file is refused in one line instead of failing some
@@ -234,6 +266,12 @@ impl Store {
     }
 
     fn write_inner<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        if self.read_only {
+            bail!(
+                "the state database {} is on a read-only filesystem; this command changes it",
+                self.path.display()
+            );
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -271,6 +309,16 @@ fn disk_full(err: anyhow::Error, path: &Path) -> anyhow::Error {
     } else {
         err
     }
+}
+
+/// Whether `path` lies on a filesystem mounted read-only.
+fn on_read_only_fs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs to fill.
+    unsafe { libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0 }
 }
 
 /// Whether the filesystem holding `path` has no block left for an unprivileged writer... or

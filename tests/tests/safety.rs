@@ -625,3 +625,77 @@ fn full_disk_says_so() {
         );
     }
 }
+
+/// A read-only bind mount of `src` at `dst`, unmounted on drop.
+struct ReadOnlyView(std::path::PathBuf);
+
+impl ReadOnlyView {
+    fn mount(src: &Path, dst: &Path) -> ReadOnlyView {
+        fs::create_dir_all(dst).unwrap();
+        for args in [
+            vec![
+                "--bind".to_owned(),
+                src.display().to_string(),
+                dst.display().to_string(),
+            ],
+            vec![
+                "-o".into(),
+                "remount,bind,ro".into(),
+                dst.display().to_string(),
+            ],
+        ] {
+            let st = Command::new("mount").args(&args).status().unwrap();
+            assert!(st.success(), "mount {args:?}");
+        }
+        ReadOnlyView(dst.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn read_only_database_serves_reads() {
+    netns::require_root();
+    let dir = std::env::temp_dir().join(format!("floatip-ro-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
+    let bin = netns::floatip_binary();
+    let floatip = |state: &Path, args: &[&str]| {
+        let mut argv = vec![
+            "unshare".to_owned(),
+            "-n".into(),
+            bin.to_string_lossy().into_owned(),
+            "--bpffs".into(),
+            dir.join("bpf").to_string_lossy().into_owned(),
+            "--state".into(),
+            state.to_string_lossy().into_owned(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        netns::run(netns::host_command(&argv), netns::EXEC_TIMEOUT)
+    };
+    let state = dir.join("rw").join("state.db");
+    for args in [
+        &["pool", "create", "p", "--range", "192.0.2.0/28"][..],
+        &["ip", "create", "p"],
+    ] {
+        let out = floatip(&state, args);
+        assert!(out.success(), "{out}");
+    }
+    let view = ReadOnlyView::mount(&dir.join("rw"), &dir.join("ro"));
+    let ro = view.0.join("state.db");
+    let out = floatip(&ro, &["ip", "list", "-f", "json"]);
+    assert!(
+        out.success(),
+        "a read-only database must serve reads:\n{out}"
+    );
+    assert!(out.stdout.contains("192.0.2.1"), "{out}");
+    assert!(floatip(&ro, &["pool", "show", "p"]).success());
+    let out = floatip(&ro, &["ip", "create", "p"]);
+    assert_eq!(code(&out), Some(1), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "one line:\n{out}");
+    assert!(out.stderr.contains("read-only"), "{out}");
+}

@@ -135,7 +135,7 @@ impl Gateway {
         check_not_gateway_addr(fixed, &local)?;
         maps.set_generation(GENERATION_DIRTY)?;
         maps.nat_add(floating, fixed)?;
-        announce(&maps, floating);
+        announce(&maps, floating, None);
         Ok(())
     }
 
@@ -169,13 +169,17 @@ impl Gateway {
     }
 }
 
-/// Sends gratuitous ARP for `floating` out of every external NIC so that neighbours drop
-/// stale entries; a failure is reported, not fatal (the mapping already works, neighbours
-/// just learn it later).
-pub(super) fn announce(dp: &Dataplane, floating: Ipv4Addr) {
+/// Sends gratuitous ARP for `floating` so that neighbours drop stale entries: out of its
+/// pool's external NIC (`nic`), or of every external NIC when the pool names none. A failure is
+/// reported, not fatal (the mapping already works, neighbours just learn it later).
+pub(super) fn announce(dp: &Dataplane, floating: Ipv4Addr, nic: Option<&str>) {
+    let only = nic.and_then(|n| iface::index(n).ok());
     match dp.nics(Role::External) {
         Ok(nics) => {
-            for (idx, mac) in nics {
+            for (idx, mac) in nics
+                .into_iter()
+                .filter(|(i, _)| only.is_none_or(|o| o == *i))
+            {
                 if let Err(e) = garp::announce(idx, &mac, floating) {
                     eprintln!("floatip: warning: gratuitous ARP for {floating} failed: {e:#}");
                 }

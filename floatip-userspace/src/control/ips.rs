@@ -146,16 +146,17 @@ impl Control {
             check_not_gateway_addr(floating, &local)?;
             check_not_gateway_addr(fixed, &local)?;
             check_reachable(maps, fixed)?;
+            let nic = get_pool(tx, &row.pool)?.external_iface;
             tx.ip_set_association(floating, Some(fixed), instance)?;
             let moving = row.fixed_ip.is_some();
             let generation = update_maps(tx, maps, |m| {
                 if moving { m.nat_move(floating, fixed) } else { m.nat_add(floating, fixed) }
             })?;
-            Ok((get_ip(tx, floating)?, Some(generation)))
+            Ok((get_ip(tx, floating)?, Some((generation, nic))))
         })?;
-        finish(maps, generation);
-        if generation.is_some() {
-            announce(maps, floating);
+        finish(maps, generation.as_ref().map(|(g, _)| *g));
+        if let Some((_, nic)) = generation {
+            announce(maps, floating, nic.as_deref());
         }
         Ok(record)
     }
