@@ -253,9 +253,20 @@ pub fn routes() -> Result<Vec<Route>> {
     }
 }
 
-/// The id of the XDP program attached to `ifindex` in any mode (IFLA_XDP of RTM_GETLINK, as
-/// `ip link` shows it), or `None`.
-pub fn xdp_program(ifindex: u32) -> Result<Option<u32>> {
+/// What RTM_GETLINK tells of one interface (as `ip -s link` shows it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The XDP program attached in any mode (IFLA_XDP_PROG_ID).
+    pub xdp_program: Option<u32>,
+    /// Frames the driver dropped or failed to send: where frames XDP transmits or redirects
+    /// into a veth without NAPI on its peer end up (IFLA_STATS64).
+    pub tx_dropped: u64,
+    pub tx_errors: u64,
+}
+
+/// [`LinkInfo`] of the interface `ifindex`; `None` when there is none.
+pub fn link_info(ifindex: u32) -> Result<Option<LinkInfo>> {
+    const IFLA_STATS64: u16 = 23;
     const IFLA_XDP: u16 = 43;
     const IFLA_XDP_PROG_ID: u16 = 4;
     // nlmsghdr (16) + ifinfomsg (16).
@@ -271,17 +282,25 @@ pub fn xdp_program(ifindex: u32) -> Result<Option<u32>> {
     if msg.len() < 32 || u16::from_ne_bytes([msg[4], msg[5]]) != libc::RTM_NEWLINK {
         return Ok(None);
     }
-    let mut id = None;
-    attributes(&msg[32..], |ty, v| {
-        if ty == IFLA_XDP {
-            attributes(v, |ty, v| {
-                if ty == IFLA_XDP_PROG_ID {
-                    id = word(v).map(u32::from_ne_bytes).filter(|i| *i != 0);
-                }
-            });
+    let mut info = LinkInfo::default();
+    // struct rtnl_link_stats64: u64 counters, tx_errors 6th, tx_dropped 8th.
+    let counter = |v: &[u8], i: usize| {
+        v.get(i * 8..i * 8 + 8)
+            .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    attributes(&msg[32..], |ty, v| match ty {
+        IFLA_XDP => attributes(v, |ty, v| {
+            if ty == IFLA_XDP_PROG_ID {
+                info.xdp_program = word(v).map(u32::from_ne_bytes).filter(|i| *i != 0);
+            }
+        }),
+        IFLA_STATS64 => {
+            info.tx_errors = counter(v, 5);
+            info.tx_dropped = counter(v, 7);
         }
+        _ => {}
     });
-    Ok(id)
+    Ok(Some(info))
 }
 
 /// The kernel driver of the interface `name` (ETHTOOL_GDRVINFO, as `ethtool -i` shows it).
@@ -297,4 +316,59 @@ pub fn driver(name: &str) -> Result<String> {
     let drv = &info[4..36];
     let end = drv.iter().position(|b| *b == 0).unwrap_or(drv.len());
     Ok(String::from_utf8_lossy(&drv[..end]).into_owned())
+}
+
+/// The sum of the driver's XDP error and drop counters of `name` (`ethtool -S` names matching
+/// `xdp` and `err` or `drop`): where a veth counts the frames XDP transmits or redirects into it
+/// while its peer runs no NAPI. `None` when the driver keeps no such counter.
+pub fn xdp_errors(name: &str) -> Result<Option<u64>> {
+    const ETHTOOL_GSTRINGS: u32 = 0x1b;
+    const ETHTOOL_GSTATS: u32 = 0x1d;
+    const ETHTOOL_GSSET_INFO: u32 = 0x37;
+    const ETH_SS_STATS: u32 = 1;
+    const ETH_GSTRING_LEN: usize = 32;
+    let ethtool = |buf: &mut [u8]| {
+        if_ioctl(name, libc::SIOCETHTOOL, |req| {
+            req.ifr_ifru.ifru_data = buf.as_mut_ptr().cast();
+        })
+        .map(drop)
+    };
+    // struct ethtool_sset_info: cmd, reserved, u64 sset_mask, then one u32 per set asked.
+    let mut info = [0u8; 20];
+    info[0..4].copy_from_slice(&ETHTOOL_GSSET_INFO.to_ne_bytes());
+    info[8..16].copy_from_slice(&(1u64 << ETH_SS_STATS).to_ne_bytes());
+    if ethtool(&mut info).is_err() {
+        return Ok(None);
+    }
+    let mask = u64::from_ne_bytes(info[8..16].try_into().unwrap_or([0; 8]));
+    let n = if mask & (1 << ETH_SS_STATS) != 0 {
+        u32::from_ne_bytes(info[16..20].try_into().unwrap_or([0; 4])) as usize
+    } else {
+        0
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    // struct ethtool_gstrings: cmd, string_set, len, then len names of 32 bytes.
+    let mut names = vec![0u8; 12 + n * ETH_GSTRING_LEN];
+    names[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
+    names[4..8].copy_from_slice(&ETH_SS_STATS.to_ne_bytes());
+    names[8..12].copy_from_slice(&(n as u32).to_ne_bytes());
+    ethtool(&mut names).map_err(|e| anyhow::anyhow!("cannot read the counters of {name}: {e}"))?;
+    // struct ethtool_stats: cmd, n_stats, then n u64 values.
+    let mut stats = vec![0u8; 8 + n * 8];
+    stats[0..4].copy_from_slice(&ETHTOOL_GSTATS.to_ne_bytes());
+    stats[4..8].copy_from_slice(&(n as u32).to_ne_bytes());
+    ethtool(&mut stats).map_err(|e| anyhow::anyhow!("cannot read the counters of {name}: {e}"))?;
+    let mut sum = None;
+    for i in 0..n {
+        let raw = &names[12 + i * ETH_GSTRING_LEN..12 + (i + 1) * ETH_GSTRING_LEN];
+        let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+        let label = String::from_utf8_lossy(&raw[..end]);
+        if label.contains("xdp") && (label.contains("err") || label.contains("drop")) {
+            let v = u64::from_ne_bytes(stats[8 + i * 8..16 + i * 8].try_into().unwrap_or([0; 8]));
+            *sum.get_or_insert(0) += v;
+        }
+    }
+    Ok(sum)
 }

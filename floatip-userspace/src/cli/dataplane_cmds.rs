@@ -132,10 +132,24 @@ pub fn status(cli: &Cli) -> Result<()> {
                 i.mode.as_str().to_string(),
                 i.program_id.to_string(),
                 i.mac.clone(),
+                i.tx_dropped.to_string(),
+                i.tx_errors.to_string(),
+                i.xdp_errors
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             ]
         })
         .collect();
-    let head = ["interface", "ifindex", "role", "mode", "program_id", "mac"];
+    let head = [
+        "interface",
+        "ifindex",
+        "role",
+        "mode",
+        "program_id",
+        "mac",
+        "tx_dropped",
+        "tx_errors",
+        "xdp_errors",
+    ];
     output::print_table(cli.format, &head, &rows, st)?;
     let sync = match (&full.sync, &full.sync_error) {
         (Some(r), _) => sync_line(r),

@@ -138,7 +138,11 @@ fn attach_one(
                 };
                 prog.attach_to_if_index(ifindex, xdp_mode).map_err(|e| {
                     // Not ours (ours would have a pinned link): name it rather than blame the mode.
-                    if let Ok(Some(id)) = iface::xdp_program(ifindex) {
+                    if let Ok(Some(iface::LinkInfo {
+                        xdp_program: Some(id),
+                        ..
+                    })) = iface::link_info(ifindex)
+                    {
                         return error(
                             error::ErrorKind::Conflict,
                             format!(

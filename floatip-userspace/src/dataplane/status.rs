@@ -18,6 +18,13 @@ pub struct Attached {
     pub mode: Mode,
     pub program_id: u32,
     pub mac: String,
+    /// The NIC's transmit drops and errors: frames XDP sends into a veth whose peer runs no
+    /// NAPI are counted here, and nowhere else.
+    pub tx_dropped: u64,
+    pub tx_errors: u64,
+    /// The driver's XDP transmit/redirect error and drop counters, summed (`ethtool -S`);
+    /// `None` when it keeps none.
+    pub xdp_errors: Option<u64>,
 }
 
 /// Everything `floatip status` prints.
@@ -110,6 +117,7 @@ impl Dataplane {
                 .and_then(|l| FdLink::from(l).info().ok())
                 .map(|i| i.program_id())
                 .unwrap_or(0);
+            let link = iface::link_info(idx).ok().flatten().unwrap_or_default();
             interfaces.push(Attached {
                 ifindex: idx,
                 name: iface::name(idx).unwrap_or_else(|| format!("#{idx}")),
@@ -117,6 +125,9 @@ impl Dataplane {
                 mode,
                 program_id,
                 mac: iface::fmt_mac(&info.mac),
+                tx_dropped: link.tx_dropped,
+                tx_errors: link.tx_errors,
+                xdp_errors: iface::name(idx).and_then(|n| iface::xdp_errors(&n).ok().flatten()),
             });
         }
         interfaces.sort_by_key(|a| a.ifindex);
