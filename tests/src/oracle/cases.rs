@@ -83,6 +83,7 @@ pub const CLASSES: &[(&str, &[Dir])] = &[
     ("martian-source", IN),
     ("spoofed-floating-source", IN),
     ("spoofed-tenant-source", IN),
+    ("spoofed-gateway-source", IN),
     ("unassociated-tenant-source", OUT),
     ("to-the-gateway", OUT),
     ("arp-request", IN),
@@ -468,7 +469,7 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
             frames.push((dir, f));
         }
         "martian-source" | "spoofed-floating-source" | "spoofed-tenant-source"
-        | "unassociated-tenant-source" => {
+        | "spoofed-gateway-source" | "unassociated-tenant-source" => {
             e.src = match class {
                 "martian-source" => pick(
                     rng,
@@ -484,7 +485,8 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
                     e.dst = FIP1;
                     pick(rng, &[FIP2, FIP3])
                 }
-                "spoofed-tenant-source" => pick(rng, &[INST2, INST1, GW_INT]),
+                "spoofed-tenant-source" => pick(rng, &[INST2, INST1]),
+                "spoofed-gateway-source" => pick(rng, &[GW_INT, GW_EXT]),
                 _ => Ipv4Addr::new(10, 0, 0, 99),
             };
             frames.push((dir, plain(rng, &e, p3, &mut what)));

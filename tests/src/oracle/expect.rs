@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{
     Diff, Outcome,
     cases::{CLASSES, Case, Dir},
+    gateway::{GW_EXT, PAIRS},
     sockets::Check,
 };
 use crate::netns::Mode;
@@ -80,16 +81,40 @@ pub struct Intended {
     pub class: &'static str,
     /// A field name, or a prefix ending in '.' or '*'.
     pub field: &'static str,
+    /// Which values of the field (oracle, floatip) the difference covers.
+    pub when: fn(&Diff) -> bool,
     pub reason: &'static str,
 }
 
-pub const INTENDED: &[Intended] = &[Intended {
-    class: "frag-overlap",
-    field: "*",
-    reason: "stateless: floatip forwards each fragment as it comes and leaves reassembly (and \
-             the discarding of overlapping fragments, RFC 5722 style) to the receiver; the \
-             oracle's conntrack reassembles first and discards the whole datagram",
-}];
+fn always(_: &Diff) -> bool {
+    true
+}
+
+/// The oracle's ICMP error comes from a floating IP, floatip's from the
+/// gateway's own external address.
+fn error_source(d: &Diff) -> bool {
+    PAIRS.iter().any(|(f, _)| f.to_string() == d.oracle) && d.floatip == GW_EXT.to_string()
+}
+
+pub const INTENDED: &[Intended] = &[
+    Intended {
+        class: "frag-overlap",
+        field: "*",
+        when: always,
+        reason: "stateless: floatip forwards each fragment as it comes and leaves reassembly \
+                 (and the discarding of overlapping fragments) to the receiver; the oracle's \
+                 conntrack reassembles first and discards the whole datagram",
+    },
+    Intended {
+        class: "*",
+        field: "ip.src",
+        when: error_source,
+        reason: "the ICMP errors the gateway originates (time exceeded, fragmentation needed) \
+                 come from its own external address; the oracle holds the floating IPs as \
+                 addresses of its external NIC and answers from the one the packet was sent \
+                 to. Both are addresses of the outgoing interface (RFC 1812 §4.3.2.4)",
+    },
+];
 
 fn field_matches(pattern: &str, field: &str) -> bool {
     pattern == "*"
@@ -100,7 +125,9 @@ fn field_matches(pattern: &str, field: &str) -> bool {
 fn intended(class: &str, d: &Diff) -> Option<usize> {
     INTENDED
         .iter()
-        .position(|e| (e.class == "*" || e.class == class) && field_matches(e.field, &d.field))
+        .position(|e| {
+            (e.class == "*" || e.class == class) && field_matches(e.field, &d.field) && (e.when)(d)
+        })
 }
 
 /// Where this kernel cannot be the oracle: Linux 6.16 removed DCCP, and

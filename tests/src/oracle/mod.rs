@@ -343,6 +343,20 @@ pub fn run(opt: &Options) -> Result<Report> {
             diffs.extend(diff(o, g).into_iter().map(|d| (i, d)));
         }
         let socket_diffs = sockets::compare(&oracle_sockets, &got_sockets);
+        // FLOATIP_ORACLE_SHOW=CLASS prints both sides of every case of CLASS.
+        if let Ok(show) = std::env::var("FLOATIP_ORACLE_SHOW") {
+            for (c, (o, g)) in cases.iter().zip(oracle.iter().zip(&got)) {
+                if c.class == show {
+                    lines.push(format!("  #{} {} {}: {}", c.n, c.class, c.dir.name(), c.what));
+                    for (side, x) in [("oracle", o), (mode.as_str(), g)] {
+                        for s in &x.seen {
+                            lines.push(format!("    {side} {s} {:?}", s.fields));
+                        }
+                        lines.push(format!("    {side} counters {:?}", x.counters));
+                    }
+                }
+            }
+        }
         let verdict = expect::judge(mode, &cases, &diffs, &socket_diffs);
         lines.push(format!(
             "[{}] {:.1} s: {} cases, {} differing",

@@ -282,14 +282,7 @@ fn ipv4(
     f.insert("ip.tos", ip[1].to_string());
     f.insert("ip.df", ((be16(ip, 6) & 0x4000) != 0).to_string());
     f.insert("ip.len", ip.len().to_string());
-    f.insert(
-        "ip.options",
-        if hlen > 20 {
-            hex(&ip[20..hlen])
-        } else {
-            "-".into()
-        },
-    );
+    f.insert("ip.options", options(&ip[20..hlen]));
     let csum_ok = match frag_note {
         Some((_, all_ok)) => all_ok,
         None => checksum(&ip[..hlen]) == 0,
@@ -346,6 +339,34 @@ fn ipv4(
     if let Some(t) = tag.filter(|t| is_tag(*t) || *t == MARKER_ID) {
         f.insert("tag", t.to_string());
     }
+}
+
+/// IP options as hex, except that a Timestamp option's stamps (times of
+/// day, different in every run) are shown as how many were recorded.
+fn options(o: &[u8]) -> String {
+    if o.is_empty() {
+        return "-".into();
+    }
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < o.len() {
+        let len = match o[i] {
+            0 | 1 => 1,
+            _ if i + 1 < o.len() => (o[i + 1] as usize).clamp(2, o.len() - i),
+            _ => o.len() - i,
+        };
+        let opt = &o[i..i + len];
+        if opt[0] == 0x44 && len >= 4 {
+            parts.push(format!(
+                "timestamp(pointer {}, overflow/flags {:02x})",
+                opt[2], opt[3]
+            ));
+        } else {
+            parts.push(hex(opt));
+        }
+        i += len;
+    }
+    parts.join(" ")
 }
 
 fn payload(b: &[u8]) -> String {
