@@ -44,6 +44,15 @@ pub struct Case {
     pub frames: Vec<(Dir, Vec<u8>)>,
 }
 
+impl Case {
+    /// Whether the case makes a router's kernel send a route error
+    /// (unreachable) to inst1: the kernel sends at most one per second to
+    /// one source, so the next such case must wait for the token.
+    pub fn rate_limited(&self) -> bool {
+        self.dir == Dir::Out && matches!(self.class, "gateway-unreachable" | "remote-unreachable")
+    }
+}
+
 const BOTH: &[Dir] = &[Dir::In, Dir::Out];
 const IN: &[Dir] = &[Dir::In];
 const OUT: &[Dir] = &[Dir::Out];
@@ -435,11 +444,15 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
             frames.push((dir, plain(rng, &e, p3, &mut what)));
         }
         "gateway-unreachable" => {
-            e.dst = if dir == Dir::In {
-                FIP3
+            if dir == Dir::In {
+                e.dst = FIP3;
+                // The kernel limits route errors to one per second per
+                // source (net.ipv4.route.error_cost, not per namespace):
+                // each inbound case gets a source of its own.
+                e.src = Ipv4Addr::new(198, 51, 100, 128 + (tag % 120) as u8);
             } else {
-                UNREACHABLE_AT_GW
-            };
+                e.dst = UNREACHABLE_AT_GW;
+            }
             frames.push((dir, plain(rng, &e, p3, &mut what)));
         }
         "eth-broadcast" | "eth-multicast" | "eth-foreign-unicast" => {

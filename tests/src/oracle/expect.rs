@@ -45,6 +45,24 @@ const fn known(defect: u8, class: &'static str, dirs: &'static [Dir]) -> Known {
     }
 }
 
+const fn known_in(
+    defect: u8,
+    class: &'static str,
+    dirs: &'static [Dir],
+    modes: &'static [Mode],
+) -> Known {
+    Known {
+        defect,
+        class,
+        dirs,
+        modes,
+    }
+}
+
+const TC: &[Mode] = &[Mode::Tc];
+const GENERIC_TC: &[Mode] = &[Mode::XdpGeneric, Mode::Tc];
+
+/// Defect 0: found by this test, not (yet) one of issue 10's classes.
 pub const KNOWN_DEFECTS: &[Known] = &[
     // 1: pseudo-header checksums other than TCP/UDP, also in ICMP quotes.
     known(1, "udplite", BOTH),
@@ -68,11 +86,23 @@ pub const KNOWN_DEFECTS: &[Known] = &[
     known(6, "arp-unicast-foreign-mac", IN),
     known(6, "arp-vlan", IN),
     known(6, "arp-qinq", IN),
+    // 7: VLAN tags: a tagged frame from the tenant network is translated
+    // and routed (all modes); in tc a tagged frame from outside too, and a
+    // priority tag (VID 0) stays on the routed frame.
+    known(7, "vlan", OUT),
+    known_in(7, "vlan", IN, TC),
+    known_in(7, "vlan-priority-tag", IN, TC),
+    known_in(7, "vlan-priority-tag", OUT, GENERIC_TC),
     // 8: a wrong IPv4 header checksum.
     known(8, "bad-ip-checksum", BOTH),
     // 9: martian and spoofed floating sources.
     known(9, "martian-source", IN),
     known(9, "spoofed-floating-source", IN),
+    // 9 too: from outside, with one of the gateway's own addresses as source.
+    known(9, "spoofed-gateway-source", IN),
+    // 0: the Timestamp option is forwarded without the gateway's stamp
+    // (Linux, as a router, adds it: RFC 791, RFC 1812 §5.3.?).
+    known(0, "ip-options", BOTH),
 ];
 
 /// An intended difference from the oracle.
@@ -244,6 +274,9 @@ pub fn judge(
                 dir.name()
             );
             match known {
+                Some(k) if k.defect == 0 => {
+                    lines.push(format!("  known, not in issue 10, still failing: {line}"))
+                }
                 Some(k) => lines.push(format!("  known defect {}, still failing: {line}", k.defect)),
                 None => {
                     lines.push(format!("  UNEXPECTED: {line}"));

@@ -219,6 +219,8 @@ impl Gateway {
         // (an unreachable it sent to ext would not cross the gateway, so
         // the barrier could not wait for it).
         ip(&l.rtr, &["route", "add", "blackhole", "10.0.0.0/8"])?;
+        // The external sources of the inbound route-error cases (one each).
+        ip(&l.rtr, &["route", "add", "blackhole", "198.51.100.128/25"])?;
 
         match kind {
             Kind::Oracle => Self::configure_oracle(&lab)?,
