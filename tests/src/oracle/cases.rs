@@ -71,6 +71,8 @@ pub const CLASSES: &[(&str, &[Dir])] = &[
     ("ttl-2", BOTH),
     ("ttl-255", BOTH),
     ("ip-options", BOTH),
+    ("ip-record-route", BOTH),
+    ("ip-timestamp", BOTH),
     ("frag-order", BOTH),
     ("frag-duplicate", BOTH),
     ("frag-overlap", BOTH),
@@ -305,20 +307,25 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
             what = format!("{} -> {} proto {proto} ttl {}", e.src, e.dst, ip.ttl);
             frames.push((dir, frame(&e, &ip.packet(&l4(rng, proto, &e, tag, len)))));
         }
-        "ip-options" => {
+        "ip-options" | "ip-record-route" | "ip-timestamp" => {
             let proto = pick(rng, PROTOS);
             let mut ip = ip_hdr(&e, proto, tag);
-            let (name, opt): (&str, Vec<u8>) = match rng.below(4) {
-                0 => ("NOP NOP NOP EOL", vec![1, 1, 1, 0]),
-                1 => ("router alert", vec![0x94, 4, 0, 0]),
-                2 => ("record route", vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            let (name, opt): (&str, Vec<u8>) = match (class, rng.below(2)) {
+                ("ip-options", 0) => ("NOP NOP NOP EOL", vec![1, 1, 1, 0]),
+                ("ip-options", _) => ("router alert", vec![0x94, 4, 0, 0]),
+                ("ip-record-route", _) => {
+                    ("record route", vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+                }
                 _ => ("timestamp", vec![0x44, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             };
             ip.options = opt;
             what = format!("{} -> {} proto {proto} options: {name}", e.src, e.dst);
             frames.push((dir, frame(&e, &ip.packet(&l4(rng, proto, &e, tag, len)))));
         }
-        "frag-order" | "frag-duplicate" | "frag-overlap" | "frag-tiny-first-udp"
+        "frag-order"
+        | "frag-duplicate"
+        | "frag-overlap"
+        | "frag-tiny-first-udp"
         | "frag-tiny-first-tcp" => {
             let proto = match class {
                 "frag-tiny-first-udp" => 17,
@@ -437,7 +444,10 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
                 "{src} -> {dst} ICMP {kind}/{code} quoting {qs} -> {qd} proto {qproto}{}",
                 if cut { " (28 bytes)" } else { "" }
             );
-            frames.push((dir, frame(&e, &ip.packet(&pkt::icmp(kind, code, rest, &seen)))));
+            frames.push((
+                dir,
+                frame(&e, &ip.packet(&pkt::icmp(kind, code, rest, &seen))),
+            ));
         }
         "remote-unreachable" => {
             e.dst = UNROUTED_AT_RTR;
@@ -481,8 +491,11 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
             what.push_str(" with a wrong header checksum");
             frames.push((dir, f));
         }
-        "martian-source" | "spoofed-floating-source" | "spoofed-tenant-source"
-        | "spoofed-gateway-source" | "unassociated-tenant-source" => {
+        "martian-source"
+        | "spoofed-floating-source"
+        | "spoofed-tenant-source"
+        | "spoofed-gateway-source"
+        | "unassociated-tenant-source" => {
             e.src = match class {
                 "martian-source" => pick(
                     rng,

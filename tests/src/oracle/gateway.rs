@@ -134,7 +134,10 @@ impl Gateway {
             (&l.inst2, "eth0", INST2_MAC),
         ];
         for (ns, ifname, mac) in &macs {
-            ip(ns, &["link", "set", "dev", ifname, "address", &mac_str(mac)])?;
+            ip(
+                ns,
+                &["link", "set", "dev", ifname, "address", &mac_str(mac)],
+            )?;
             // Every frame here is complete on the wire, as on a real one:
             // no end leaves a checksum for "hardware" to finish.
             if *ifname != "br0" {
@@ -150,11 +153,29 @@ impl Gateway {
         ] {
             ip(
                 &l.sw,
-                &["link", "set", "dev", port, "type", "bridge_slave", "learning", "off"],
+                &[
+                    "link",
+                    "set",
+                    "dev",
+                    port,
+                    "type",
+                    "bridge_slave",
+                    "learning",
+                    "off",
+                ],
             )?;
             ok(exec(
                 &l.sw,
-                &["bridge", "fdb", "replace", &mac_str(&mac), "dev", port, "master", "static"],
+                &[
+                    "bridge",
+                    "fdb",
+                    "replace",
+                    &mac_str(&mac),
+                    "dev",
+                    port,
+                    "master",
+                    "static",
+                ],
             ))?;
         }
         // Permanent neighbours: no ARP exchange (and no timing) on any path
@@ -192,7 +213,16 @@ impl Gateway {
         let mtu = ROUTE_MTU.to_string();
         ip(
             &l.gw,
-            &["route", "replace", "default", "via", "203.0.113.1", "mtu", "lock", &mtu],
+            &[
+                "route",
+                "replace",
+                "default",
+                "via",
+                "203.0.113.1",
+                "mtu",
+                "lock",
+                &mtu,
+            ],
         )?;
         ip(
             &l.gw,
@@ -267,7 +297,9 @@ impl Gateway {
         for (f, x) in PAIRS {
             ip(gw, &["addr", "add", &format!("{f}/32"), "dev", "gw-ext"])?;
             dnat.push_str(&format!("    ip daddr {f} dnat to {x}\n"));
-            snat.push_str(&format!("    oifname \"gw-ext\" ip saddr {x} snat to {f}\n"));
+            snat.push_str(&format!(
+                "    oifname \"gw-ext\" ip saddr {x} snat to {f}\n"
+            ));
         }
         let rules = format!(
             "table ip oracle {{\n  chain pre {{\n    type nat hook prerouting priority dstnat;\n{dnat}  }}\n  \

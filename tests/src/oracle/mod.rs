@@ -106,7 +106,10 @@ pub fn run_cases(gw: &Gateway, cases: &[Case]) -> Result<Vec<Outcome>> {
     // A barrier first: the labs' own start-up traffic is not a case's.
     let mut raw = Vec::new();
     if !barrier(gw, 0xffff, &mut raw)? {
-        bail!("{}: the barrier frames do not cross the gateway", gw.kind.name());
+        bail!(
+            "{}: the barrier frames do not cross the gateway",
+            gw.kind.name()
+        );
     }
     let mut before = gw.counters()?;
     let mut lost = Vec::new();
@@ -352,7 +355,13 @@ pub fn run(opt: &Options) -> Result<Report> {
         if let Ok(show) = std::env::var("FLOATIP_ORACLE_SHOW") {
             for (c, (o, g)) in cases.iter().zip(oracle.iter().zip(&got)) {
                 if c.class == show {
-                    lines.push(format!("  #{} {} {}: {}", c.n, c.class, c.dir.name(), c.what));
+                    lines.push(format!(
+                        "  #{} {} {}: {}",
+                        c.n,
+                        c.class,
+                        c.dir.name(),
+                        c.what
+                    ));
                     for (side, x) in [("oracle", o), (mode.as_str(), g)] {
                         for s in &x.seen {
                             lines.push(format!("    {side} {s} {:?}", s.fields));

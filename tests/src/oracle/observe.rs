@@ -133,7 +133,14 @@ fn pseudo_checksummed(proto: u8, l4: &[u8]) -> Option<(usize, usize)> {
         // UDP-Lite (RFC 3828): coverage in the length field, 0 = everything.
         136 if l4.len() >= 8 => {
             let cov = be16(l4, 4) as usize;
-            Some((6, if cov == 0 { l4.len() } else { cov.min(l4.len()) }))
+            Some((
+                6,
+                if cov == 0 {
+                    l4.len()
+                } else {
+                    cov.min(l4.len())
+                },
+            ))
         }
         // DCCP (RFC 4340 §9): CsCov in the low nibble of byte 5, 0 = all,
         // else the header plus (CsCov - 1) * 4 bytes of application data.
@@ -428,11 +435,9 @@ fn quote(f: &mut BTreeMap<&'static str, String>, q: &[u8]) -> Option<u16> {
     // The quoted L4 checksum: its raw value (a NAT must update it like the
     // addresses), and whether it is right when the whole datagram is quoted.
     let frag = be16(q, 6) & 0x3fff;
-    if let Some((at, _)) = pseudo_checksummed(proto, l4).or(if proto == 1 {
-        Some((2, 0))
-    } else {
-        None
-    }) && l4.len() >= at + 2
+    if let Some((at, _)) =
+        pseudo_checksummed(proto, l4).or(if proto == 1 { Some((2, 0)) } else { None })
+        && l4.len() >= at + 2
     {
         f.insert("q.l4csum", hex(&l4[at..at + 2]));
         if be16(q, 2) as usize == q.len() && frag == 0 {
@@ -470,7 +475,9 @@ pub fn decode_all(frames: &[(Point, Received)]) -> Vec<Seen> {
                     ip[9],
                     be16(&ip, 4),
                 );
-                let e = trains.entry(key).or_insert_with(|| (eth, Vec::new(), false));
+                let e = trains
+                    .entry(key)
+                    .or_insert_with(|| (eth, Vec::new(), false));
                 e.1.push(ip);
                 e.2 |= partial;
             }
