@@ -102,7 +102,15 @@ pub const CLASSES: &[(&str, &[Dir])] = &[
     ("arp-unicast-foreign-mac", IN),
     ("arp-vlan", IN),
     ("arp-qinq", IN),
+    // Not a frame of its own: collects the ARP requests the gateway sends
+    // during the whole run outside the ARP cases (see `run_cases`).
+    (GATEWAY_ARP, OUT),
 ];
+
+/// The class that collects the gateway's ARP requests: with permanent
+/// neighbours everywhere, a correct gateway sends none; they have no tag
+/// and come late (probes are 1 s apart), so no case could own them.
+pub const GATEWAY_ARP: &str = "gateway-arp-requests";
 
 fn pick<T: Copy>(rng: &mut Rng, v: &[T]) -> T {
     v[rng.below(v.len() as u64) as usize]
@@ -333,7 +341,8 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
                 _ => pick(rng, PROTOS),
             };
             let ip = ip_hdr(&e, proto, tag);
-            let n = 40 + rng.below(200) as usize;
+            // Longer than the largest first fragment: always two or more.
+            let n = 72 + rng.below(200) as usize;
             let dgram = l4(rng, proto, &e, tag, n);
             let sizes: Vec<usize> = match class {
                 "frag-tiny-first-udp" => vec![8, 64, 64, 64],
@@ -535,6 +544,7 @@ pub fn make(n: usize, class: &'static str, dir: Dir, rng: &mut Rng) -> Case {
             };
             frames.push((dir, plain(rng, &e, proto, &mut what)));
         }
+        GATEWAY_ARP => what = "(the ARP requests the gateway sent during the run)".into(),
         _ => {
             // ARP requests from the router for a floating IP (or the gateway's own).
             let tpa = pick(rng, &[FIP1, FIP2, GW_EXT]);

@@ -76,6 +76,8 @@ pub const KNOWN_DEFECTS: &[Known] = &[
     known(3, "socket:tcp-transfer-pmtu", BOTH),
     known(3, "socket:udp-emsgsize", BOTH),
     known(3, "socket:tcp-connect-unreachable", BOTH),
+    // ... and outbound, the gateway ARPs for the floating IP on the external NIC.
+    known(3, super::cases::GATEWAY_ARP, OUT),
     // 4: an instance talking to the gateway itself.
     known(4, "to-the-gateway", OUT),
     // 5: frames not addressed to the NIC's own MAC.

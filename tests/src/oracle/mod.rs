@@ -113,6 +113,7 @@ pub fn run_cases(gw: &Gateway, cases: &[Case]) -> Result<Vec<Outcome>> {
     }
     let mut before = gw.counters()?;
     let mut lost = Vec::new();
+    let arp_sink = cases.iter().position(|c| c.class == cases::GATEWAY_ARP);
     for (i, case) in cases.iter().enumerate() {
         owner.insert(case.tag, i);
         for (dir, f) in &case.frames {
@@ -143,6 +144,13 @@ pub fn run_cases(gw: &Gateway, cases: &[Case]) -> Result<Vec<Outcome>> {
         }
         before = after;
         for s in observe::decode_all(&raw) {
+            if let Some(k) = arp_sink
+                && s.get("arp.op") == Some("1")
+                && !case.class.starts_with("arp-")
+            {
+                outcomes[k].seen.push(s);
+                continue;
+            }
             // A frame carrying a case's tag belongs to that case (it may be late).
             let j = s
                 .get("tag")
@@ -157,6 +165,10 @@ pub fn run_cases(gw: &Gateway, cases: &[Case]) -> Result<Vec<Outcome>> {
             s.fields.remove("tag");
         }
         o.seen.sort();
+    }
+    if let Some(k) = arp_sink {
+        // The kernel repeats an ARP request a timing-dependent number of times.
+        outcomes[k].seen.dedup();
     }
     Ok(outcomes)
 }
