@@ -42,11 +42,14 @@ fn is_tag(v: u16) -> bool {
     (TAG_BASE..TAG_END).contains(&v)
 }
 
+/// Decoded fields by name.
+pub type Fields = BTreeMap<&'static str, String>;
+
 /// One frame (or reassembled datagram) as seen at a point.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Seen {
     pub point: Point,
-    pub fields: BTreeMap<&'static str, String>,
+    pub fields: Fields,
 }
 
 impl Seen {
@@ -264,7 +267,7 @@ enum Decoded {
     Frame(Seen),
     Fragment {
         point: Point,
-        eth: BTreeMap<&'static str, String>,
+        eth: Fields,
         ip: Vec<u8>,
         partial: bool,
     },
@@ -273,7 +276,7 @@ enum Decoded {
 /// Adds the fields of a complete IPv4 datagram `ip` (header + payload).
 /// `frag_note` says how it was assembled (None: it was not fragmented).
 fn ipv4(
-    f: &mut BTreeMap<&'static str, String>,
+    f: &mut Fields,
     ip: &[u8],
     partial: bool,
     frag_note: Option<(&str, bool)>,
@@ -381,7 +384,7 @@ fn payload(b: &[u8]) -> String {
 }
 
 /// Fields of the datagram an ICMP error quotes; returns the quote's tag.
-fn quote(f: &mut BTreeMap<&'static str, String>, q: &[u8]) -> Option<u16> {
+fn quote(f: &mut Fields, q: &[u8]) -> Option<u16> {
     f.insert("q.bytes", q.len().to_string());
     if q.len() < 20 || q[0] >> 4 != 4 {
         f.insert("q.raw", hex(&q[..q.len().min(28)]));
@@ -457,8 +460,10 @@ fn quote(f: &mut BTreeMap<&'static str, String>, q: &[u8]) -> Option<u16> {
 pub fn decode_all(frames: &[(Point, Received)]) -> Vec<Seen> {
     let mut out = Vec::new();
     type Key = (Point, [u8; 4], [u8; 4], u8, u16);
-    let mut trains: BTreeMap<Key, (BTreeMap<&'static str, String>, Vec<Vec<u8>>, bool)> =
-        BTreeMap::new();
+    // Per datagram: the first fragment's Ethernet fields, the fragments,
+    // and whether any had a partial checksum.
+    type Train = (Fields, Vec<Vec<u8>>, bool);
+    let mut trains: BTreeMap<Key, Train> = BTreeMap::new();
     for (point, r) in frames {
         match decode(*point, r) {
             Decoded::Frame(s) => out.push(s),
@@ -491,7 +496,7 @@ pub fn decode_all(frames: &[(Point, Received)]) -> Vec<Seen> {
 
 fn reassemble(
     point: Point,
-    mut f: BTreeMap<&'static str, String>,
+    mut f: Fields,
     mut frags: Vec<Vec<u8>>,
     partial: bool,
 ) -> Seen {
