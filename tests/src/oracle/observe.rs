@@ -275,12 +275,7 @@ enum Decoded {
 
 /// Adds the fields of a complete IPv4 datagram `ip` (header + payload).
 /// `frag_note` says how it was assembled (None: it was not fragmented).
-fn ipv4(
-    f: &mut Fields,
-    ip: &[u8],
-    partial: bool,
-    frag_note: Option<(&str, bool)>,
-) {
+fn ipv4(f: &mut Fields, ip: &[u8], partial: bool, frag_note: Option<(&str, bool)>) {
     let hlen = ((ip[0] & 0x0f) as usize) * 4;
     let src = addr(ip, 12);
     let dst = addr(ip, 16);
@@ -494,12 +489,7 @@ pub fn decode_all(frames: &[(Point, Received)]) -> Vec<Seen> {
     out
 }
 
-fn reassemble(
-    point: Point,
-    mut f: Fields,
-    mut frags: Vec<Vec<u8>>,
-    partial: bool,
-) -> Seen {
+fn reassemble(point: Point, mut f: Fields, mut frags: Vec<Vec<u8>>, partial: bool) -> Seen {
     let all_ok = frags.iter().all(|ip| {
         let hlen = ((ip[0] & 0x0f) as usize) * 4;
         checksum(&ip[..hlen]) == 0

@@ -48,7 +48,8 @@ fn ifindex(ifname: &str) -> Result<libc::c_int> {
     Ok(i as libc::c_int)
 }
 
-fn setopt(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> Result<()> {
+/// setsockopt(2) of an int option.
+pub fn setopt(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> Result<()> {
     // SAFETY: an int option of the right size.
     let rc = unsafe {
         libc::setsockopt(

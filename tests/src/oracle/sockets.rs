@@ -6,7 +6,6 @@
 
 use std::{
     io,
-    mem::size_of,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     time::{Duration, Instant},
@@ -17,7 +16,7 @@ use anyhow::Result;
 use super::{
     cases::Dir,
     gateway::{EXT, FIP1, FIP3, Gateway, UNREACHABLE_AT_GW},
-    socket::in_namespace,
+    socket::{in_namespace, setopt},
 };
 use crate::netns::{host_command, run as run_cmd};
 
@@ -68,17 +67,12 @@ fn tcp_transfer(gw: &Gateway, server_ns: &str, client_ns: &str, addr: Ipv4Addr) 
 fn udp_emsgsize(ns: &str, dst: Ipv4Addr) -> String {
     in_namespace(ns, || {
         let s = UdpSocket::bind("0.0.0.0:0")?;
-        let v: libc::c_int = libc::IP_PMTUDISC_DO;
-        // SAFETY: an int option of the right size on a socket we own.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&v as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        setopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )?;
         s.connect(SocketAddrV4::new(dst, 9))?;
         s.set_nonblocking(true)?;
         let deadline = Instant::now() + Duration::from_secs(3);
