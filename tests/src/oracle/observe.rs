@@ -410,7 +410,7 @@ fn quote(f: &mut Fields, q: &[u8]) -> Option<u16> {
         .into(),
     );
     if hlen > 20 {
-        f.insert("q.options", hex(&q[20..hlen]));
+        f.insert("q.options", options(&q[20..hlen]));
     }
     let l4 = &q[hlen..];
     let mut tag = None;
