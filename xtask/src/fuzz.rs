@@ -1,6 +1,7 @@
 //! `cargo xtask fuzz`: the long fuzz runs. First the coverage-guided (libFuzzer) fuzz of the
 //! userspace parsers, a bounded run of each target in `fuzz/`; then the packet fuzz, the `fuzz`
-//! binary of the `tests` crate.
+//! binary of the `tests` crate (malformed frames, the reference model, and the differential
+//! namespace test against the kernel, `tests::oracle`).
 
 use std::{collections::BTreeSet, fs, path::Path};
 
@@ -26,7 +27,7 @@ pub struct FuzzArgs {
     /// Run only the parser fuzz (no eBPF build)
     #[arg(long, conflicts_with = "packet_args")]
     only_parsers: bool,
-    /// Passed to the packet fuzz: [--frames N] [--cases N] [--seed S]
+    /// Passed to the packet fuzz: [--frames N] [--cases N] [--oracle-cases N] [--seed S]
     #[arg(
         value_name = "PACKET_ARGS",
         trailing_var_arg = true,
