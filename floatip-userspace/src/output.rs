@@ -1,21 +1,65 @@
-//! Printing shared by all commands: aligned tables for people (the default), JSON for
-//! programs (`-f json`: an array for lists, an object for a single record).
+//! Printing shared by all commands: aligned tables for people (the default), and for programs
+//! `-f json` (an array for lists, an object for a single record), `-f yaml`, `-f value` and
+//! `-f csv`, as the `openstack` CLI offers them; `-c COLUMN`, `--long` and `--sort-column`
+//! choose and order what is shown.
+
+mod formats;
 
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::{FloatingIp, Pool, Quota};
+use crate::{
+    control::{FloatingIp, Pool, Quota},
+    error::fail,
+};
 
-/// Output format of commands that print records.
+/// How records are rendered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub enum Style {
     #[default]
     Table,
     Json,
+    Yaml,
+    Value,
+    Csv,
+}
+
+/// The output options every command takes.
+#[derive(Clone, Debug, Default, Args)]
+pub struct Format {
+    /// Output format.
+    #[arg(short = 'f', long = "format", global = true, value_enum, default_value_t = Style::Table)]
+    pub style: Style,
+    /// Show only this column (a JSON key, e.g. floating_ip_address); repeatable.
+    #[arg(short = 'c', long = "column", global = true, value_name = "COLUMN")]
+    pub columns: Vec<String>,
+    /// In tables, every column rather than the usual ones.
+    #[arg(long, global = true)]
+    pub long: bool,
+    /// Sort lists by this column (a JSON key).
+    #[arg(long, global = true, value_name = "COLUMN")]
+    pub sort_column: Option<String>,
+    /// With --sort-column: largest first.
+    #[arg(long, global = true, conflicts_with = "sort_ascending")]
+    pub sort_descending: bool,
+    /// With --sort-column: smallest first (the default).
+    #[arg(long, global = true)]
+    pub sort_ascending: bool,
+}
+
+impl Format {
+    pub fn is_json(&self) -> bool {
+        self.style == Style::Json
+    }
+
+    /// Whether a table keeps its record type's own columns.
+    fn usual_table(&self) -> bool {
+        self.style == Style::Table && self.columns.is_empty() && !self.long
+    }
 }
 
 /// A record that lists print as one table row.
@@ -156,47 +200,159 @@ fn json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     Ok(s)
 }
 
-/// A list: one row per record, or a JSON array.
-pub fn print_list<T: Record>(format: Format, items: &[T]) -> Result<()> {
-    emit(&match format {
-        Format::Table => render_table(
-            T::HEADERS,
-            &items.iter().map(Record::row).collect::<Vec<_>>(),
-        ),
-        Format::Json => json(items)?,
+/// A list: one row per record in the chosen style.
+pub fn print_list<T: Record>(format: &Format, items: &[T]) -> Result<()> {
+    let mut objects: Vec<Value> = items
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<serde_json::Result<_>>()?;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    if let Some(key) = &format.sort_column {
+        let known = objects.first().is_none_or(|o| o.get(key).is_some());
+        if !known {
+            fail!(
+                Invalid,
+                "unknown column {key} (columns: {})",
+                keys(&objects[0]).join(", ")
+            );
+        }
+        order.sort_by(|&a, &b| compare(&objects[a][key], &objects[b][key]));
+        if format.sort_descending {
+            order.reverse();
+        }
+    }
+    if format.usual_table() {
+        let rows: Vec<Vec<String>> = order.iter().map(|&i| items[i].row()).collect();
+        return emit(&render_table(T::HEADERS, &rows));
+    }
+    objects = order.into_iter().map(|i| objects[i].take()).collect();
+    let columns = match objects.first() {
+        Some(first) => chosen(format, first)?,
+        None => format.columns.clone(),
+    };
+    let objects: Vec<Value> = objects.iter().map(|o| select(o, &columns)).collect();
+    let rows = |text: fn(&Value) -> String| -> Vec<Vec<String>> {
+        objects
+            .iter()
+            .map(|o| columns.iter().map(|c| text(&o[c])).collect())
+            .collect()
+    };
+    emit(&match format.style {
+        Style::Table => {
+            let headers: Vec<&str> = columns.iter().map(String::as_str).collect();
+            render_table(&headers, &rows(cell))
+        }
+        Style::Json => json(&objects)?,
+        Style::Yaml => formats::yaml(&Value::Array(objects.clone())),
+        Style::Value => formats::value_rows(&rows(formats::plain)),
+        Style::Csv => formats::csv(&columns, &rows(formats::plain)),
     })
 }
 
 /// One record: a FIELD/VALUE table of its JSON keys (in declaration order:
-/// serde_json's `preserve_order`), or a JSON object.
-pub fn print_one<T: Serialize>(format: Format, item: &T) -> Result<()> {
-    emit(&match format {
-        Format::Table => render_table(&["FIELD", "VALUE"], &field_rows(item)?),
-        Format::Json => json(item)?,
+/// serde_json's `preserve_order`), or the record in the chosen style.
+pub fn print_one<T: Serialize>(format: &Format, item: &T) -> Result<()> {
+    let object = serde_json::to_value(item)?;
+    let columns = chosen(format, &object)?;
+    let object = select(&object, &columns);
+    emit(&match format.style {
+        Style::Table => render_table(&["FIELD", "VALUE"], &field_rows(&object)),
+        Style::Json => json(&object)?,
+        Style::Yaml => formats::yaml(&object),
+        // As `openstack ... show -f value`: each value on a line of its own.
+        Style::Value => columns
+            .iter()
+            .map(|c| formats::plain(&object[c]) + "\n")
+            .collect(),
+        Style::Csv => formats::csv(
+            &columns,
+            &[columns.iter().map(|c| formats::plain(&object[c])).collect()],
+        ),
     })
 }
 
-fn field_rows<T: Serialize>(item: &T) -> Result<Vec<Vec<String>>> {
-    Ok(match serde_json::to_value(item)? {
+fn field_rows(object: &Value) -> Vec<Vec<String>> {
+    match object {
         Value::Object(fields) => fields
             .iter()
             .map(|(k, v)| vec![k.clone(), cell(v)])
             .collect(),
-        other => vec![vec!["value".to_owned(), cell(&other)]],
+        other => vec![vec!["value".to_owned(), cell(other)]],
+    }
+}
+
+fn keys(object: &Value) -> Vec<String> {
+    object
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The columns `-c` asks for (each must exist), or every one.
+fn chosen(format: &Format, object: &Value) -> Result<Vec<String>> {
+    let all = keys(object);
+    for c in &format.columns {
+        if !all.contains(c) {
+            fail!(Invalid, "unknown column {c} (columns: {})", all.join(", "));
+        }
+    }
+    Ok(if format.columns.is_empty() {
+        all
+    } else {
+        format.columns.clone()
     })
 }
 
-/// A table that has no [`Record`] type of its own (status, nat listings): the
-/// given rows, or `value` as JSON.
+/// `object` with only `columns`, in their order.
+fn select(object: &Value, columns: &[String]) -> Value {
+    match object {
+        Value::Object(o) => Value::Object(
+            columns
+                .iter()
+                .filter_map(|c| o.get(c).map(|v| (c.clone(), v.clone())))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Sort order of two JSON values: numbers by value, the rest by their text; absent last.
+fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::Null, Value::Null) => std::cmp::Ordering::Equal,
+        (Value::Null, _) => std::cmp::Ordering::Greater,
+        (_, Value::Null) => std::cmp::Ordering::Less,
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal),
+        // Addresses sort numerically, not as text.
+        (Value::String(x), Value::String(y)) => match (
+            x.parse::<std::net::Ipv4Addr>(),
+            y.parse::<std::net::Ipv4Addr>(),
+        ) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => x.cmp(y),
+        },
+        _ => cell(a).cmp(&cell(b)),
+    }
+}
+
+/// A table that has no [`Record`] type of its own (status, nat listings): the given rows, or
+/// `value` in a machine-readable style.
 pub fn print_table<T: Serialize + ?Sized>(
-    format: Format,
+    format: &Format,
     headers: &[&str],
     rows: &[Vec<String>],
     value: &T,
 ) -> Result<()> {
-    emit(&match format {
-        Format::Table => render_table(headers, rows),
-        Format::Json => json(value)?,
+    let headers_owned: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    emit(&match format.style {
+        Style::Table => render_table(headers, rows),
+        Style::Json => json(value)?,
+        Style::Yaml => formats::yaml(&serde_json::to_value(value)?),
+        Style::Value => formats::value_rows(rows),
+        Style::Csv => formats::csv(&headers_owned, rows),
     })
 }
 
@@ -252,7 +408,7 @@ mod tests {
         assert_eq!(q.row(), ["demo", "1", "unlimited"]);
         assert_eq!(cell(&serde_json::json!(["a", "b"])), "a,b");
         assert_eq!(cell(&serde_json::json!(3)), "3");
-        let rows = field_rows(&f).unwrap();
+        let rows = field_rows(&serde_json::to_value(&f).unwrap());
         let keys: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
         assert_eq!(keys[..3], ["id", "floating_ip_address", "fixed_ip_address"]);
     }

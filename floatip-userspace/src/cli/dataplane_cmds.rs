@@ -117,8 +117,8 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<()> {
 
 pub fn status(cli: &Cli) -> Result<()> {
     let full = Gateway::new(&cli.bpffs).status(&cli.state)?;
-    if cli.format == output::Format::Json {
-        return output::print_one(cli.format, &full);
+    if cli.format.is_json() {
+        return output::print_one(&cli.format, &full);
     }
     let st = &full.dataplane;
     let rows: Vec<Vec<String>> = st
@@ -150,7 +150,7 @@ pub fn status(cli: &Cli) -> Result<()> {
         "tx_errors",
         "xdp_errors",
     ];
-    output::print_table(cli.format, &head, &rows, st)?;
+    output::print_table(&cli.format, &head, &rows, st)?;
     let sync = match (&full.sync, &full.sync_error) {
         (Some(r), _) => sync_line(r),
         (None, Some(e)) => format!("not compared: {e}"),
@@ -170,7 +170,12 @@ pub fn status(cli: &Cli) -> Result<()> {
         .iter()
         .map(|(name, v)| vec![name.to_string(), v.to_string()])
         .collect();
-    output::print_table(cli.format, &["outcome", "packets"], &counters, &st.counters)
+    output::print_table(
+        &cli.format,
+        &["outcome", "packets"],
+        &counters,
+        &st.counters,
+    )
 }
 
 pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
@@ -190,7 +195,7 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
                 .iter()
                 .map(|p| vec![p.floating.to_string(), p.fixed.to_string()])
                 .collect();
-            output::print_table(cli.format, &["floating", "fixed"], &rows, &pairs)
+            output::print_table(&cli.format, &["floating", "fixed"], &rows, &pairs)
         }
         NatCmd::Stats { floating } => {
             let stats = gw.nat_stats(*floating)?;
@@ -215,7 +220,7 @@ pub fn nat(cli: &Cli, cmd: &NatCmd) -> Result<()> {
                 "out_packets",
                 "out_bytes",
             ];
-            output::print_table(cli.format, &head, &rows, &stats)
+            output::print_table(&cli.format, &head, &rows, &stats)
         }
     }
 }
@@ -251,7 +256,7 @@ pub fn check(cli: &Cli) -> Result<()> {
 pub fn repair(cli: &Cli) -> Result<()> {
     let report = Control::open(&cli.state, &cli.bpffs)?.repair()?;
     print_sync(cli, &report)?;
-    if cli.format == output::Format::Table {
+    if cli.format.style == output::Style::Table {
         let n = report.differences.len();
         output::print_text(&match report.state {
             SyncState::Clean => "nothing to repair\n".to_owned(),
@@ -275,14 +280,14 @@ fn print_sync(cli: &Cli, report: &SyncReport) -> Result<()> {
             ]
         })
         .collect();
-    if cli.format == output::Format::Json {
-        return output::print_one(cli.format, report);
+    if cli.format.is_json() {
+        return output::print_one(&cli.format, report);
     }
     if rows.is_empty() {
         return Ok(());
     }
     output::print_table(
-        cli.format,
+        &cli.format,
         &["floating", "database", "maps", "maps_reverse"],
         &rows,
         report,

@@ -38,8 +38,7 @@ pub struct Cli {
         default_value = "/var/lib/floatip/state.db"
     )]
     pub state: PathBuf,
-    /// Output format.
-    #[arg(short = 'f', long = "format", global = true, value_enum, default_value_t = Format::Table)]
+    #[command(flatten)]
     pub format: Format,
     #[command(subcommand)]
     pub command: Command,
@@ -99,7 +98,7 @@ pub fn main() -> ExitCode {
             let kind = error::kind_of(&err);
             // One line: the outermost context and its causes, joined.
             let message = format!("{err:#}");
-            if cli.format == Format::Json {
+            if cli.format.is_json() {
                 let body = serde_json::json!({
                     "error": {"type": kind.as_str(), "message": message}
                 });

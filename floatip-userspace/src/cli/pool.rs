@@ -43,12 +43,12 @@ pub fn run(cli: &super::Cli, cmd: &PoolCmd) -> Result<()> {
         PoolCmd::Create { name, external, .. } => {
             let ranges = ranges.expect("parsed above");
             output::print_one(
-                cli.format,
+                &cli.format,
                 &control.pool_create(name, &ranges, external.as_deref())?,
             )
         }
-        PoolCmd::List => output::print_list(cli.format, &control.pool_list()?),
-        PoolCmd::Show { name } => output::print_one(cli.format, &control.pool_show(name)?),
+        PoolCmd::List => output::print_list(&cli.format, &control.pool_list()?),
+        PoolCmd::Show { name } => output::print_one(&cli.format, &control.pool_show(name)?),
         PoolCmd::Delete { name } => control.pool_delete(name),
     }
 }

@@ -24,10 +24,10 @@ pub fn run(cli: &super::Cli, cmd: &QuotaCmd) -> Result<()> {
         QuotaCmd::Set {
             project,
             floating_ips,
-        } => output::print_one(cli.format, &control.quota_set(project, *floating_ips)?),
+        } => output::print_one(&cli.format, &control.quota_set(project, *floating_ips)?),
         QuotaCmd::Show {
             project: Some(project),
-        } => output::print_one(cli.format, &control.quota_show(project)?),
-        QuotaCmd::Show { project: None } => output::print_list(cli.format, &control.quota_list()?),
+        } => output::print_one(&cli.format, &control.quota_show(project)?),
+        QuotaCmd::Show { project: None } => output::print_list(&cli.format, &control.quota_list()?),
     }
 }
