@@ -23,6 +23,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use floatip_common::MAX_POOL_PREFIXES;
 use serde::Serialize;
 
+pub mod failure;
+pub mod ports;
+pub mod stats;
+pub mod users;
+
 use crate::{
     addr::{BulkEntry, PoolRanges, TrieEntry},
     dataplane::{Dataplane, Pair},

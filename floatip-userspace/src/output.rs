@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     cli::Format,
-    control::{FloatingIp, Pool, Quota},
+    control::{FloatingIp, Pool, Quota, users::User},
 };
 
 /// A record that lists print as one table row.
@@ -91,6 +91,19 @@ impl Record for Quota {
             .limit
             .map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
         vec![self.project.clone(), self.used.to_string(), limit]
+    }
+}
+
+impl Record for User {
+    const HEADERS: &'static [&'static str] = &["NAME", "PROJECT", "ROLE", "CREATED"];
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.project.clone(),
+            self.role.as_str().to_owned(),
+            self.created_at.clone(),
+        ]
     }
 }
 
