@@ -185,3 +185,24 @@ impl Default for Client {
         Self::new()
     }
 }
+
+/// The openstack CLI in the project's virtualenv (`cargo xtask setup` installs it).
+pub fn openstack_bin() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::Path::new(&home).join(".local/share/floatip/venv/bin/openstack")
+}
+
+/// Writes a clouds.yaml with one cloud per user (name, password), all pointing at the
+/// agent with keystoneauth's `http_basic` plugin; the identity endpoint is the agent's
+/// little Keystone part, which `quota set/show PROJECT` needs to find the project.
+pub fn clouds_yaml(dir: &std::path::Path, users: &[(&str, &str)]) -> Result<std::path::PathBuf> {
+    let mut text = String::from("clouds:\n");
+    for (user, password) in users {
+        text.push_str(&format!(
+            "  {user}:\n    auth_type: http_basic\n    auth:\n      endpoint: http://{LISTEN}\n      username: {user}\n      password: {password}\n    identity_endpoint_override: http://{LISTEN}/identity/v3\n"
+        ));
+    }
+    let path = dir.join("clouds.yaml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
