@@ -396,7 +396,7 @@ fn ports_and_floating_ips(c: &Client, lab: &Lab, net: &Nets) {
     let bobs = r.body["port"]["id"].as_str().unwrap().to_owned();
     assert_eq!(
         ids(&c.call("GET", "/v2.0/ports", BOB, None).body, "ports"),
-        [bobs.clone()],
+        [bobs.as_str()],
         "bob sees only his port"
     );
     assert_eq!(
@@ -404,7 +404,7 @@ fn ports_and_floating_ips(c: &Client, lab: &Lab, net: &Nets) {
             &c.call("GET", "/v2.0/ports?name=web2", ALICE, None).body,
             "ports"
         ),
-        [web2.clone()]
+        [web2.as_str()]
     );
     assert_eq!(
         ids(&c.call("GET", "/v2.0/ports", ADMIN, None).body, "ports").len(),
@@ -591,11 +591,11 @@ fn ports_and_floating_ips(c: &Client, lab: &Lab, net: &Nets) {
         ids(&list(ALICE, ""), "floatingips"),
         [f1_id.clone(), f2_id.clone()]
     );
-    assert_eq!(ids(&list(BOB, ""), "floatingips"), [bob_fip.clone()]);
+    assert_eq!(ids(&list(BOB, ""), "floatingips"), [bob_fip.as_str()]);
     assert_eq!(ids(&list(ADMIN, ""), "floatingips").len(), 3);
     assert_eq!(
         ids(&list(ADMIN, "?project_id=other"), "floatingips"),
-        [bob_fip.clone()]
+        [bob_fip.as_str()]
     );
     assert_eq!(
         ids(&list(ALICE, "?project_id=other"), "floatingips"),
@@ -604,33 +604,33 @@ fn ports_and_floating_ips(c: &Client, lab: &Lab, net: &Nets) {
     );
     assert_eq!(
         ids(&list(ALICE, "?status=ACTIVE"), "floatingips"),
-        [f1_id.clone()]
+        [f1_id.as_str()]
     );
     assert_eq!(
         ids(&list(ALICE, "?status=DOWN"), "floatingips"),
-        [f2_id.clone()]
+        [f2_id.as_str()]
     );
     assert_eq!(
         ids(&list(ALICE, &format!("?port_id={web2}")), "floatingips"),
-        [f1_id.clone()]
+        [f1_id.as_str()]
     );
     assert_eq!(
         ids(
             &list(ALICE, &format!("?floating_ip_address={FIP1}")),
             "floatingips"
         ),
-        [f1_id.clone()]
+        [f1_id.as_str()]
     );
     assert_eq!(
         ids(
             &list(ALICE, &format!("?fixed_ip_address={INST2_IP}")),
             "floatingips"
         ),
-        [f1_id.clone()]
+        [f1_id.as_str()]
     );
     assert_eq!(
         ids(&list(ALICE, "?description=moved"), "floatingips"),
-        [f1_id.clone()]
+        [f1_id.as_str()]
     );
     assert_eq!(
         ids(
@@ -846,7 +846,7 @@ fn bad_input(c: &Client, lab: &Lab, net: &Nets) {
         let q = format!("/v2.0/floatingips?description={}", form_encode(text));
         assert_eq!(
             ids(&c.call("GET", &q, ALICE, None).body, "floatingips"),
-            [id.clone()],
+            [id.as_str()],
             "{text}"
         );
         expect(
@@ -980,4 +980,155 @@ fn login_lockout(c: &Client) {
     }
     let r = c.call("GET", "/v2.0/networks", ALICE, None);
     expect(&r, 429, "right password after too many failures");
+}
+
+/// Where and how the agent listens: plain HTTP only on loopback unless allowed, HTTPS with
+/// rustls, configuration errors as one line and a non-zero exit.
+#[test]
+fn agent_listen_tls_and_config() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let mut topo = netns::Topology::new();
+    let ns = topo.namespace("agent").unwrap();
+    let dir = topo.temp_dir("agent").unwrap();
+    let bin = netns::floatip_binary().to_string_lossy().into_owned();
+    let (state, bpffs) = (dir.join("state.db"), dir.join("no-bpffs"));
+    let (state, bpffs) = (
+        state.to_string_lossy().into_owned(),
+        bpffs.to_string_lossy().into_owned(),
+    );
+    let floatip = |args: &[&str]| {
+        let mut argv = vec![bin.as_str(), "--state", &state, "--bpffs", &bpffs, "agent"];
+        argv.extend_from_slice(args);
+        argv.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: &[&str]| {
+        let argv = floatip(args);
+        netns::exec(&ns, &argv.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let refused = |args: &[&str], needle: &str| {
+        let out = run(args);
+        assert!(
+            !out.success() && out.stderr.contains(needle) && out.stderr.lines().count() == 1,
+            "{out}"
+        );
+    };
+    refused(
+        &["--listen", "0.0.0.0:9696"],
+        "refusing to serve plain HTTP on non-loopback address 0.0.0.0:9696",
+    );
+    refused(
+        &[
+            "--listen",
+            "127.0.0.1:9696",
+            "--metrics-listen",
+            "0.0.0.0:9100",
+        ],
+        "refusing to serve plain HTTP",
+    );
+    refused(
+        &["--config", "/nonexistent/agent.toml"],
+        "cannot read /nonexistent/agent.toml",
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:9696\"\ncolour = \"blue\"\n").unwrap();
+    refused(
+        &["--config", &bad.to_string_lossy()],
+        "unknown field `colour`",
+    );
+    refused(
+        &[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+        "cannot load TLS certificate",
+    );
+
+    let spawn = |args: &[&str], wait: &str| {
+        let argv = floatip(args);
+        let mut s =
+            netns::spawn(&ns, &argv.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        s.wait_for(wait, std::time::Duration::from_secs(20))
+            .unwrap();
+        s
+    };
+    // Explicitly allowed: plain HTTP on every address.
+    let insecure = spawn(
+        &["--listen", "0.0.0.0:9698", "--allow-insecure"],
+        "serving the API on http://0.0.0.0:9698",
+    );
+    drop(insecure);
+
+    // HTTPS with a self-signed certificate, checked by curl against it.
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let out = netns::exec(
+        &ns,
+        &[
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=floatip-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+    );
+    assert!(out.success(), "{out}");
+    let _tls = spawn(
+        &[
+            "--listen",
+            "127.0.0.1:9697",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        "serving the API on https://127.0.0.1:9697",
+    );
+    let out = netns::exec(
+        &ns,
+        &["curl", "-sS", "--cacert", &cert, "https://127.0.0.1:9697/"],
+    );
+    assert!(
+        out.success() && out.stdout.contains("\"https://127.0.0.1:9697/v2.0/\""),
+        "{out}"
+    );
+    let out = netns::exec(
+        &ns,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &cert,
+            "https://127.0.0.1:9697/v2.0/networks",
+        ],
+    );
+    assert_eq!(out.stdout, "401", "{out}");
+    let out = netns::exec(
+        &ns,
+        &["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9697/"],
+    );
+    assert!(
+        !out.stdout.contains("versions"),
+        "plain HTTP must not be served on the TLS port: {out}"
+    );
 }

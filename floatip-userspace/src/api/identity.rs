@@ -5,7 +5,7 @@
 use axum::{
     Extension, Json, Router,
     extract::{Path, RawQuery, State},
-    http::HeaderMap,
+    http::{HeaderMap, Uri},
     routing::get,
 };
 use serde_json::{Value, json};
@@ -26,8 +26,8 @@ pub fn routes() -> Router<Shared> {
         .route("/identity/v3/projects/{id}", get(show))
 }
 
-async fn version(State(api): State<Shared>, headers: HeaderMap) -> Json<Value> {
-    let base = base_url(&headers, api.tls);
+async fn version(State(api): State<Shared>, headers: HeaderMap, uri: Uri) -> Json<Value> {
+    let base = base_url(&headers, &uri, api.tls);
     Json(
         json!({"version": {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
         "links": [{"rel": "self", "href": format!("{base}/identity/v3/")}],

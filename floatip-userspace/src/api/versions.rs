@@ -4,7 +4,7 @@
 use axum::{
     Json, Router,
     extract::{Path, State},
-    http::{HeaderMap, header},
+    http::{HeaderMap, Uri, header},
     routing::get,
 };
 use serde_json::{Value, json};
@@ -22,19 +22,25 @@ pub fn routes() -> Router<Shared> {
         .route("/v2.0/extensions/{alias}", get(extension))
 }
 
-/// `scheme://host` the client used, for the links.
-pub fn base_url(headers: &HeaderMap, tls: bool) -> String {
+/// `scheme://host` the client used, for the links: the Host header, or the request's
+/// authority (HTTP/2 has no Host header).
+pub fn base_url(headers: &HeaderMap, uri: &Uri, tls: bool) -> String {
+    let authority = uri.authority().map(|a| a.as_str().to_owned());
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or(authority);
+    let host = host
+        .as_deref()
         .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or("127.0.0.1:9696");
     let scheme = if tls { "https" } else { "http" };
     format!("{scheme}://{host}")
 }
 
-pub async fn root(State(api): State<Shared>, headers: HeaderMap) -> Json<Value> {
-    let base = base_url(&headers, api.tls);
+pub async fn root(State(api): State<Shared>, headers: HeaderMap, uri: Uri) -> Json<Value> {
+    let base = base_url(&headers, &uri, api.tls);
     Json(json!({"versions": [{
         "id": "v2.0",
         "status": "CURRENT",
@@ -42,8 +48,8 @@ pub async fn root(State(api): State<Shared>, headers: HeaderMap) -> Json<Value> 
     }]}))
 }
 
-async fn resources(State(api): State<Shared>, headers: HeaderMap) -> Json<Value> {
-    let base = base_url(&headers, api.tls);
+async fn resources(State(api): State<Shared>, headers: HeaderMap, uri: Uri) -> Json<Value> {
+    let base = base_url(&headers, &uri, api.tls);
     let list: Vec<Value> = [
         ("network", "networks"),
         ("subnet", "subnets"),

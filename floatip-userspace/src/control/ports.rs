@@ -431,16 +431,16 @@ impl Control<Dataplane> {
             self.port_show(pid, project)?;
         }
         let created = self.ip_create(pool, address, project, description)?;
-        if let Some(pid) = port_id {
-            if let Err(e) = self.ip_set_port(created.id, Some(pid), project) {
-                if let Err(undo) = self.ip_delete(created.floating_ip_address, None) {
-                    eprintln!(
-                        "floatip: cannot release {} after a failed association: {undo:#}",
-                        created.floating_ip_address
-                    );
-                }
-                return Err(e);
+        if let Some(pid) = port_id
+            && let Err(e) = self.ip_set_port(created.id, Some(pid), project)
+        {
+            if let Err(undo) = self.ip_delete(created.floating_ip_address, None) {
+                eprintln!(
+                    "floatip: cannot release {} after a failed association: {undo:#}",
+                    created.floating_ip_address
+                );
             }
+            return Err(e);
         }
         self.ip_by_id(created.id, project)
     }
