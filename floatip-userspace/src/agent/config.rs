@@ -185,3 +185,99 @@ impl Config {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: &Path) -> AgentArgs {
+        AgentArgs {
+            config: Some(config.to_owned()),
+            listen: None,
+            metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_insecure: false,
+            external: Vec::new(),
+            internal: Vec::new(),
+            mode: None,
+        }
+    }
+
+    const DEFAULTS: (&str, &str) = ("/var/lib/floatip/state.db", "/sys/fs/bpf/floatip");
+
+    fn load(text: &str, tweak: impl FnOnce(&mut AgentArgs)) -> Result<Config> {
+        let dir = crate::store::TempDir::new("agent-config");
+        let path = dir.0.join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut a = args(&path);
+        tweak(&mut a);
+        Config::load(
+            &a,
+            None,
+            None,
+            (Path::new(DEFAULTS.0), Path::new(DEFAULTS.1)),
+        )
+    }
+
+    #[test]
+    fn the_shipped_example_loads_with_defaults() {
+        let c = load(include_str!("../../../packaging/agent.toml"), |_| {}).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.state, Path::new(DEFAULTS.0));
+        assert!(c.tls.is_none() && c.external.is_empty() && c.metrics_listen.is_none());
+        assert_eq!(
+            (c.max_body_bytes, c.max_failures, c.lockout_seconds),
+            (65536, 5, 60)
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let text = "listen = \"127.0.0.2:9000\"\nstate = \"/srv/state.db\"\n[dataplane]\nexternal = [\"e0\"]\ninternal = [\"i0\"]\nmode = \"tc\"\n";
+        let c = load(text, |_| {}).unwrap();
+        assert_eq!(
+            (c.listen.to_string().as_str(), c.mode),
+            ("127.0.0.2:9000", Mode::Tc)
+        );
+        assert_eq!(c.state, Path::new("/srv/state.db"));
+        let c = load(text, |a| {
+            a.listen = Some("127.0.0.3:1".parse().unwrap());
+            a.internal = vec!["i1".into()];
+            a.mode = Some(Mode::Xdp);
+        })
+        .unwrap();
+        assert_eq!(
+            (c.listen.to_string().as_str(), c.internal.as_slice(), c.mode),
+            ("127.0.0.3:1", &["i1".to_string()][..], Mode::Xdp)
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let e =
+            |text: &str, tweak: fn(&mut AgentArgs)| format!("{:#}", load(text, tweak).unwrap_err());
+        assert!(
+            e("listen = \"192.0.2.1:9696\"\n", |_| {}).contains("refusing to serve plain HTTP")
+        );
+        assert!(
+            load(
+                "listen = \"192.0.2.1:9696\"\nallow_insecure = true\n",
+                |_| {}
+            )
+            .is_ok()
+        );
+        assert!(load("", |a| a.listen = Some("192.0.2.1:9696".parse().unwrap())).is_err());
+        assert!(
+            load("", |a| {
+                a.listen = Some("192.0.2.1:9696".parse().unwrap());
+                a.tls_cert = Some("c".into());
+                a.tls_key = Some("k".into());
+            })
+            .is_ok()
+        );
+        assert!(e("colour = 1\n", |_| {}).contains("unknown field `colour`"));
+        assert!(e("[dataplane]\nexternal = [\"e0\"]\n", |_| {}).contains("needs both"));
+        assert!(e("[dataplane]\nmode = \"fast\"\n", |_| {}).contains("mode 'fast'"));
+    }
+}
