@@ -27,16 +27,14 @@ fn systemd_unit_verifies() {
     for d in ["usr/local/bin", "etc/systemd/system", "usr/lib/systemd"] {
         fs::create_dir_all(dir.join(d)).unwrap();
     }
-    symlink(
-        "/usr/lib/systemd/system",
-        dir.join("usr/lib/systemd/system"),
-    )
-    .unwrap();
-    symlink(
-        netns::floatip_binary().canonicalize().unwrap(),
-        dir.join("usr/local/bin/floatip"),
-    )
-    .unwrap();
+    // Copies, not links: absolute links would be resolved inside the root.
+    let cp = Command::new("cp")
+        .args(["-a", "/usr/lib/systemd/system"])
+        .arg(dir.join("usr/lib/systemd/"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    fs::copy(netns::floatip_binary(), dir.join("usr/local/bin/floatip")).unwrap();
     let path = dir.join("etc/systemd/system/floatip-agent.service");
     fs::write(&path, &unit).unwrap();
     let good = verify(&dir);
