@@ -113,6 +113,7 @@ fn api() {
         ports_and_floating_ips(&c, &lab, &net);
         bad_input(&c, &lab, &net);
         quotas(&c, &lab, &net);
+        prometheus(&c, &lab);
         login_lockout(&c);
     });
 }
@@ -966,6 +967,92 @@ fn quotas(c: &Client, lab: &Lab, net: &Nets) {
             m.text
         );
     }
+}
+
+/// After traffic, `promtool check metrics` accepts the exposition and a real Prometheus
+/// server scraping the agent answers a query for the per-floating-IP counters.
+fn prometheus(c: &Client, lab: &Lab) {
+    let out = netns::exec(
+        &lab.ext,
+        &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", FIP1],
+    );
+    assert!(out.success(), "ping {FIP1}: {out}");
+    let m = c.raw("GET", "/metrics", None, None).unwrap();
+    assert_eq!(
+        m.content_type.as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let file = lab.workdir.join("metrics.txt");
+    std::fs::write(&file, &m.text).unwrap();
+    let check = netns::exec(
+        &lab.gw,
+        &[
+            "sh",
+            "-c",
+            &format!("promtool check metrics < {}", file.display()),
+        ],
+    );
+    assert!(
+        check.success(),
+        "promtool rejects the metrics: {check}\n{}",
+        m.text
+    );
+    let sample = format!("floatip_floating_ip_packets{{floating_ip=\"{FIP1}\",direction=\"in\"}} ");
+    let n: u64 = m
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix(&sample)?.parse().ok())
+        .unwrap_or(0);
+    assert!(n >= 3, "per-IP counter after 3 pings is {n}:\n{}", m.text);
+
+    let dir = lab.workdir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: floatip\n    static_configs:\n      - targets: ['{}']\n", agent::LISTEN),
+    )
+    .unwrap();
+    let mut server = netns::spawn(
+        &lab.gw,
+        &[
+            "prometheus",
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.join("data").display()),
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+    )
+    .unwrap();
+    server
+        .wait_for(
+            "Server is ready to receive web requests",
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    let query = format!(
+        "http://127.0.0.1:9090/api/v1/query?query=floatip_floating_ip_packets%7Bdirection%3D%22in%22%2Cfloating_ip%3D%22{FIP1}%22%7D"
+    );
+    let http = ureq::AgentBuilder::new().build();
+    // Until the first scrape lands (bounded: a minute).
+    let mut last = String::new();
+    for _ in 0..120 {
+        last = http
+            .get(&query)
+            .call()
+            .map(|r| r.into_string().unwrap_or_default())
+            .unwrap_or_else(|e| e.to_string());
+        if let Ok(v) = serde_json::from_str::<Value>(&last)
+            && let Some(value) = v["data"]["result"][0]["value"][1].as_str()
+        {
+            assert!(value.parse::<u64>().unwrap() >= 3, "{last}");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!(
+        "Prometheus never returned the per-IP counter: {last}\n{}",
+        server.stderr_so_far()
+    );
 }
 
 /// Last: it locks the gateway's loopback out. `detached` made two failed logins already;

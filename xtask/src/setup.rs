@@ -35,8 +35,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "bpftool",
     "socat",
-    // The agent's tests: a virtualenv for the openstack CLI (python3-venv), TLS checks.
+    // The agent's tests: a virtualenv for the openstack CLI (python3-venv), TLS checks, and
+    // promtool plus a Prometheus server for the metrics.
     "python3-venv",
+    "prometheus",
     "curl",
     "openssl",
 ];

@@ -23,7 +23,6 @@ use prometheus_client::{
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
-        info::Info,
     },
     registry::Registry,
 };
@@ -88,11 +87,16 @@ impl Metrics {
             "Time in the control layer per API operation, map writes of associations included",
             control_seconds.clone(),
         );
-        registry.register(
-            "build",
-            "Agent build",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // The `_info` gauge convention rather than OpenMetrics' info type, which the Prometheus
+        // text parsers (promtool) do not know.
+        let build = Family::<Vec<(String, String)>, Gauge<i64>>::default();
+        build
+            .get_or_create(&vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )])
+            .set(1);
+        registry.register("build_info", "Agent build", build);
         let up = Gauge::<i64>::default();
         up.set(1);
         registry.register("agent_up", "The agent is serving", up);
@@ -122,7 +126,7 @@ fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
     r.register(name, help, g);
 }
 
-pub async fn scrape(State(api): State<Shared>) -> Response {
+pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -> Response {
     let stats = api.worker.run(|c| c.dataplane_stats()).await;
     let mut live = Registry::with_prefix("floatip");
     match stats {
@@ -259,12 +263,67 @@ pub async fn scrape(State(api): State<Shared>) -> Response {
     if encode(&mut text, &live).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            to_text_format(&text),
+        )
+            .into_response()
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4, for clients that did not ask for
+/// OpenMetrics (promtool, curl): a counter's HELP and TYPE name its `_total` samples, and
+/// the EOF marker goes.
+fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_names_counters_by_their_samples() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{a=\"b\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{a=\"b\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
 }
