@@ -57,35 +57,8 @@ pub struct InternalNetwork {
     pub subnets: Vec<TenantSubnet>,
 }
 
-/// A port as the API presents it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Port {
-    pub id: String,
-    pub network: String,
-    pub fixed_ip: Ipv4Addr,
-    pub name: String,
-    pub device_id: String,
-    pub device_owner: String,
-    pub project: String,
-    pub description: String,
-    pub created_at: String,
-}
-
-impl From<PortRow> for Port {
-    fn from(r: PortRow) -> Self {
-        Self {
-            id: r.id,
-            network: r.network,
-            fixed_ip: r.fixed_ip,
-            name: r.name,
-            device_id: r.device_id,
-            device_owner: r.device_owner,
-            project: r.project,
-            description: r.description,
-            created_at: r.created_at,
-        }
-    }
-}
+/// A port: the stored row is all there is to present.
+pub use crate::store::PortRow as Port;
 
 /// A new port; `fixed_ip: None` takes the lowest free host address of the network's first
 /// subnet.
