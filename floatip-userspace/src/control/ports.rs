@@ -239,31 +239,28 @@ impl Control<Dataplane> {
                     })?
                 }
             };
-            Ok(tx
-                .port_insert(&PortRow {
-                    id: id.clone(),
-                    network: network.name.clone(),
-                    fixed_ip: fixed,
-                    name: req.name.to_owned(),
-                    device_id: req.device_id.to_owned(),
-                    device_owner: req.device_owner.to_owned(),
-                    project: req.project.to_owned(),
-                    description: req.description.to_owned(),
-                    created_at: String::new(),
-                })?
-                .into())
+            tx.port_insert(&PortRow {
+                id: id.clone(),
+                network: network.name.clone(),
+                fixed_ip: fixed,
+                name: req.name.to_owned(),
+                device_id: req.device_id.to_owned(),
+                device_owner: req.device_owner.to_owned(),
+                project: req.project.to_owned(),
+                description: req.description.to_owned(),
+                created_at: String::new(),
+            })
         })
     }
 
     /// Every port `project` may see (every port for `None`).
     pub fn port_list(&mut self, project: Option<&str>) -> Result<Vec<Port>> {
-        self.store
-            .read(|tx| Ok(tx.port_list(project)?.into_iter().map(Port::from).collect()))
+        self.store.read(|tx| tx.port_list(project))
     }
 
     pub fn port_show(&mut self, id: &str, project: Option<&str>) -> Result<Port> {
         self.store
-            .read(|tx| Ok(visible_port(tx.port_get(id)?, id, project)?.into()))
+            .read(|tx| visible_port(tx.port_get(id)?, id, project))
     }
 
     pub fn port_update(
@@ -291,7 +288,7 @@ impl Control<Dataplane> {
                 &row.description,
             )?;
             tx.port_update(&row)?;
-            Ok(tx.port_get(id)?.expect("just updated").into())
+            Ok(tx.port_get(id)?.expect("just updated"))
         })
     }
 
