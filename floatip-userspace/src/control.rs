@@ -17,11 +17,14 @@
 mod gateway;
 mod ips;
 mod pools;
+pub mod ports;
 mod quotas;
 mod records;
+pub mod stats;
 mod sync;
 #[cfg(test)]
 mod tests;
+pub mod users;
 mod validate;
 
 use std::path::{Path, PathBuf};

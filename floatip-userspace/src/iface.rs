@@ -126,6 +126,12 @@ fn word(v: &[u8]) -> Option<[u8; 4]> {
 /// Every IPv4 address configured on this namespace's interfaces, with the
 /// interface's name.
 pub fn addresses() -> Result<Vec<(String, Ipv4Addr)>> {
+    Ok(networks()?.into_iter().map(|(n, a, _)| (n, a)).collect())
+}
+
+/// Every IPv4 address configured on this namespace's interfaces, with the
+/// interface's name and the prefix length of its netmask.
+pub fn networks() -> Result<Vec<(String, Ipv4Addr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(io::Error::last_os_error().into());
@@ -139,7 +145,13 @@ pub fn addresses() -> Result<Vec<(String, Ipv4Addr)>> {
             let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
                 .to_string_lossy()
                 .into_owned();
-            out.push((name, Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            let len = if ifa.ifa_netmask.is_null() {
+                32
+            } else {
+                let mask = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+                u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+            };
+            out.push((name, Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), len));
         }
         cur = ifa.ifa_next;
     }

@@ -1,6 +1,8 @@
 //! floatip user space: the loader, the control plane and the CLI behind the `floatip` binary.
 
 pub mod addr;
+pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod control;
 pub mod dataplane;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    control::{FloatingIp, Pool, Quota},
+    control::{FloatingIp, Pool, Quota, users::User},
     error::fail,
 };
 
@@ -138,6 +138,19 @@ impl Record for Quota {
             .limit
             .map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
         vec![self.project.clone(), self.used.to_string(), limit]
+    }
+}
+
+impl Record for User {
+    const HEADERS: &'static [&'static str] = &["NAME", "PROJECT", "ROLE", "CREATED"];
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.project.clone(),
+            self.role.as_str().to_owned(),
+            self.created_at.clone(),
+        ]
     }
 }
 

@@ -17,6 +17,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
+mod api;
+mod ports;
+mod users;
+
+pub use ports::PortRow;
+pub use users::UserRow;
+
 /// Schema migrations; `PRAGMA user_version` is the number already applied. Append only.
 const MIGRATIONS: &[&str] = &[
     // 1: initial schema. Addresses are INTEGERs (host-order u32) so they sort numerically.
@@ -52,10 +59,31 @@ const MIGRATIONS: &[&str] = &[
     // with another database (a typo in --state) is refused instead of "repairing" the maps.
     "ALTER TABLE meta ADD COLUMN identity INTEGER NOT NULL DEFAULT 0;
     UPDATE meta SET identity = (random() & 9223372036854775807) | 1 WHERE id = 0;",
+    // 3: the agent's ports (an instance's fixed IP on an internal network, see store/ports.rs)
+    // and API users (store/users.rs).
+    "CREATE TABLE ports (
+        id TEXT PRIMARY KEY NOT NULL,
+        network TEXT NOT NULL,
+        fixed_ip INTEGER NOT NULL UNIQUE,
+        name TEXT NOT NULL DEFAULT '',
+        device_id TEXT NOT NULL DEFAULT '',
+        device_owner TEXT NOT NULL DEFAULT '',
+        project TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    CREATE INDEX ports_project ON ports(project);
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY NOT NULL,
+        project TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+        password_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );",
 ];
 
 /// The tables of the current schema; a database holding other tables is not floatip's.
-const TABLES: &[&str] = &["floating_ips", "meta", "pools", "quotas"];
+const TABLES: &[&str] = &["floating_ips", "meta", "pools", "ports", "quotas", "users"];
 
 /// A pool as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

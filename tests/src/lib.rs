@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod differential;
 pub mod fixture;
 pub mod malformed;

@@ -35,7 +35,21 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "bpftool",
     "socat",
+    // The agent's tests: a virtualenv for the openstack CLI (python3-venv), TLS checks, and
+    // promtool plus a Prometheus server for the metrics.
+    "python3-venv",
+    "prometheus",
+    "curl",
+    "openssl",
 ];
+
+/// The openstack CLI the agent's tests drive, pinned so that what was tried is what runs.
+const PYTHON_PACKAGES: &[&str] = &[
+    "python-openstackclient==10.5.0",
+    "openstacksdk==4.22.0",
+    "keystoneauth1==5.18.1",
+];
+const OPENSTACK_CLIENT_VERSION: &str = "10.5.0";
 
 /// bpf-linker links against the nightly toolchain's own libLLVM; the cargo
 /// feature and the library glob must name the same LLVM major version.
@@ -48,7 +62,44 @@ pub fn setup() -> Result<()> {
     nightly_toolchain()?;
     debian_packages()?;
     let llvm_prefix = llvm_prefix()?;
-    bpf_linker(&llvm_prefix)
+    bpf_linker(&llvm_prefix)?;
+    openstack_client()
+}
+
+/// The project's virtualenv (`~/.local/share/floatip/venv`) with the openstack CLI; the
+/// tests find it there (`tests::agent::openstack_bin`).
+pub fn venv_dir() -> Result<PathBuf> {
+    Ok(util::home()?.join(".local/share/floatip/venv"))
+}
+
+fn openstack_client() -> Result<()> {
+    let venv = venv_dir()?;
+    let found = util::probe(util::cmd(venv.join("bin/openstack")).arg("--version"));
+    if found
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().nth(1) == Some(OPENSTACK_CLIENT_VERSION))
+    {
+        println!(
+            "ok: openstack CLI {OPENSTACK_CLIENT_VERSION} in {}",
+            venv.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "installing: openstack CLI {OPENSTACK_CLIENT_VERSION} into {} (pip, about a minute)",
+        venv.display()
+    );
+    // Debian's python3 (python3-venv), not whatever `python3` is first on PATH.
+    util::run(
+        util::cmd("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    util::run(
+        util::cmd(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )
 }
 
 /// What `cargo xtask fuzz` needs for the parser fuzz. Not part of [`setup`]: only the fuzz

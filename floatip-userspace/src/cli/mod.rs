@@ -2,12 +2,14 @@
 //! (`control::Control` for pools, addresses and quotas; `control::Gateway` for attach, detach,
 //! status, the event log and the nat plumbing).
 
+mod agent;
 mod bench;
 mod dataplane_cmds;
 mod ip;
 mod pool;
 mod quota;
 mod signals;
+mod user;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -71,6 +73,11 @@ pub enum Command {
     /// Per-project quotas (admin).
     #[command(subcommand)]
     Quota(quota::QuotaCmd),
+    /// API users of the agent (admin).
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// Serve the Neutron-compatible API (see /etc/floatip/agent.toml).
+    Agent(crate::agent::AgentArgs),
     /// Benchmark tools: `bench gen`, the traffic generator.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -90,6 +97,8 @@ pub fn main() -> ExitCode {
         Command::Pool(cmd) => pool::run(&cli, cmd),
         Command::Ip(cmd) => ip::run(&cli, cmd),
         Command::Quota(cmd) => quota::run(&cli, cmd),
+        Command::User(cmd) => user::run(&cli, cmd),
+        Command::Agent(args) => agent::run(&cli, args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -42,7 +42,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use tests::netns::{self, EXT_IP, INST1_IP, INST2_IP, Lab, Mode, Output, Spawned};
+use tests::{
+    agent,
+    netns::{self, EXT_IP, INST1_IP, INST2_IP, Lab, Mode, Output, Spawned},
+};
 
 // ---------------------------------------------------------------- signals
 
@@ -461,9 +464,109 @@ fn steps(d: &Demo) -> Result<()> {
     );
     d.floatip(&["ip", "list"])?;
 
+    openstack_part(d, &fip1)?;
+
     say("Tear down: unload the data plane, then delete the namespaces.");
     d.floatip(&["detach"])?;
     say("Done.");
+    Ok(())
+}
+
+/// 9. The same life cycle through `floatip agent` and the unmodified `openstack` CLI.
+fn openstack_part(d: &Demo, fip1: &str) -> Result<()> {
+    let bin = agent::openstack_bin();
+    if !bin.is_file() {
+        say(&format!(
+            "9. (skipped: no openstack CLI at {}; `cargo xtask setup` installs it)",
+            bin.display()
+        ));
+        return Ok(());
+    }
+    say(
+        "9. The gateway agent serves the same state through a Neutron-compatible API.\n\
+         A member of project demo gets a user (password on stdin); the agent listens on\n\
+         the gateway's loopback, and the openstack CLI talks to it with http_basic auth.",
+    );
+    println!("$ echo ******** | floatip user create alice --project demo --role member");
+    agent::user_create(&d.lab, "alice", "demo", "member", "alice-pw")?;
+    println!("$ floatip agent &");
+    let _agent = agent::start(&d.lab, &[])?;
+    let clouds = agent::clouds_yaml(&d.lab.workdir, &[("alice", "alice-pw")])?;
+    let env = format!("OS_CLIENT_CONFIG_FILE={}", clouds.display());
+    let bin = bin.to_string_lossy().into_owned();
+    let os = |args: &[&str]| -> Result<Output> {
+        println!("$ openstack --os-cloud alice {}", shell_words(args));
+        let mut argv = vec!["env", env.as_str(), bin.as_str(), "--os-cloud", "alice"];
+        argv.extend_from_slice(args);
+        let out = netns::run(netns::ns_command(&d.lab.gw, &argv), netns::EXEC_TIMEOUT);
+        show_output(&out);
+        check_interrupt()?;
+        ensure!(out.success(), "`openstack {}` failed", args.join(" "));
+        Ok(out)
+    };
+    os(&["network", "list", "--external"])?;
+    say(&format!("The CLI's {fip1} is there too: one database."));
+    os(&["floating", "ip", "list"])?;
+    os(&[
+        "port",
+        "create",
+        "--network",
+        "gw-int",
+        "--fixed-ip",
+        &format!("ip-address={INST2_IP}"),
+        "web2",
+        "-c",
+        "id",
+        "-c",
+        "fixed_ips",
+    ])?;
+    let out = os(&[
+        "floating",
+        "ip",
+        "create",
+        "public",
+        "-f",
+        "value",
+        "-c",
+        "floating_ip_address",
+    ])?;
+    let fip = out.stdout.trim().to_owned();
+    ensure!(
+        fip.parse::<Ipv4Addr>().is_ok(),
+        "no address from floating ip create: {out}"
+    );
+    os(&["floating", "ip", "set", "--port", "web2", &fip])?;
+    os(&[
+        "floating",
+        "ip",
+        "show",
+        &fip,
+        "-c",
+        "floating_ip_address",
+        "-c",
+        "fixed_ip_address",
+        "-c",
+        "status",
+    ])?;
+    let url = format!("http://{fip}/");
+    let out = d.host_ok("client", &d.lab.ext, &["demo", "http-get", &url])?;
+    ensure!(
+        out.stdout.contains("hello from web2"),
+        "unexpected answer from {url}: {}",
+        out.stdout
+    );
+    os(&["floating", "ip", "unset", "--port", &fip])?;
+    let out = d.host(
+        "client",
+        &d.lab.ext,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", &fip],
+    )?;
+    ensure!(
+        !out.success(),
+        "ping to {fip} after unset should get no reply"
+    );
+    os(&["floating", "ip", "delete", &fip])?;
+    say("The agent can be stopped and started at any time: forwarding does not depend on it.");
     Ok(())
 }
 

@@ -1,0 +1,283 @@
+//! The agent's configuration: `/etc/floatip/agent.toml` (or `--config`), overridden by flags.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Deserialize;
+
+use crate::dataplane::Mode;
+
+pub const DEFAULT_CONFIG: &str = "/etc/floatip/agent.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9696";
+
+/// `floatip agent` flags; each overrides the file's setting.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Configuration file; a missing file is an error only when given explicitly.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the API [default: 127.0.0.1:9696].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Serve /metrics on this address instead of the API's.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve HTTPS (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (passwords then cross the network in clear).
+    #[arg(long)]
+    pub allow_insecure: bool,
+    /// Attach the data plane at start to these external NICs (with --internal).
+    #[arg(long, value_name = "IFACE")]
+    pub external: Vec<String>,
+    /// Internal NICs to attach at start.
+    #[arg(long, value_name = "IFACE")]
+    pub internal: Vec<String>,
+    /// Mode of the attach at start: xdp, xdp-generic or tc [default: xdp].
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    [Mode::Xdp, Mode::XdpGeneric, Mode::Tc]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| format!("mode '{s}' is none of xdp, xdp-generic, tc"))
+}
+
+/// The file's layout; every key is optional and unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    state: Option<PathBuf>,
+    bpffs: Option<PathBuf>,
+    allow_insecure: Option<bool>,
+    max_body_bytes: Option<usize>,
+    tls: Option<TlsFile>,
+    dataplane: Option<DataplaneFile>,
+    auth: Option<AuthFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataplaneFile {
+    #[serde(default)]
+    external: Vec<String>,
+    #[serde(default)]
+    internal: Vec<String>,
+    mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    max_failures: Option<u32>,
+    lockout_seconds: Option<u64>,
+}
+
+/// What the agent runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub state: PathBuf,
+    pub bpffs: PathBuf,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Interfaces to attach at start; empty: use whatever is attached.
+    pub external: Vec<String>,
+    pub internal: Vec<String>,
+    pub mode: Mode,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Failed logins from one client address before it is refused for `lockout_seconds`.
+    pub max_failures: u32,
+    pub lockout_seconds: u64,
+}
+
+impl Config {
+    /// Reads the file and applies the flags; `state` and `bpffs` are the global flags when the
+    /// user gave them (`None`: the file's, else their defaults `default_state`/`default_bpffs`).
+    pub fn load(
+        args: &AgentArgs,
+        state: Option<&Path>,
+        bpffs: Option<&Path>,
+        defaults: (&Path, &Path),
+    ) -> Result<Self> {
+        let path = args.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+        let file: File = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.config.is_none() => {
+                File::default()
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let dp = file.dataplane.unwrap_or_default();
+        let mode = match (args.mode, dp.mode.as_deref()) {
+            (Some(m), _) => m,
+            (None, Some(s)) => {
+                parse_mode(s).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            (None, None) => Mode::Xdp,
+        };
+        let pick = |flag: &Vec<String>, file: Vec<String>| {
+            if flag.is_empty() { file } else { flag.clone() }
+        };
+        let auth = file.auth.unwrap_or_default();
+        let config = Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            state: state
+                .map(Path::to_owned)
+                .or(file.state)
+                .unwrap_or_else(|| defaults.0.to_owned()),
+            bpffs: bpffs
+                .map(Path::to_owned)
+                .or(file.bpffs)
+                .unwrap_or_else(|| defaults.1.to_owned()),
+            tls: match (&args.tls_cert, &args.tls_key, file.tls) {
+                (Some(c), Some(k), _) => Some((c.clone(), k.clone())),
+                (_, _, Some(t)) => Some((t.cert, t.key)),
+                _ => None,
+            },
+            external: pick(&args.external, dp.external),
+            internal: pick(&args.internal, dp.internal),
+            mode,
+            max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
+            max_failures: auth.max_failures.unwrap_or(5),
+            lockout_seconds: auth.lockout_seconds.unwrap_or(60),
+        };
+        let insecure_ok = args.allow_insecure || file.allow_insecure.unwrap_or(false);
+        for addr in [Some(config.listen), config.metrics_listen]
+            .into_iter()
+            .flatten()
+        {
+            if !addr.ip().is_loopback() && config.tls.is_none() && !insecure_ok {
+                bail!(
+                    "refusing to serve plain HTTP on non-loopback address {addr}: give --tls-cert and --tls-key, \
+                     or --allow-insecure"
+                );
+            }
+        }
+        if config.external.is_empty() != config.internal.is_empty() {
+            bail!("attaching at start needs both external and internal interfaces");
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: &Path) -> AgentArgs {
+        AgentArgs {
+            config: Some(config.to_owned()),
+            listen: None,
+            metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_insecure: false,
+            external: Vec::new(),
+            internal: Vec::new(),
+            mode: None,
+        }
+    }
+
+    const DEFAULTS: (&str, &str) = ("/var/lib/floatip/state.db", "/sys/fs/bpf/floatip");
+
+    fn load(text: &str, tweak: impl FnOnce(&mut AgentArgs)) -> Result<Config> {
+        let dir = crate::store::TempDir::new("agent-config");
+        let path = dir.0.join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut a = args(&path);
+        tweak(&mut a);
+        Config::load(
+            &a,
+            None,
+            None,
+            (Path::new(DEFAULTS.0), Path::new(DEFAULTS.1)),
+        )
+    }
+
+    #[test]
+    fn the_shipped_example_loads_with_defaults() {
+        let c = load(include_str!("../../../packaging/agent.toml"), |_| {}).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.state, Path::new(DEFAULTS.0));
+        assert!(c.tls.is_none() && c.external.is_empty() && c.metrics_listen.is_none());
+        assert_eq!(
+            (c.max_body_bytes, c.max_failures, c.lockout_seconds),
+            (65536, 5, 60)
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let text = "listen = \"127.0.0.2:9000\"\nstate = \"/srv/state.db\"\n[dataplane]\nexternal = [\"e0\"]\ninternal = [\"i0\"]\nmode = \"tc\"\n";
+        let c = load(text, |_| {}).unwrap();
+        assert_eq!(
+            (c.listen.to_string().as_str(), c.mode),
+            ("127.0.0.2:9000", Mode::Tc)
+        );
+        assert_eq!(c.state, Path::new("/srv/state.db"));
+        let c = load(text, |a| {
+            a.listen = Some("127.0.0.3:1".parse().unwrap());
+            a.internal = vec!["i1".into()];
+            a.mode = Some(Mode::Xdp);
+        })
+        .unwrap();
+        assert_eq!(
+            (c.listen.to_string().as_str(), c.internal.as_slice(), c.mode),
+            ("127.0.0.3:1", &["i1".to_string()][..], Mode::Xdp)
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let e =
+            |text: &str, tweak: fn(&mut AgentArgs)| format!("{:#}", load(text, tweak).unwrap_err());
+        assert!(
+            e("listen = \"192.0.2.1:9696\"\n", |_| {}).contains("refusing to serve plain HTTP")
+        );
+        assert!(
+            load(
+                "listen = \"192.0.2.1:9696\"\nallow_insecure = true\n",
+                |_| {}
+            )
+            .is_ok()
+        );
+        assert!(load("", |a| a.listen = Some("192.0.2.1:9696".parse().unwrap())).is_err());
+        assert!(
+            load("", |a| {
+                a.listen = Some("192.0.2.1:9696".parse().unwrap());
+                a.tls_cert = Some("c".into());
+                a.tls_key = Some("k".into());
+            })
+            .is_ok()
+        );
+        assert!(e("colour = 1\n", |_| {}).contains("unknown field `colour`"));
+        assert!(e("[dataplane]\nexternal = [\"e0\"]\n", |_| {}).contains("needs both"));
+        assert!(e("[dataplane]\nmode = \"fast\"\n", |_| {}).contains("mode 'fast'"));
+    }
+}
