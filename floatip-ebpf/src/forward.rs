@@ -1,7 +1,7 @@
 //! Forwarding: after the rewrite, ask the kernel's FIB where the translated
 //! packet goes. When the answer is complete (route and neighbour), the entry
 //! point checks that the egress is a NIC floatip manages and then has
-//! [`rewrite`] set both MACs and decrement the TTL before redirecting.
+//! [`to_next_hop`] set both MACs and decrement the TTL before redirecting.
 //! Otherwise the translated packet goes to the kernel, which forwards it
 //! (this needs net.ipv4.ip_forward=1 and rp_filter loose or off on the
 //! gateway).
@@ -65,10 +65,10 @@ fn fib_failure(rc: i64) -> &'static str {
     }
 }
 
-/// Readies the frame for `route`: both MACs, and the TTL decremented with
-/// the IPv4 checksum fixed as a router does.
+/// Readies the frame for `route`'s next hop: both MACs, and the TTL
+/// decremented with the IPv4 checksum fixed as a router does.
 #[inline(always)]
-pub fn rewrite<F: Frame>(f: &F, l3: usize, route: &Route) -> Result<(), ()> {
+pub fn to_next_hop<F: Frame>(f: &F, l3: usize, route: &Route) -> Result<(), ()> {
     let h = Window::<20>::at(f, l3)?;
     // TTL is the high byte of the 16-bit word at 8 (TTL, protocol); the
     // translation passed TTL <= 1 to the kernel, so this cannot wrap.

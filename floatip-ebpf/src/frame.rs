@@ -1,13 +1,11 @@
-//! The one place that touches packet memory: bounds-checked access, and the
-//! L4 checksum update that differs between XDP (plain bytes) and TC (skbs
-//! whose checksum may still be partial).
+//! The one place of the data plane that touches packet memory:
+//! bounds-checked access, and what differs between XDP (plain bytes) and TC
+//! (skbs whose checksum may still be partial, whose outer VLAN tag is in
+//! their metadata).
 
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::{TcContext, XdpContext},
-};
+use aya_ebpf::programs::{TcContext, XdpContext};
 
-use crate::checksum;
+use crate::checksum::Zero;
 
 /// Largest offset any stage reads at; keeps every offset provably bounded
 /// for the verifier.
@@ -26,9 +24,13 @@ pub trait Frame {
     /// The program context, for helpers that take it (`bpf_fib_lookup`).
     fn ctx_ptr(&self) -> *mut core::ffi::c_void;
 
-    /// Updates a TCP/UDP checksum at `off` for an address in the
-    /// pseudo-header changing from `old` to `new`.
-    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()>;
+    /// Updates the transport checksum at `off` (treating zero as `zero`
+    /// says) for an address in the pseudo-header changing from `old` to `new`.
+    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, zero: Zero) -> Result<(), ()>;
+
+    /// Whether the frame's outer VLAN tag is not in the frame but in the
+    /// packet's metadata, where the kernel puts it before TC ingress.
+    fn outer_tag_in_metadata(&self) -> bool;
 }
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the frame: the one
@@ -147,19 +149,20 @@ impl Frame for Xdp<'_> {
     }
 
     #[inline(always)]
-    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()> {
+    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, zero: Zero) -> Result<(), ()> {
         let w = Window::<2>::at(self, off)?;
-        let check = w.u16(0);
-        if udp && check == 0 {
-            // UDP without checksum stays without.
-            return Ok(());
+        if let Some(next) = zero.replace4(w.u16(0), old, new) {
+            w.set_u16(0, next);
         }
-        let mut next = checksum::replace4(check, old, new);
-        if udp && next == 0 {
-            next = 0xffff;
-        }
-        w.set_u16(0, next);
         Ok(())
+    }
+
+    /// XDP sees the frame as it arrived, tags included (a NIC that strips
+    /// tags into descriptors hides them from XDP; floatip does not read
+    /// those descriptors).
+    #[inline(always)]
+    fn outer_tag_in_metadata(&self) -> bool {
+        false
     }
 }
 
@@ -190,15 +193,18 @@ impl Frame for Tc<'_> {
     }
 
     #[inline(always)]
-    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()> {
-        let mut flags = (BPF_F_PSEUDO_HDR as u64) | 4;
-        if udp {
-            flags |= BPF_F_MARK_MANGLED_0 as u64;
-        }
+    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, zero: Zero) -> Result<(), ()> {
         // The frame starts at the Ethernet header, as skb offsets do at TC ingress.
         self.0
-            .l4_csum_replace(off, old as u64, new as u64, flags)
+            .l4_csum_replace(off, old as u64, new as u64, zero.l4_csum_replace_flags())
             .map_err(|_| ())
+    }
+
+    /// The kernel moves the outer tag of a received frame into the skb
+    /// (`skb_vlan_untag`) before the TC ingress hook runs.
+    #[inline(always)]
+    fn outer_tag_in_metadata(&self) -> bool {
+        unsafe { (*self.0.skb.skb).vlan_present != 0 }
     }
 }
 

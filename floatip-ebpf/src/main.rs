@@ -17,7 +17,8 @@ use floatip_ebpf::{
     log,
     maps::{self, REDIRECT},
     stats::count,
-    translate::{self, Verdict},
+    translate,
+    verdict::Verdict,
 };
 
 #[xdp]
@@ -30,7 +31,7 @@ pub fn floatip_xdp_ext(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn floatip_xdp_int(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let verdict = translate::internal(&mut Xdp(&ctx));
+    let verdict = translate::internal(&mut Xdp(&ctx), ifindex);
     xdp_action(&ctx, ifindex, verdict)
 }
 
@@ -46,7 +47,7 @@ pub fn floatip_tc_ext(ctx: TcContext) -> i32 {
 pub fn floatip_tc_int(ctx: TcContext) -> i32 {
     let ifindex = tc_ifindex(&ctx);
     pull(&ctx);
-    let verdict = translate::internal(&mut Tc(&ctx));
+    let verdict = translate::internal(&mut Tc(&ctx), ifindex);
     tc_action(&ctx, ifindex, verdict)
 }
 
@@ -91,7 +92,7 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
                 {
                     return Err("egress is not a managed NIC");
                 }
-                forward::rewrite(&Xdp(ctx), l3, &r).map_err(|()| "header out of reach")
+                forward::to_next_hop(&Xdp(ctx), l3, &r).map_err(|()| "header out of reach")
             });
             match redirected {
                 Ok(()) => {
@@ -141,7 +142,7 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
                 if maps::managed_mac(r.ifindex).is_none() {
                     return Err("egress is not a managed NIC");
                 }
-                forward::rewrite(&Tc(ctx), l3, &r).map_err(|()| "header out of reach")?;
+                forward::to_next_hop(&Tc(ctx), l3, &r).map_err(|()| "header out of reach")?;
                 Ok(r)
             });
             match route {

@@ -6,7 +6,13 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use floatip::dataplane::{TestProgram, TestPrograms};
+use aya::{
+    EbpfLoader, TestRunOptions,
+    maps::ProgramArray,
+    programs::{SchedClassifier, TestRun},
+};
+use floatip::dataplane::{BENCH_OBJECT, EBPF_OBJECT, TestProgram, TestPrograms};
+use floatip_common::{maps as names, programs, stats_slots};
 
 use crate::pkt::MAC_A;
 
@@ -37,7 +43,11 @@ pub const ALL: [TestProgram; 4] = [
     TestProgram::TcInternal,
 ];
 
-pub struct Fixture(Option<TestPrograms>);
+/// Size of the fixture's association maps.
+const MAX_ASSOCIATIONS: u32 = 1024;
+
+/// The loaded programs, their bpffs directory and association map size.
+pub struct Fixture(Option<TestPrograms>, String, u32);
 
 impl Fixture {
     /// Two associations (FIP1→FIXED1, FIP2→FIXED2) and the pool
@@ -53,8 +63,9 @@ impl Fixture {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let progs = TestPrograms::load(dir.as_ref(), 1024, LO, MAC_A).expect("load programs");
-        let fx = Fixture(Some(progs));
+        let progs =
+            TestPrograms::load(dir.as_ref(), MAX_ASSOCIATIONS, LO, MAC_A).expect("load programs");
+        let fx = Fixture(Some(progs), dir, MAX_ASSOCIATIONS);
         let mut dp = fx.progs().dataplane().unwrap();
         for (f, x) in pairs {
             dp.nat_add(*f, *x).unwrap();
@@ -77,6 +88,54 @@ impl Fixture {
     pub fn try_run(&mut self, p: TestProgram, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let out = self.0.as_mut().unwrap().run(p, frame, LO, 1)?;
         Ok((out.action, out.data))
+    }
+}
+
+/// The bench object's program array `test_tc_vlan` tail-calls through.
+const TEST_TC_JUMP: &str = "TEST_TC_JUMP";
+
+impl Fixture {
+    /// Runs the external (or internal) TC program on `frame` as TC ingress
+    /// sees a frame that arrived with an outer 802.1Q tag (VID 100): the
+    /// kernel moves that tag into the skb's metadata before the hook, so it
+    /// is not in the frame. `BPF_PROG_TEST_RUN` cannot set that metadata, so
+    /// the bench object's `test_tc_vlan` pushes the tag (`bpf_skb_vlan_push`)
+    /// and tail-calls a second instance of the program, which shares this
+    /// fixture's pinned maps. Returns (action, output frame; the metadata
+    /// tag is not part of it).
+    pub fn run_tc_tagged(&mut self, external: bool, frame: &[u8]) -> (u32, Vec<u8>) {
+        let slots = stats_slots(self.2);
+        let mut dp = EbpfLoader::new()
+            .default_map_pin_directory(format!("{}/maps", self.1))
+            .map_max_entries(names::FIP_TO_FIXED, self.2)
+            .map_max_entries(names::FIXED_TO_FIP, self.2)
+            .map_max_entries(names::ASSOC_STATS, slots)
+            .map_max_entries(names::SLOT_OWNERS, slots)
+            .load(EBPF_OBJECT)
+            .expect("load the data-plane object");
+        let name = if external {
+            programs::TC_EXTERNAL
+        } else {
+            programs::TC_INTERNAL
+        };
+        let under_test: &mut SchedClassifier = dp.program_mut(name).unwrap().try_into().unwrap();
+        under_test.load().unwrap();
+        let mut bench = aya::Ebpf::load(BENCH_OBJECT).expect("load the bench object");
+        let mut jump = ProgramArray::try_from(bench.take_map(TEST_TC_JUMP).unwrap()).unwrap();
+        jump.set(0, under_test.fd().unwrap(), 0).unwrap();
+        let wrapper: &mut SchedClassifier = bench
+            .program_mut(programs::TEST_TC_VLAN)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        wrapper.load().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = wrapper.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 }
 
