@@ -1,13 +1,14 @@
-//! Forwarding: after the rewrite, ask the kernel's FIB where the translated
-//! packet goes. When the answer is complete (route and neighbour), the entry
-//! point checks that the egress is a NIC floatip manages and then has
+//! Forwarding: before the rewrite, ask the kernel's FIB where the packet
+//! goes once translated (so a packet for the gateway itself is known before
+//! it is touched). When the answer is complete (route and neighbour), the
+//! entry point checks that the egress is a NIC floatip manages and then has
 //! [`to_next_hop`] set both MACs and decrement the TTL before redirecting.
 //! Otherwise the translated packet goes to the kernel, which forwards it
 //! (this needs net.ipv4.ip_forward=1 and rp_filter loose or off on the
 //! gateway).
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::generated::bpf_fib_lookup,
 };
 
@@ -26,11 +27,42 @@ pub struct Route {
     dmac: u64,
 }
 
-/// Looks the translated packet (IPv4 header at `l3`, arrived on `ifindex`)
-/// up in the FIB; the error says why the kernel should forward it instead.
+/// Why the FIB gave no complete answer (a `BPF_FIB_LKUP_RET_*` code).
+pub struct Miss(i64);
+
+impl Miss {
+    /// Not looked up: the frame is VLAN-tagged.
+    pub const TAGGED: Miss = Miss(-2);
+
+    /// The destination is not forwarded: it is local to the gateway (or
+    /// broadcast, or has no route at all).
+    #[inline(always)]
+    pub fn not_forwarded(&self) -> bool {
+        self.0 == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+    }
+
+    /// Why the kernel should forward the packet instead.
+    #[inline(always)]
+    pub fn why(&self) -> &'static str {
+        match self.0 {
+            1..=3 => "blackhole, unreachable or prohibited route",
+            4 => "not forwarded (local destination or no route)",
+            5 => "forwarding disabled on the ingress device",
+            7 => "no neighbour entry yet",
+            8 => "larger than the egress MTU",
+            9 => "no source address for the egress",
+            -1 => "header out of reach",
+            -2 => "VLAN-tagged",
+            _ => "FIB lookup failed",
+        }
+    }
+}
+
+/// Looks the packet whose IPv4 header is at `l3` (arrived on `ifindex`) up
+/// in the FIB as it will be once translated: from `src` to `dst`.
 #[inline(always)]
-pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize) -> Result<Route, &'static str> {
-    let h = Window::<20>::at(f, l3).map_err(|()| "header out of reach")?;
+pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize, src: u32, dst: u32) -> Result<Route, Miss> {
+    let h = Window::<20>::at(f, l3).map_err(|()| Miss(-1))?;
     let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
     let p = zero(&mut params);
     p.family = AF_INET;
@@ -38,31 +70,17 @@ pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize) -> Result<Route, &'static
     p.__bindgen_anon_1.tot_len = u16::from_be(h.u16(2));
     p.ifindex = ifindex;
     p.__bindgen_anon_2.tos = h.u8(1);
-    p.__bindgen_anon_3.ipv4_src = h.u32(12);
-    p.__bindgen_anon_4.ipv4_dst = h.u32(16);
+    p.__bindgen_anon_3.ipv4_src = src;
+    p.__bindgen_anon_4.ipv4_dst = dst;
     let rc = unsafe { bpf_fib_lookup(f.ctx_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(fib_failure(rc));
+        return Err(Miss(rc));
     }
     Ok(Route {
         ifindex: p.ifindex,
         smac: mac_bits(&p.smac),
         dmac: mac_bits(&p.dmac),
     })
-}
-
-/// Why a FIB lookup did not give a complete answer (`BPF_FIB_LKUP_RET_*`).
-#[inline(always)]
-fn fib_failure(rc: i64) -> &'static str {
-    match rc {
-        1..=3 => "blackhole, unreachable or prohibited route",
-        4 => "not forwarded (local destination or no route)",
-        5 => "forwarding disabled on the ingress device",
-        7 => "no neighbour entry yet",
-        8 => "larger than the egress MTU",
-        9 => "no source address for the egress",
-        _ => "FIB lookup failed",
-    }
 }
 
 /// Readies the frame for `route`'s next hop: both MACs, and the TTL

@@ -76,17 +76,11 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
         // Redirected to its own NIC rather than XDP_TX: on veth, XDP_TX does
         // not wake the peer, so the reply would sit until other traffic came.
         Ok(Verdict::Reply) => REDIRECT.redirect(ifindex, 0).unwrap_or(xdp_action::XDP_TX),
-        Ok(Verdict::Forward { l3, vlan }) => {
-            // A tagged frame belongs to a VLAN device the kernel owns.
-            let route = if vlan {
-                Err("VLAN-tagged")
-            } else {
-                forward::route(&Xdp(ctx), ifindex, l3)
-            };
+        Ok(Verdict::Forward { l3, route }) => {
             // The devmap holds exactly the managed NICs: a route out of any
             // other falls back to XDP_PASS (the flags' low bits) and the
             // kernel forwards the translated packet.
-            let redirected = route.and_then(|r| {
+            let redirected = route.map_err(|m| m.why()).and_then(|r| {
                 if REDIRECT.redirect(r.ifindex, xdp_action::XDP_PASS as u64)
                     != Ok(xdp_action::XDP_REDIRECT)
                 {
@@ -131,14 +125,9 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
             TC_ACT_SHOT as i32
         }
         Ok(Verdict::Reply) => unsafe { bpf_redirect(ifindex, 0) as i32 },
-        Ok(Verdict::Forward { l3, vlan }) => {
-            let route = if vlan {
-                Err("VLAN-tagged")
-            } else {
-                forward::route(&Tc(ctx), ifindex, l3)
-            };
+        Ok(Verdict::Forward { l3, route }) => {
             // bpf_redirect takes any ifindex: only managed NICs qualify.
-            let route = route.and_then(|r| {
+            let route = route.map_err(|m| m.why()).and_then(|r| {
                 if maps::managed_mac(r.ifindex).is_none() {
                     return Err("egress is not a managed NIC");
                 }

@@ -5,6 +5,7 @@ use floatip_common::{NatEntry, outcome};
 
 use crate::{
     arp, checksum,
+    forward::{self, Miss, Route},
     frame::{Frame, Window},
     maps, parse,
     parse::{IPPROTO_ICMP, Ipv4, L2},
@@ -149,6 +150,18 @@ fn routable<F: Frame>(f: &F, l2: &L2, ip: &Ipv4, ifindex: u32) -> Result<bool, (
     Ok(true)
 }
 
+/// Where the packet goes once translated to `src` -> `dst`. A tagged frame
+/// belongs to a VLAN device the kernel owns and is never redirected, but
+/// the lookup still tells whether it is for the gateway itself.
+#[inline(always)]
+fn route<F: Frame>(f: &F, l2: &L2, ifindex: u32, src: u32, dst: u32) -> Result<Route, Miss> {
+    let route = forward::route(f, ifindex, l2.l3, src, dst);
+    if l2.vlan && route.is_ok() {
+        return Err(Miss::TAGGED);
+    }
+    route
+}
+
 /// External NIC: answer ARP for floating IPs, drop spoofed sources and
 /// unassociated pool addresses, translate the destination of the rest.
 #[inline(always)]
@@ -180,12 +193,10 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
             if ip.ttl <= 1 {
                 return Ok(Verdict::PassExpiring);
             }
+            let route = route(f, &l2, ifindex, ip.src, fixed.addr);
             dnat(f, &ip, ip.dst, fixed)?;
             stats::count(outcome::TRANSLATED);
-            Ok(Verdict::Forward {
-                l3: l2.l3,
-                vlan: l2.vlan,
-            })
+            Ok(Verdict::Forward { l3: l2.l3, route })
         }
         None if maps::in_pool(ip.dst) => Ok(drop(DropReason::Unassociated, &ip)),
         None => Ok(Verdict::Pass),
@@ -221,6 +232,19 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     if ip.ttl <= 1 {
         return Ok(Verdict::PassExpiring);
     }
+    let src = src_fip.map_or(ip.src, |e| e.addr);
+    let dst = dst_fixed.map_or(ip.dst, |e| e.addr);
+    let route = route(f, &l2, ifindex, src, dst);
+    // Traffic for the gateway itself (its own addresses, a subnet
+    // broadcast) does not leave through an external NIC: it keeps its
+    // fixed source, so the gateway's reply finds the instance. The FIB
+    // says so without a second lookup: the one above is the forwarding one.
+    if dst_fixed.is_none()
+        && let Err(miss) = &route
+        && miss.not_forwarded()
+    {
+        return Ok(Verdict::Pass);
+    }
     if let Some(fip) = src_fip {
         snat(f, &ip, ip.src, fip)?;
     }
@@ -228,8 +252,5 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
         dnat(f, &ip, ip.dst, fixed)?;
     }
     stats::count(outcome::TRANSLATED);
-    Ok(Verdict::Forward {
-        l3: l2.l3,
-        vlan: l2.vlan,
-    })
+    Ok(Verdict::Forward { l3: l2.l3, route })
 }

@@ -2,6 +2,8 @@
 //! own module so the stages that produce a verdict (translate, ARP) do not
 //! import each other for it.
 
+use crate::forward::{Miss, Route};
+
 /// Why a frame was dropped, for the event log.
 #[derive(Clone, Copy)]
 pub enum DropReason {
@@ -31,6 +33,10 @@ pub enum Verdict {
     Drop { why: DropReason, src: u32, dst: u32 },
     /// The frame was turned into a reply: send it back out.
     Reply,
-    /// Translated: forward it (the IPv4 header is at `l3`).
-    Forward { l3: usize, vlan: bool },
+    /// Translated: forward it (the IPv4 header is at `l3`) along `route`,
+    /// looked up before the rewrite, or through the kernel when it missed.
+    Forward {
+        l3: usize,
+        route: Result<Route, Miss>,
+    },
 }

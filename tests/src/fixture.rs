@@ -2,8 +2,14 @@
 //! table and one pool, their pins removed on drop (also when a test fails).
 
 use std::{
+    io::Write as _,
     net::Ipv4Addr,
-    sync::atomic::{AtomicU32, Ordering},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use aya::{
@@ -23,6 +29,8 @@ pub const FIXED2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
 pub const UNASSOC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The gateway's own address on the tenant network (local in the fixture's FIB).
+pub const GW_INT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// `BPF_PROG_TEST_RUN` runs with the loopback device as ingress.
 pub const LO: u32 = 1;
 
@@ -57,6 +65,7 @@ impl Fixture {
     }
 
     pub fn with(pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Self {
+        private_netns();
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = format!(
             "/sys/fs/bpf/floatip-t{}-{}",
@@ -89,6 +98,61 @@ impl Fixture {
         let out = self.0.as_mut().unwrap().run(p, frame, LO, 1)?;
         Ok((out.action, out.data))
     }
+}
+
+/// Moves this thread into the test process's private network namespace,
+/// where `BPF_PROG_TEST_RUN` runs and the programs' FIB lookups have
+/// defined answers whatever the host's routes: forwarding on, a NIC (one end
+/// of a veth pair) holding the gateway's addresses GW_INT/24 and ROUTER/32
+/// and the default route. Those addresses (and loopback, and the tenant
+/// subnet's broadcast) are local ("not forwarded"); every other destination
+/// has a route but no neighbour entry, so a translated packet comes back as
+/// "to the kernel" with its TTL untouched. Made once by a helper thread and
+/// kept by a file descriptor: it goes away with the process.
+fn private_netns() {
+    static NETNS: OnceLock<std::fs::File> = OnceLock::new();
+    let ns = NETNS.get_or_init(|| std::thread::spawn(make_netns).join().unwrap());
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "cannot enter the private network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Unshares this (helper) thread's network namespace, sets it up (child
+/// processes inherit the calling thread's namespace, so `ip` configures
+/// this one) and returns a handle on it.
+fn make_netns() -> std::fs::File {
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "cannot make a private network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let script = format!(
+        "link set lo up\n\
+         link add fixture0 type veth peer name fixture1\n\
+         link set fixture0 up\n\
+         link set fixture1 up\n\
+         addr add {GW_INT}/24 dev fixture0\n\
+         addr add {ROUTER}/32 dev fixture0\n\
+         route add default dev fixture0\n"
+    );
+    let mut ip = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run ip");
+    ip.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(ip.wait().unwrap().success(), "ip -batch failed");
+    // /proc/sys/net is the opening thread's namespace.
+    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enable forwarding");
+    std::fs::File::open("/proc/thread-self/ns/net").expect("open the namespace")
 }
 
 /// The bench object's program array `test_tc_vlan` tail-calls through.

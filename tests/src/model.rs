@@ -254,6 +254,14 @@ pub fn external(frame: &[u8], t: &Table, mac: [u8; 6]) -> (Action, Vec<u8>) {
     }
 }
 
+/// The gateway's own destinations in the fixture's FIB (see `Fixture`).
+fn local(a: Ipv4Addr) -> bool {
+    a == crate::fixture::GW_INT
+        || a == crate::fixture::ROUTER
+        || a == Ipv4Addr::new(10, 0, 0, 255)
+        || a.octets()[0] == 127
+}
+
 /// The internal NIC's program.
 pub fn internal(frame: &[u8], t: &Table, mac: [u8; 6]) -> (Action, Vec<u8>) {
     let mut b = frame.to_vec();
@@ -273,6 +281,10 @@ pub fn internal(frame: &[u8], t: &Table, mac: [u8; 6]) -> (Action, Vec<u8>) {
         return (Action::Drop, b);
     }
     if b[v.l3 + 8] <= 1 {
+        return (Action::Pass, b);
+    }
+    // For the gateway itself: not SNATed.
+    if dnat.is_none() && local(dst) {
         return (Action::Pass, b);
     }
     if let Some(f) = snat {

@@ -2,11 +2,12 @@
 //! programs with `BPF_PROG_TEST_RUN`, each with a crafted input and the exact
 //! expected output built independently (`tests::pkt`), in XDP and TC form.
 //!
-//! `BPF_PROG_TEST_RUN` runs in this process's network namespace with the
-//! loopback device as ingress; its FIB cannot complete a lookup towards the
-//! test addresses, so a translated packet comes back as "pass to the
-//! kernel" with its TTL untouched. Forwarding itself is covered by the
-//! namespace tests.
+//! `BPF_PROG_TEST_RUN` runs in the fixture's private network namespace with
+//! the loopback device as ingress; its FIB has a route but no neighbour
+//! towards the test addresses, so a translated packet comes back as "pass
+//! to the kernel" with its TTL untouched, and it holds the gateway's own
+//! addresses (see `Fixture`). Forwarding itself is covered by the namespace
+//! tests.
 
 use std::net::Ipv4Addr;
 
@@ -33,7 +34,23 @@ enum Expect {
 /// action and the exact output bytes (and, when the program rewrote the
 /// frame, that the output's checksums hold).
 fn check(side: Side, input: &[u8], expect: Expect, output: &[u8]) {
-    let mut fx = Fixture::new();
+    // One fixture per test (thread) for all its checks: loading the
+    // programs is what costs (the verifier), and checks change no map.
+    thread_local! {
+        static FX: std::cell::RefCell<Option<Fixture>> = const { std::cell::RefCell::new(None) };
+    }
+    FX.with_borrow_mut(|fx| {
+        check_with(
+            fx.get_or_insert_with(Fixture::new),
+            side,
+            input,
+            expect,
+            output,
+        )
+    });
+}
+
+fn check_with(fx: &mut Fixture, side: Side, input: &[u8], expect: Expect, output: &[u8]) {
     for tc in [false, true] {
         let prog = match (side, tc) {
             (Side::External, false) => TestProgram::XdpExternal,
@@ -732,4 +749,33 @@ fn tc_sees_the_outer_vlan_tag_in_the_metadata() {
         (action, hex(&out)),
         (TC_ACT_OK, hex(&ip_frame(&[], REMOTE, FIXED1)))
     );
+}
+
+/// An instance talking to the gateway itself (its tenant-side address, its
+/// external address, the tenant subnet's broadcast, loopback) keeps its
+/// fixed source: only what leaves through an external NIC is SNATed, and
+/// the gateway's reply must find the instance. The FIB lookup that decides
+/// the forwarding says so before the rewrite.
+#[test]
+fn traffic_to_the_gateway_itself_keeps_its_fixed_source() {
+    for dst in [
+        GW_INT,
+        ROUTER,
+        Ipv4Addr::new(10, 0, 0, 255),
+        Ipv4Addr::new(127, 0, 0, 1),
+    ] {
+        for (proto, l4) in [
+            (17u8, udp_l4 as fn(Ipv4Addr, Ipv4Addr) -> Vec<u8>),
+            (6, tcp_l4),
+            (1, echo_l4),
+        ] {
+            check_untouched(Side::Internal, &frame(FIXED1, dst, proto, l4));
+        }
+    }
+    let mut fx = Fixture::new();
+    fx.run(TestProgram::XdpInternal, &frame(FIXED1, GW_INT, 17, udp_l4));
+    let dp = fx.progs().dataplane().unwrap();
+    assert_eq!(dp.pair_stats(Some(FIP1)).unwrap()[0].out_packets, 0);
+    let c = dp.outcomes().unwrap();
+    assert_eq!((c["translated"], c["passed"]), (0, 1), "{c:?}");
 }
