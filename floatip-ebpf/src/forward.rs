@@ -8,7 +8,10 @@
 //! gateway).
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams,
+    },
     helpers::generated::bpf_fib_lookup,
 };
 
@@ -27,18 +30,32 @@ pub struct Route {
     dmac: u64,
 }
 
-/// Why the FIB gave no complete answer (a `BPF_FIB_LKUP_RET_*` code).
+/// Why floatip leaves a packet to the kernel instead of forwarding it
+/// itself: mostly why the FIB gave no complete answer (a
+/// `BPF_FIB_LKUP_RET_*` code). A number, not a string: LLVM packs a
+/// string's pointer into the verdict with bit masks the verifier rejects.
+#[derive(Clone, Copy)]
 pub struct Miss(i64);
 
 impl Miss {
     /// Not looked up: the frame is VLAN-tagged.
     pub const TAGGED: Miss = Miss(-2);
+    /// Not looked up: the TTL expires here.
+    pub const TTL_EXPIRES: Miss = Miss(-3);
 
     /// The destination is not forwarded: it is local to the gateway (or
     /// broadcast, or has no route at all).
     #[inline(always)]
     pub fn not_forwarded(&self) -> bool {
         self.0 == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+    }
+
+    /// The kernel answers the packet with an ICMP error (or drops it, for
+    /// a blackhole route) instead of forwarding it: an unreachable or
+    /// prohibited route, or too big for the egress MTU with DF set.
+    #[inline(always)]
+    pub fn answered_with_error(&self, dont_fragment: bool) -> bool {
+        matches!(self.0, 1..=3) || (dont_fragment && self.0 == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64)
     }
 
     /// Why the kernel should forward the packet instead.
@@ -53,6 +70,7 @@ impl Miss {
             9 => "no source address for the egress",
             -1 => "header out of reach",
             -2 => "VLAN-tagged",
+            -3 => "TTL expires here",
             _ => "FIB lookup failed",
         }
     }

@@ -64,9 +64,9 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
             log::malformed(ctx, ifindex, Xdp(ctx).packet_len() as u32);
             xdp_action::XDP_PASS
         }
-        Ok(Verdict::PassExpiring) => {
+        Ok(Verdict::ToKernel { why }) => {
             count(outcome::PASSED_TO_KERNEL);
-            log::to_kernel(ctx, ifindex, "TTL expires here");
+            log::to_kernel(ctx, ifindex, why.why());
             xdp_action::XDP_PASS
         }
         Ok(Verdict::Drop { why, src, dst }) => {
@@ -115,9 +115,9 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
             log::malformed(ctx, ifindex, ctx.len());
             TC_ACT_OK as i32
         }
-        Ok(Verdict::PassExpiring) => {
+        Ok(Verdict::ToKernel { why }) => {
             count(outcome::PASSED_TO_KERNEL);
-            log::to_kernel(ctx, ifindex, "TTL expires here");
+            log::to_kernel(ctx, ifindex, why.why());
             TC_ACT_OK as i32
         }
         Ok(Verdict::Drop { why, src, dst }) => {

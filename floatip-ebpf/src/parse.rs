@@ -78,6 +78,8 @@ pub struct Ipv4 {
     /// Fragment offset in bytes: where this packet's payload starts in the
     /// datagram's (transport) payload; 0 for an unfragmented datagram.
     pub frag: usize,
+    /// DF: the datagram may not be fragmented.
+    pub dont_fragment: bool,
     pub src: u32,
     pub dst: u32,
 }
@@ -126,6 +128,7 @@ pub fn ipv4<F: Frame>(f: &F, l3: usize) -> Result<Ipv4, ()> {
         proto: h.u8(9),
         ttl: h.u8(8),
         frag: ((frags & 0x1fff) as usize) * 8,
+        dont_fragment: frags & 0x4000 != 0,
         src: h.u32(12),
         dst: h.u32(16),
     })

@@ -191,7 +191,9 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
                 return Ok(drop(DropReason::Spoofed, &ip));
             }
             if ip.ttl <= 1 {
-                return Ok(Verdict::PassExpiring);
+                return Ok(Verdict::ToKernel {
+                    why: Miss::TTL_EXPIRES,
+                });
             }
             let route = route(f, &l2, ifindex, ip.src, fixed.addr);
             dnat(f, &ip, ip.dst, fixed)?;
@@ -230,20 +232,30 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
         return Ok(drop(DropReason::Martian, &ip));
     }
     if ip.ttl <= 1 {
-        return Ok(Verdict::PassExpiring);
+        return Ok(Verdict::ToKernel {
+            why: Miss::TTL_EXPIRES,
+        });
     }
     let src = src_fip.map_or(ip.src, |e| e.addr);
     let dst = dst_fixed.map_or(ip.dst, |e| e.addr);
     let route = route(f, &l2, ifindex, src, dst);
-    // Traffic for the gateway itself (its own addresses, a subnet
-    // broadcast) does not leave through an external NIC: it keeps its
-    // fixed source, so the gateway's reply finds the instance. The FIB
-    // says so without a second lookup: the one above is the forwarding one.
+    // When only the source would change, the FIB's miss may say the
+    // packet never leaves through an external NIC. Traffic for the gateway
+    // itself (its own addresses, a subnet broadcast) keeps its fixed
+    // source, so the gateway's reply finds the instance. A packet the
+    // kernel answers with an ICMP error (unreachable or prohibited route,
+    // too big with DF set) goes to it as sent, so the error quotes the
+    // fixed address the instance's socket knows (PMTU discovery works).
+    // No second lookup: the one above is the forwarding one.
     if dst_fixed.is_none()
         && let Err(miss) = &route
-        && miss.not_forwarded()
     {
-        return Ok(Verdict::Pass);
+        if miss.not_forwarded() {
+            return Ok(Verdict::Pass);
+        }
+        if miss.answered_with_error(ip.dont_fragment) {
+            return Ok(Verdict::ToKernel { why: *miss });
+        }
     }
     if let Some(fip) = src_fip {
         snat(f, &ip, ip.src, fip)?;

@@ -26,9 +26,12 @@ impl DropReason {
 pub enum Verdict {
     /// Hand to the kernel untouched (counted as `PASSED`).
     Pass,
-    /// Hand to the kernel untouched because the TTL expires here, so the
-    /// kernel's time-exceeded error quotes what the sender really sent.
-    PassExpiring,
+    /// Hand to the kernel untouched although floatip would translate it,
+    /// because the kernel answers it with an ICMP error (the TTL expires
+    /// here, the route ends in an error, it needs fragmenting and may not
+    /// be), which then quotes what the sender really sent. Counted as
+    /// `PASSED_TO_KERNEL`, logged with why.
+    ToKernel { why: Miss },
     /// Dropped, with why and the addresses, for the event log.
     Drop { why: DropReason, src: u32, dst: u32 },
     /// The frame was turned into a reply: send it back out.

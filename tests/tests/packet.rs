@@ -779,3 +779,38 @@ fn traffic_to_the_gateway_itself_keeps_its_fixed_source() {
     let c = dp.outcomes().unwrap();
     assert_eq!((c["translated"], c["passed"]), (0, 1), "{c:?}");
 }
+
+/// From an instance, a packet the kernel answers with an ICMP error (too
+/// big for the egress MTU with DF set, an unreachable route) goes to the
+/// kernel as the instance sent it, so the error quotes the fixed address
+/// its socket knows and PMTU discovery and EHOSTUNREACH work. Without DF
+/// it is translated (the kernel fragments it).
+#[test]
+fn packets_the_kernel_answers_with_an_error_keep_their_fixed_source() {
+    let big = |s, d, df: bool| {
+        let mut ip = Ip::new(s, d, 17);
+        ip.frag = if df { 0x4000 } else { 0 };
+        pkt::ipv4_frame(&ip, &pkt::udp(s, d, 40000, 53, &payload(1400), true))
+    };
+    assert!(big(FIXED1, NARROW, true).len() - 14 > NARROW_MTU);
+    check_untouched(Side::Internal, &big(FIXED1, NARROW, true));
+    check(
+        Side::Internal,
+        &big(FIXED1, NARROW, false),
+        Expect::Pass,
+        &big(FIP1, NARROW, false),
+    );
+    check_untouched(Side::Internal, &frame(FIXED1, UNREACHABLE, 17, udp_l4));
+    check_untouched(Side::Internal, &frame(FIXED1, UNREACHABLE, 6, tcp_l4));
+    // Small enough: translated as ever.
+    check(
+        Side::Internal,
+        &frame(FIXED1, NARROW, 17, udp_l4),
+        Expect::Pass,
+        &frame(FIP1, NARROW, 17, udp_l4),
+    );
+    let mut fx = Fixture::new();
+    fx.run(TestProgram::XdpInternal, &big(FIXED1, NARROW, true));
+    let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
+    assert_eq!((c["translated"], c["passed_to_kernel"]), (0, 1), "{c:?}");
+}
