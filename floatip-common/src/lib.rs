@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -184,7 +184,10 @@ pub mod outcome {
     pub const PASSED_TO_KERNEL: u32 = 6;
     /// Malformed or unexpected input.
     pub const ERRORS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// ICMP errors sent by the programs about datagrams for a fixed IP
+    /// that cannot be forwarded (fragmentation needed, unreachable).
+    pub const ICMP_ERRORS: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Names in index order, as `floatip status` prints them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -196,6 +199,7 @@ pub mod outcome {
         "redirected",
         "passed_to_kernel",
         "errors",
+        "icmp_errors",
     ];
 }
 

@@ -24,13 +24,27 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
-/// Whether a one's-complement sum of 32-bit words (as read from memory)
-/// over a header including its checksum verifies: it folds to all ones.
+/// A one's-complement sum of 32-bit words (as read from memory) folded to
+/// 16 bits.
 #[inline(always)]
-pub fn sum_verifies(sum: u64) -> bool {
+fn fold64(sum: u64) -> u16 {
     let s = (sum & 0xffff_ffff) + (sum >> 32);
     let s = (s & 0xffff_ffff) + (s >> 32);
-    fold(s as u32) == 0xffff
+    fold(s as u32)
+}
+
+/// Whether a sum of 32-bit words over a header including its checksum
+/// verifies: it folds to all ones.
+#[inline(always)]
+pub fn sum_verifies(sum: u64) -> bool {
+    fold64(sum) == 0xffff
+}
+
+/// The checksum to store for a sum of 32-bit words taken with the checksum
+/// field zero.
+#[inline(always)]
+pub fn complement(sum: u64) -> u16 {
+    !fold64(sum)
 }
 
 /// How a transport checksum treats zero.

@@ -35,19 +35,40 @@ pub struct Route {
 /// `BPF_FIB_LKUP_RET_*` code). A number, not a string: LLVM packs a
 /// string's pointer into the verdict with bit masks the verifier rejects.
 #[derive(Clone, Copy)]
-pub struct Miss(i64);
+pub struct Miss {
+    rc: i64,
+    /// The egress MTU when `rc` is FRAG_NEEDED.
+    mtu: u16,
+}
 
 impl Miss {
     /// Not looked up: the frame is VLAN-tagged.
-    pub const TAGGED: Miss = Miss(-2);
+    pub const TAGGED: Miss = Miss::of(-2);
     /// Not looked up: the TTL expires here.
-    pub const TTL_EXPIRES: Miss = Miss(-3);
+    pub const TTL_EXPIRES: Miss = Miss::of(-3);
+
+    const fn of(rc: i64) -> Miss {
+        Miss { rc, mtu: 0 }
+    }
+
+    /// The ICMP destination-unreachable code (and MTU) a router answers
+    /// this miss with: host unreachable (1) for an unreachable route,
+    /// administratively prohibited (13), fragmentation needed (4) with DF.
+    #[inline(always)]
+    pub fn unreachable_code(&self, dont_fragment: bool) -> Option<(u8, u16)> {
+        match self.rc {
+            2 => Some((1, 0)),
+            3 => Some((13, 0)),
+            8 if dont_fragment => Some((4, self.mtu)),
+            _ => None,
+        }
+    }
 
     /// The destination is not forwarded: it is local to the gateway (or
     /// broadcast, or has no route at all).
     #[inline(always)]
     pub fn not_forwarded(&self) -> bool {
-        self.0 == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+        self.rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64
     }
 
     /// The kernel answers the packet with an ICMP error (or drops it, for
@@ -55,13 +76,14 @@ impl Miss {
     /// prohibited route, or too big for the egress MTU with DF set.
     #[inline(always)]
     pub fn answered_with_error(&self, dont_fragment: bool) -> bool {
-        matches!(self.0, 1..=3) || (dont_fragment && self.0 == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64)
+        matches!(self.rc, 1..=3)
+            || (dont_fragment && self.rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64)
     }
 
     /// Why the kernel should forward the packet instead.
     #[inline(always)]
     pub fn why(&self) -> &'static str {
-        match self.0 {
+        match self.rc {
             1..=3 => "blackhole, unreachable or prohibited route",
             4 => "not forwarded (local destination or no route)",
             5 => "forwarding disabled on the ingress device",
@@ -80,7 +102,7 @@ impl Miss {
 /// in the FIB as it will be once translated: from `src` to `dst`.
 #[inline(always)]
 pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize, src: u32, dst: u32) -> Result<Route, Miss> {
-    let h = Window::<20>::at(f, l3).map_err(|()| Miss(-1))?;
+    let h = Window::<20>::at(f, l3).map_err(|()| Miss::of(-1))?;
     let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
     let p = zero(&mut params);
     p.family = AF_INET;
@@ -92,7 +114,11 @@ pub fn route<F: Frame>(f: &F, ifindex: u32, l3: usize, src: u32, dst: u32) -> Re
     p.__bindgen_anon_4.ipv4_dst = dst;
     let rc = unsafe { bpf_fib_lookup(f.ctx_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(Miss(rc));
+        // On FRAG_NEEDED the kernel leaves the MTU where tot_len was.
+        return Err(Miss {
+            rc,
+            mtu: unsafe { p.__bindgen_anon_1.mtu_result },
+        });
     }
     Ok(Route {
         ifindex: p.ifindex,

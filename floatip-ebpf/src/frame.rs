@@ -3,7 +3,11 @@
 //! (skbs whose checksum may still be partial, whose outer VLAN tag is in
 //! their metadata).
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    helpers::generated::{bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::{TcContext, XdpContext},
+};
 
 use crate::checksum::Zero;
 
@@ -31,6 +35,18 @@ pub trait Frame {
     /// Whether the frame's outer VLAN tag is not in the frame but in the
     /// packet's metadata, where the kernel puts it before TC ingress.
     fn outer_tag_in_metadata(&self) -> bool;
+
+    /// A GSO packet (TC: GRO merged segments into one skb): its total
+    /// length is not what the egress sees, so a FIB "larger than the MTU"
+    /// says nothing about it (the kernel checks its segments).
+    fn is_gso(&self) -> bool;
+
+    /// Cuts the packet to its first `len` bytes.
+    fn truncate(&mut self, len: usize) -> Result<(), ()>;
+
+    /// Inserts `n` bytes after the (untagged) Ethernet header, which stays
+    /// the first 14 bytes. Every window taken before is invalid afterwards.
+    fn insert_after_mac(&mut self, n: usize) -> Result<(), ()>;
 }
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the frame: the one
@@ -164,6 +180,35 @@ impl Frame for Xdp<'_> {
     fn outer_tag_in_metadata(&self) -> bool {
         false
     }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn truncate(&mut self, len: usize) -> Result<(), ()> {
+        let delta = len as i32 - self.packet_len() as i32;
+        match unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) } {
+            0 => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Grows the frame at the front, then moves the Ethernet header there.
+    #[inline(always)]
+    fn insert_after_mac(&mut self, n: usize) -> Result<(), ()> {
+        if unsafe { bpf_xdp_adjust_head(self.0.ctx, -(n as i32)) } != 0 {
+            return Err(());
+        }
+        let old = Window::<14>::at(self, n)?;
+        let (dst, src, ethertype) = (old.mac(0), old.mac(6), old.u16(12));
+        let new = Window::<14>::at(self, 0)?;
+        new.set_mac(0, dst);
+        new.set_mac(6, src);
+        new.set_u16(12, ethertype);
+        Ok(())
+    }
 }
 
 /// TC sees skbs: let the kernel helper update the checksum so a partial
@@ -205,6 +250,29 @@ impl Frame for Tc<'_> {
     #[inline(always)]
     fn outer_tag_in_metadata(&self) -> bool {
         unsafe { (*self.0.skb.skb).vlan_present != 0 }
+    }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        unsafe { (*self.0.skb.skb).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn truncate(&mut self, len: usize) -> Result<(), ()> {
+        match unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) } {
+            0 => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// `BPF_ADJ_ROOM_MAC` inserts right after the MAC header; the new
+    /// headers are then made directly writable.
+    #[inline(always)]
+    fn insert_after_mac(&mut self, n: usize) -> Result<(), ()> {
+        self.0
+            .adjust_room(n as i32, BPF_ADJ_ROOM_MAC, 0)
+            .map_err(|_| ())?;
+        self.0.pull_data(14 + n as u32 + 20).map_err(|_| ())
     }
 }
 

@@ -7,7 +7,7 @@ use crate::{
     arp, checksum,
     forward::{self, Miss, Route},
     frame::{Frame, Window},
-    maps, parse,
+    icmp, maps, parse,
     parse::{IPPROTO_ICMP, Ipv4, L2},
     stats,
     verdict::{DropReason, Verdict},
@@ -18,7 +18,7 @@ const DST: usize = 16;
 
 /// ICMP types whose payload quotes the offending datagram.
 #[inline(always)]
-fn is_icmp_error(t: u8) -> bool {
+pub fn is_icmp_error(t: u8) -> bool {
     t == 3 || t == 11 || t == 12
 }
 
@@ -162,6 +162,24 @@ fn route<F: Frame>(f: &F, l2: &L2, ifindex: u32, src: u32, dst: u32) -> Result<R
     route
 }
 
+/// A datagram for a fixed IP (untranslated yet) that cannot be forwarded
+/// and deserves an ICMP error: turned into it (see `icmp`).
+#[inline(always)]
+fn unforwardable<F: Frame>(
+    f: &mut F,
+    l2: &L2,
+    ip: &Ipv4,
+    route: &Result<Route, Miss>,
+) -> Result<Option<Verdict>, ()> {
+    if let Err(miss) = route
+        && let Some((code, mtu)) = miss.unreachable_code(ip.dont_fragment && !f.is_gso())
+        && icmp::allowed(f, l2, ip)?
+    {
+        return icmp::unreachable(f, l2, ip, code, mtu).map(Some);
+    }
+    Ok(None)
+}
+
 /// External NIC: answer ARP for floating IPs, drop spoofed sources and
 /// unassociated pool addresses, translate the destination of the rest.
 #[inline(always)]
@@ -196,6 +214,9 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
                 });
             }
             let route = route(f, &l2, ifindex, ip.src, fixed.addr);
+            if let Some(error) = unforwardable(f, &l2, &ip, &route)? {
+                return Ok(error);
+            }
             dnat(f, &ip, ip.dst, fixed)?;
             stats::count(outcome::TRANSLATED);
             Ok(Verdict::Forward { l3: l2.l3, route })
@@ -253,9 +274,14 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
         if miss.not_forwarded() {
             return Ok(Verdict::Pass);
         }
-        if miss.answered_with_error(ip.dont_fragment) {
+        if miss.answered_with_error(ip.dont_fragment && !f.is_gso()) {
             return Ok(Verdict::ToKernel { why: *miss });
         }
+    }
+    if dst_fixed.is_some()
+        && let Some(error) = unforwardable(f, &l2, &ip, &route)?
+    {
+        return Ok(error);
     }
     if let Some(fip) = src_fip {
         snat(f, &ip, ip.src, fip)?;

@@ -36,6 +36,10 @@ pub const NARROW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 pub const NARROW_MTU: usize = 1280;
 /// Behind an unreachable route in the fixture's FIB.
 pub const UNREACHABLE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+/// Instances behind the narrow MTU and behind an unreachable route (outside
+/// the differential test's tenant addresses).
+pub const NARROW_FIXED: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 13);
+pub const UNREACHABLE_FIXED: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 14);
 /// `BPF_PROG_TEST_RUN` runs with the loopback device as ingress.
 pub const LO: u32 = 1;
 
@@ -109,9 +113,9 @@ impl Fixture {
 /// where `BPF_PROG_TEST_RUN` runs and the programs' FIB lookups have
 /// defined answers whatever the host's routes: forwarding on, a NIC (one end
 /// of a veth pair) holding the gateway's addresses GW_INT/24 and ROUTER/32
-/// and the default route; NARROW behind a smaller MTU (locked, so forwarding
-/// uses it), UNREACHABLE behind an
-/// unreachable route. Those addresses (and loopback, and the tenant
+/// and the default route; NARROW and NARROW_FIXED behind a smaller MTU
+/// (locked, so forwarding uses it), UNREACHABLE and UNREACHABLE_FIXED behind
+/// an unreachable route. Those addresses (and loopback, and the tenant
 /// subnet's broadcast) are local ("not forwarded"); every other destination
 /// has a route but no neighbour entry, so a translated packet comes back as
 /// "to the kernel" with its TTL untouched. Made once by a helper thread and
@@ -146,7 +150,9 @@ fn make_netns() -> std::fs::File {
          addr add {ROUTER}/32 dev fixture0\n\
          route add default dev fixture0\n\
          route add {NARROW}/32 dev fixture0 mtu lock {NARROW_MTU}\n\
-         route add unreachable {UNREACHABLE}/32\n"
+         route add {NARROW_FIXED}/32 dev fixture0 mtu lock {NARROW_MTU}\n\
+         route add unreachable {UNREACHABLE}/32\n\
+         route add unreachable {UNREACHABLE_FIXED}/32\n"
     );
     let mut ip = Command::new("ip")
         .args(["-batch", "-"])

@@ -814,3 +814,89 @@ fn packets_the_kernel_answers_with_an_error_keep_their_fixed_source() {
     let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
     assert_eq!((c["translated"], c["passed_to_kernel"]), (0, 1), "{c:?}");
 }
+
+/// The ICMP destination-unreachable error a router sends back to `to`
+/// about `datagram` (its IPv4 header and 8 bytes quoted), from `from`.
+fn unreachable_error(from: Ipv4Addr, to: Ipv4Addr, code: u8, mtu: u16, datagram: &[u8]) -> Vec<u8> {
+    let hlen = ((datagram[0] & 0x0f) as usize) * 4;
+    let mut ip = Ip::new(from, to, 1);
+    ip.id = 0;
+    ip.frag = 0;
+    let mut packet = ip.packet(&pkt::icmp(
+        3,
+        code,
+        [0, 0, (mtu >> 8) as u8, mtu as u8],
+        &datagram[..hlen + 8],
+    ));
+    // Internetwork control precedence, as routers send errors.
+    packet[1] = 0xc0;
+    packet[10..12].copy_from_slice(&[0, 0]);
+    let c = pkt::checksum(&packet[..20]);
+    packet[10..12].copy_from_slice(&c.to_be_bytes());
+    pkt::eth(MAC_B, MAC_A, None, 0x0800, &packet)
+}
+
+/// Towards an instance, a datagram that cannot be forwarded (too big for the
+/// MTU towards the instance with DF set, an unreachable route) is answered
+/// by the programs themselves with the ICMP error a router sends, quoting
+/// the datagram as its sender sent it (the floating IP, not the fixed one),
+/// so the sender's PMTU discovery and EHOSTUNREACH work. The same for
+/// hairpin traffic. Without DF the datagram is translated (the kernel
+/// fragments it).
+#[test]
+fn datagrams_for_an_instance_that_cannot_be_forwarded_get_an_icmp_error() {
+    const FIP3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 13);
+    const FIP4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 14);
+    let mut fx = Fixture::with(&[
+        (FIP1, FIXED1),
+        (FIP2, FIXED2),
+        (FIP3, NARROW_FIXED),
+        (FIP4, UNREACHABLE_FIXED),
+    ]);
+    let big = |s, d, df: bool| {
+        let mut ip = Ip::new(s, d, 17);
+        ip.frag = if df { 0x4000 } else { 0 };
+        ip.packet(&pkt::udp(s, d, 40000, 53, &payload(1400), true))
+    };
+    let small = |s, d| Ip::new(s, d, 6).packet(&tcp_l4(s, d));
+    let framed = |p: &[u8]| pkt::eth(MAC_A, MAC_B, None, 0x0800, p);
+    for (side, src) in [(Side::External, REMOTE), (Side::Internal, FIXED1)] {
+        let d = big(src, FIP3, true);
+        let error = unreachable_error(FIP3, src, 4, NARROW_MTU as u16, &d);
+        check_with(&mut fx, side, &framed(&d), Expect::Reply, &error);
+        let d = small(src, FIP4);
+        let error = unreachable_error(FIP4, src, 1, 0, &d);
+        check_with(&mut fx, side, &framed(&d), Expect::Reply, &error);
+    }
+    check_with(
+        &mut fx,
+        Side::External,
+        &framed(&big(REMOTE, FIP3, false)),
+        Expect::Pass,
+        &framed(&big(REMOTE, NARROW_FIXED, false)),
+    );
+    // Never about another ICMP error, nor a non-initial fragment.
+    let quote = Ip::new(FIP4, REMOTE, 17).packet(&udp_l4(FIP4, REMOTE));
+    let e = icmp_error_frame(ROUTER, FIP4, 3, 3, &quote);
+    let translated = icmp_error_frame(
+        ROUTER,
+        UNREACHABLE_FIXED,
+        3,
+        3,
+        &Ip::new(UNREACHABLE_FIXED, REMOTE, 17).packet(&udp_l4(UNREACHABLE_FIXED, REMOTE)),
+    );
+    check_with(&mut fx, Side::External, &e, Expect::Pass, &translated);
+    let seg = pkt::udp(REMOTE, FIP4, 40000, 53, &payload(40), true);
+    let tseg = pkt::udp(REMOTE, UNREACHABLE_FIXED, 40000, 53, &payload(40), true);
+    let later = &pkt::fragments_at(&Ip::new(REMOTE, FIP4, 17), &seg, &[16])[1];
+    let tlater = &pkt::fragments_at(&Ip::new(REMOTE, UNREACHABLE_FIXED, 17), &tseg, &[16])[1];
+    check_with(
+        &mut fx,
+        Side::External,
+        &framed(later),
+        Expect::Pass,
+        &framed(tlater),
+    );
+    let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
+    assert_eq!(c["icmp_errors"], 8, "{c:?}");
+}
