@@ -55,11 +55,11 @@ impl Miss {
     /// this miss with: host unreachable (1) for an unreachable route,
     /// administratively prohibited (13), fragmentation needed (4) with DF.
     #[inline(always)]
-    pub fn unreachable_code(&self, dont_fragment: bool) -> Option<(u8, u16)> {
+    pub fn unreachable_code(&self, may_not_fragment: bool) -> Option<(u8, u16)> {
         match self.rc {
             2 => Some((1, 0)),
             3 => Some((13, 0)),
-            8 if dont_fragment => Some((4, self.mtu)),
+            8 if may_not_fragment => Some((4, self.mtu)),
             _ => None,
         }
     }
@@ -71,13 +71,18 @@ impl Miss {
         self.rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64
     }
 
+    /// The FIB said "larger than the egress MTU".
+    #[inline(always)]
+    pub fn frag_needed(&self) -> bool {
+        self.rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64
+    }
+
     /// The kernel answers the packet with an ICMP error (or drops it, for
     /// a blackhole route) instead of forwarding it: an unreachable or
     /// prohibited route, or too big for the egress MTU with DF set.
     #[inline(always)]
-    pub fn answered_with_error(&self, dont_fragment: bool) -> bool {
-        matches!(self.rc, 1..=3)
-            || (dont_fragment && self.rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64)
+    pub fn answered_with_error(&self, may_not_fragment: bool) -> bool {
+        matches!(self.rc, 1..=3) || (may_not_fragment && self.frag_needed())
     }
 
     /// Why the kernel should forward the packet instead.

@@ -4,8 +4,12 @@
 //! their metadata).
 
 use aya_ebpf::{
-    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    helpers::generated::{bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED,
+    },
+    helpers::generated::{
+        bpf_check_mtu, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 
@@ -36,10 +40,11 @@ pub trait Frame {
     /// packet's metadata, where the kernel puts it before TC ingress.
     fn outer_tag_in_metadata(&self) -> bool;
 
-    /// A GSO packet (TC: GRO merged segments into one skb): its total
-    /// length is not what the egress sees, so a FIB "larger than the MTU"
-    /// says nothing about it (the kernel checks its segments).
-    fn is_gso(&self) -> bool;
+    /// Segments GRO merged into one packet: its total length is not what
+    /// the egress sees, so a FIB "larger than the MTU" says nothing about
+    /// it (the kernel segments it and checks the segments). Asked only
+    /// after such an answer.
+    fn gro_merged(&self) -> bool;
 
     /// Cuts the packet to its first `len` bytes.
     fn truncate(&mut self, len: usize) -> Result<(), ()>;
@@ -181,9 +186,14 @@ impl Frame for Xdp<'_> {
         false
     }
 
+    /// Native XDP sees wire frames; generic XDP runs after GRO and sees a
+    /// merged skb linearized, longer than the ingress device's MTU allows
+    /// for one frame, which `bpf_check_mtu` (device 0: the ingress) tells.
     #[inline(always)]
-    fn is_gso(&self) -> bool {
-        false
+    fn gro_merged(&self) -> bool {
+        let mut mtu: u32 = 0;
+        let rc = unsafe { bpf_check_mtu(self.ctx_ptr(), 0, &mut mtu, 0, 0) };
+        rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64
     }
 
     #[inline(always)]
@@ -253,7 +263,7 @@ impl Frame for Tc<'_> {
     }
 
     #[inline(always)]
-    fn is_gso(&self) -> bool {
+    fn gro_merged(&self) -> bool {
         unsafe { (*self.0.skb.skb).gso_size != 0 }
     }
 

@@ -162,6 +162,14 @@ fn route<F: Frame>(f: &F, l2: &L2, ifindex: u32, src: u32, dst: u32) -> Result<R
     route
 }
 
+/// Whether a FIB "larger than the MTU" is a real verdict: DF is set and the
+/// packet is one datagram, not segments GRO merged (the kernel segments
+/// those). Asks the frame only after such an answer.
+#[inline(always)]
+fn may_not_fragment<F: Frame>(f: &F, ip: &Ipv4, miss: &Miss) -> bool {
+    miss.frag_needed() && ip.dont_fragment && !f.gro_merged()
+}
+
 /// A datagram for a fixed IP (untranslated yet) that cannot be forwarded
 /// and deserves an ICMP error: turned into it (see `icmp`).
 #[inline(always)]
@@ -172,7 +180,7 @@ fn unforwardable<F: Frame>(
     route: &Result<Route, Miss>,
 ) -> Result<Option<Verdict>, ()> {
     if let Err(miss) = route
-        && let Some((code, mtu)) = miss.unreachable_code(ip.dont_fragment && !f.is_gso())
+        && let Some((code, mtu)) = miss.unreachable_code(may_not_fragment(f, ip, miss))
         && icmp::allowed(f, l2, ip)?
     {
         return icmp::unreachable(f, l2, ip, code, mtu).map(Some);
@@ -274,7 +282,7 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
         if miss.not_forwarded() {
             return Ok(Verdict::Pass);
         }
-        if miss.answered_with_error(ip.dont_fragment && !f.is_gso()) {
+        if miss.answered_with_error(may_not_fragment(f, &ip, miss)) {
             return Ok(Verdict::ToKernel { why: *miss });
         }
     }

@@ -183,39 +183,70 @@ impl Fixture {
     /// fixture's pinned maps. Returns (action, output frame; the metadata
     /// tag is not part of it).
     pub fn run_tc_tagged(&mut self, external: bool, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut dp = self.second_instance();
+        let under_test = tc_program(&mut dp, external);
+        let mut bench = aya::Ebpf::load(BENCH_OBJECT).expect("load the bench object");
+        let mut jump = ProgramArray::try_from(bench.take_map(TEST_TC_JUMP).unwrap()).unwrap();
+        jump.set(0, under_test.fd().unwrap(), 0).unwrap();
+        let wrapper = tc_program_named(&mut bench, programs::TEST_TC_VLAN);
+        test_run(wrapper, frame, None)
+    }
+
+    /// Runs the external (or internal) TC program on `frame` as an skb that
+    /// GRO merged from segments of `gso_size` bytes (`BPF_PROG_TEST_RUN` sets
+    /// the skb's GSO fields from the `__sk_buff` passed in).
+    pub fn run_tc_gso(&mut self, external: bool, frame: &[u8], gso_size: u32) -> (u32, Vec<u8>) {
+        let mut dp = self.second_instance();
+        let prog = tc_program(&mut dp, external);
+        // struct __sk_buff (192 bytes): gso_segs at 164, gso_size at 176.
+        let mut ctx = [0u8; 192];
+        let segs = (frame.len() as u32).div_ceil(gso_size);
+        ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+        ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+        test_run(prog, frame, Some(&ctx))
+    }
+
+    /// A second instance of the data-plane object, sharing this fixture's
+    /// pinned maps.
+    fn second_instance(&self) -> aya::Ebpf {
         let slots = stats_slots(self.2);
-        let mut dp = EbpfLoader::new()
+        EbpfLoader::new()
             .default_map_pin_directory(format!("{}/maps", self.1))
             .map_max_entries(names::FIP_TO_FIXED, self.2)
             .map_max_entries(names::FIXED_TO_FIP, self.2)
             .map_max_entries(names::ASSOC_STATS, slots)
             .map_max_entries(names::SLOT_OWNERS, slots)
             .load(EBPF_OBJECT)
-            .expect("load the data-plane object");
-        let name = if external {
-            programs::TC_EXTERNAL
-        } else {
-            programs::TC_INTERNAL
-        };
-        let under_test: &mut SchedClassifier = dp.program_mut(name).unwrap().try_into().unwrap();
-        under_test.load().unwrap();
-        let mut bench = aya::Ebpf::load(BENCH_OBJECT).expect("load the bench object");
-        let mut jump = ProgramArray::try_from(bench.take_map(TEST_TC_JUMP).unwrap()).unwrap();
-        jump.set(0, under_test.fd().unwrap(), 0).unwrap();
-        let wrapper: &mut SchedClassifier = bench
-            .program_mut(programs::TEST_TC_VLAN)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        wrapper.load().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let r = wrapper.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+            .expect("load the data-plane object")
     }
+}
+
+/// The side's TC program of `dp`, loaded.
+fn tc_program(dp: &mut aya::Ebpf, external: bool) -> &mut SchedClassifier {
+    let name = if external {
+        programs::TC_EXTERNAL
+    } else {
+        programs::TC_INTERNAL
+    };
+    tc_program_named(dp, name)
+}
+
+fn tc_program_named<'a>(obj: &'a mut aya::Ebpf, name: &str) -> &'a mut SchedClassifier {
+    let prog: &mut SchedClassifier = obj.program_mut(name).unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    prog
+}
+
+/// One `BPF_PROG_TEST_RUN` of `prog`: (action, output frame).
+fn test_run(prog: &SchedClassifier, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = ctx;
+    let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
 }
 
 impl Default for Fixture {

@@ -813,6 +813,16 @@ fn packets_the_kernel_answers_with_an_error_keep_their_fixed_source() {
     fx.run(TestProgram::XdpInternal, &big(FIXED1, NARROW, true));
     let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
     assert_eq!((c["translated"], c["passed_to_kernel"]), (0, 1), "{c:?}");
+    // Segments GRO merged into one skb (TC): the FIB's "too big" is about
+    // the merged length, not a segment's; the kernel segments it, so it is
+    // translated as ever (not left untranslated, which would leak the
+    // fixed IP, nor answered with an error).
+    let (action, got) = fx.run_tc_gso(false, &big(FIXED1, NARROW, true), 1000);
+    assert_eq!(
+        (action, hex(&got)),
+        (TC_ACT_OK, hex(&big(FIP1, NARROW, true))),
+        "GRO-merged"
+    );
 }
 
 /// The ICMP destination-unreachable error a router sends back to `to`
@@ -896,6 +906,14 @@ fn datagrams_for_an_instance_that_cannot_be_forwarded_get_an_icmp_error() {
         &framed(later),
         Expect::Pass,
         &framed(tlater),
+    );
+    // Segments GRO merged into one skb (TC) are translated as ever: the
+    // FIB's "too big" is about the merged length; the kernel segments it.
+    let (action, got) = fx.run_tc_gso(true, &framed(&big(REMOTE, FIP3, true)), 1000);
+    assert_eq!(
+        (action, hex(&got)),
+        (TC_ACT_OK, hex(&framed(&big(REMOTE, NARROW_FIXED, true)))),
+        "GRO-merged"
     );
     let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
     assert_eq!(c["icmp_errors"], 8, "{c:?}");
