@@ -1,7 +1,8 @@
 //! Types shared by the kernel programs and the user-space loader.
 //!
 //! Every map key and value is `#[repr(C)]` with explicit padding so that both
-//! sides agree on the layout byte for byte. Addresses are stored as the four
+//! sides agree on the layout byte for byte; their sizes are asserted at
+//! compile time (after the types). Addresses are stored as the four
 //! bytes of the address in network order read as a native `u32`
 //! (`u32::from_ne_bytes(ip.octets())`), which is exactly what the programs
 //! read from the packet, so the fast path never swaps bytes.
@@ -67,6 +68,8 @@ pub mod programs {
     pub const BENCH_GEN: &str = "bench_gen";
     pub const BENCH_LOOKUP: &str = "bench_lookup";
     pub const BENCH_FIB: &str = "bench_fib";
+    /// Test helper in the `floatip-bench` object (see the packet tests).
+    pub const TEST_TC_VLAN: &str = "test_tc_vlan";
 }
 
 /// Default size of the association maps; `--max-associations` overrides it.
@@ -183,7 +186,10 @@ pub mod outcome {
     pub const PASSED_TO_KERNEL: u32 = 6;
     /// Malformed or unexpected input.
     pub const ERRORS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// ICMP errors sent by the programs about datagrams for a fixed IP
+    /// that cannot be forwarded (fragmentation needed, unreachable).
+    pub const ICMP_ERRORS: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Names in index order, as `floatip status` prints them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -195,6 +201,7 @@ pub mod outcome {
         "redirected",
         "passed_to_kernel",
         "errors",
+        "icmp_errors",
     ];
 }
 
@@ -221,6 +228,17 @@ pub struct GenConfig {
     pub action: u32,
     pub _pad: u32,
 }
+
+// The layouts both sides rely on, checked when either side compiles: a
+// field added, removed or resized without its padding fails the build here.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<NatEntry>() == 8 && align_of::<NatEntry>() == 4);
+    assert!(size_of::<AssocStats>() == 32 && align_of::<AssocStats>() == 8);
+    assert!(size_of::<IfaceInfo>() == 8 && align_of::<IfaceInfo>() == 1);
+    assert!(size_of::<Meta>() == 24 && align_of::<Meta>() == 8);
+    assert!(size_of::<GenConfig>() == 48 && align_of::<GenConfig>() == 4);
+};
 
 #[cfg(feature = "user")]
 mod pod {

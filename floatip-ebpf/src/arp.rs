@@ -5,8 +5,10 @@ use floatip_common::outcome;
 
 use crate::{
     frame::{Frame, Window},
-    maps, stats,
-    translate::Verdict,
+    maps,
+    parse::{BROADCAST, L2},
+    stats,
+    verdict::Verdict,
 };
 
 const ARPHRD_ETHER: u16 = 1u16.to_be();
@@ -14,8 +16,15 @@ const ARPOP_REQUEST: u16 = 1u16.to_be();
 const ARPOP_REPLY: u16 = 2u16.to_be();
 
 /// Turns a request for an associated floating IP into its reply in place.
+/// Only untagged requests broadcast or unicast to this NIC (RFC 1122
+/// §2.3.2.1 unicast polls) are answered: one unicast to another MAC is that
+/// host's, and a tagged one belongs to a VLAN device the kernel owns.
 #[inline(always)]
-pub fn answer<F: Frame>(f: &mut F, l3: usize, ifindex: u32) -> Result<Verdict, ()> {
+pub fn answer<F: Frame>(f: &mut F, l2: &L2, ifindex: u32) -> Result<Verdict, ()> {
+    if l2.vlan {
+        return Ok(Verdict::Pass);
+    }
+    let l3 = l2.l3;
     let a = Window::<28>::at(f, l3)?;
     // htype, ptype, hlen/plen, op: anything but Ethernet/IPv4 requests is not ours.
     if a.u16(0) != ARPHRD_ETHER
@@ -34,6 +43,9 @@ pub fn answer<F: Frame>(f: &mut F, l3: usize, ifindex: u32) -> Result<Verdict, (
     let Some(nic_mac) = maps::managed_mac(ifindex) else {
         return Ok(Verdict::Pass);
     };
+    if l2.dst != BROADCAST && l2.dst != nic_mac {
+        return Ok(Verdict::Pass);
+    }
     // Map lookups leave packet pointers valid, but take the windows again
     // so nothing relies on that.
     let a = Window::<28>::at(f, l3)?;

@@ -1,13 +1,19 @@
-//! The one place that touches packet memory: bounds-checked access, and the
-//! L4 checksum update that differs between XDP (plain bytes) and TC (skbs
-//! whose checksum may still be partial).
+//! The one place of the data plane that touches packet memory:
+//! bounds-checked access, and what differs between XDP (plain bytes) and TC
+//! (skbs whose checksum may still be partial, whose outer VLAN tag is in
+//! their metadata).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED,
+    },
+    helpers::generated::{
+        bpf_check_mtu, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 
-use crate::checksum;
+use crate::checksum::Zero;
 
 /// Largest offset any stage reads at; keeps every offset provably bounded
 /// for the verifier.
@@ -26,9 +32,26 @@ pub trait Frame {
     /// The program context, for helpers that take it (`bpf_fib_lookup`).
     fn ctx_ptr(&self) -> *mut core::ffi::c_void;
 
-    /// Updates a TCP/UDP checksum at `off` for an address in the
-    /// pseudo-header changing from `old` to `new`.
-    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()>;
+    /// Updates the transport checksum at `off` (treating zero as `zero`
+    /// says) for an address in the pseudo-header changing from `old` to `new`.
+    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, zero: Zero) -> Result<(), ()>;
+
+    /// Whether the frame's outer VLAN tag is not in the frame but in the
+    /// packet's metadata, where the kernel puts it before TC ingress.
+    fn outer_tag_in_metadata(&self) -> bool;
+
+    /// Segments GRO merged into one packet: its total length is not what
+    /// the egress sees, so a FIB "larger than the MTU" says nothing about
+    /// it (the kernel segments it and checks the segments). Asked only
+    /// after such an answer.
+    fn gro_merged(&self) -> bool;
+
+    /// Cuts the packet to its first `len` bytes.
+    fn truncate(&mut self, len: usize) -> Result<(), ()>;
+
+    /// Inserts `n` bytes after the (untagged) Ethernet header, which stays
+    /// the first 14 bytes. Every window taken before is invalid afterwards.
+    fn insert_after_mac(&mut self, n: usize) -> Result<(), ()>;
 }
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the frame: the one
@@ -147,18 +170,53 @@ impl Frame for Xdp<'_> {
     }
 
     #[inline(always)]
-    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()> {
+    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, zero: Zero) -> Result<(), ()> {
         let w = Window::<2>::at(self, off)?;
-        let check = w.u16(0);
-        if udp && check == 0 {
-            // UDP without checksum stays without.
-            return Ok(());
+        if let Some(next) = zero.replace4(w.u16(0), old, new) {
+            w.set_u16(0, next);
         }
-        let mut next = checksum::replace4(check, old, new);
-        if udp && next == 0 {
-            next = 0xffff;
+        Ok(())
+    }
+
+    /// XDP sees the frame as it arrived, tags included (a NIC that strips
+    /// tags into descriptors hides them from XDP; floatip does not read
+    /// those descriptors).
+    #[inline(always)]
+    fn outer_tag_in_metadata(&self) -> bool {
+        false
+    }
+
+    /// Native XDP sees wire frames; generic XDP runs after GRO and sees a
+    /// merged skb linearized, longer than the ingress device's MTU allows
+    /// for one frame, which `bpf_check_mtu` (device 0: the ingress) tells.
+    #[inline(always)]
+    fn gro_merged(&self) -> bool {
+        let mut mtu: u32 = 0;
+        let rc = unsafe { bpf_check_mtu(self.ctx_ptr(), 0, &mut mtu, 0, 0) };
+        rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64
+    }
+
+    #[inline(always)]
+    fn truncate(&mut self, len: usize) -> Result<(), ()> {
+        let delta = len as i32 - self.packet_len() as i32;
+        match unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) } {
+            0 => Ok(()),
+            _ => Err(()),
         }
-        w.set_u16(0, next);
+    }
+
+    /// Grows the frame at the front, then moves the Ethernet header there.
+    #[inline(always)]
+    fn insert_after_mac(&mut self, n: usize) -> Result<(), ()> {
+        if unsafe { bpf_xdp_adjust_head(self.0.ctx, -(n as i32)) } != 0 {
+            return Err(());
+        }
+        let old = Window::<14>::at(self, n)?;
+        let (dst, src, ethertype) = (old.mac(0), old.mac(6), old.u16(12));
+        let new = Window::<14>::at(self, 0)?;
+        new.set_mac(0, dst);
+        new.set_mac(6, src);
+        new.set_u16(12, ethertype);
         Ok(())
     }
 }
@@ -190,15 +248,41 @@ impl Frame for Tc<'_> {
     }
 
     #[inline(always)]
-    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, udp: bool) -> Result<(), ()> {
-        let mut flags = (BPF_F_PSEUDO_HDR as u64) | 4;
-        if udp {
-            flags |= BPF_F_MARK_MANGLED_0 as u64;
-        }
+    fn l4_addr_csum(&mut self, off: usize, old: u32, new: u32, zero: Zero) -> Result<(), ()> {
         // The frame starts at the Ethernet header, as skb offsets do at TC ingress.
         self.0
-            .l4_csum_replace(off, old as u64, new as u64, flags)
+            .l4_csum_replace(off, old as u64, new as u64, zero.l4_csum_replace_flags())
             .map_err(|_| ())
+    }
+
+    /// The kernel moves the outer tag of a received frame into the skb
+    /// (`skb_vlan_untag`) before the TC ingress hook runs.
+    #[inline(always)]
+    fn outer_tag_in_metadata(&self) -> bool {
+        unsafe { (*self.0.skb.skb).vlan_present != 0 }
+    }
+
+    #[inline(always)]
+    fn gro_merged(&self) -> bool {
+        unsafe { (*self.0.skb.skb).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn truncate(&mut self, len: usize) -> Result<(), ()> {
+        match unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) } {
+            0 => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// `BPF_ADJ_ROOM_MAC` inserts right after the MAC header; the new
+    /// headers are then made directly writable.
+    #[inline(always)]
+    fn insert_after_mac(&mut self, n: usize) -> Result<(), ()> {
+        self.0
+            .adjust_room(n as i32, BPF_ADJ_ROOM_MAC, 0)
+            .map_err(|_| ())?;
+        self.0.pull_data(14 + n as u32 + 20).map_err(|_| ())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Stages of the floatip fast path, shared by the XDP and TC entry points
-//! in `main.rs`: parse, translate, checksum, ARP and forward.
+//! in `main.rs`: parse, translate, checksum, ARP, ICMP errors and forward, and the
+//! verdict they hand back.
 #![no_std]
 // The stages fail with `Err(())`: the only answer to any malformed input is
 // to leave the frame to the kernel, so an error carries nothing.
@@ -9,8 +10,10 @@ pub mod arp;
 pub mod checksum;
 pub mod forward;
 pub mod frame;
+pub mod icmp;
 pub mod log;
 pub mod maps;
 pub mod parse;
 pub mod stats;
 pub mod translate;
+pub mod verdict;

@@ -6,7 +6,7 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::info;
 
-use crate::{maps::META, translate::DropReason};
+use crate::{maps::META, verdict::DropReason};
 
 #[inline(always)]
 fn enabled() -> bool {

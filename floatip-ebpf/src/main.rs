@@ -17,7 +17,8 @@ use floatip_ebpf::{
     log,
     maps::{self, REDIRECT},
     stats::count,
-    translate::{self, Verdict},
+    translate,
+    verdict::Verdict,
 };
 
 #[xdp]
@@ -30,7 +31,7 @@ pub fn floatip_xdp_ext(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn floatip_xdp_int(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let verdict = translate::internal(&mut Xdp(&ctx));
+    let verdict = translate::internal(&mut Xdp(&ctx), ifindex);
     xdp_action(&ctx, ifindex, verdict)
 }
 
@@ -46,7 +47,7 @@ pub fn floatip_tc_ext(ctx: TcContext) -> i32 {
 pub fn floatip_tc_int(ctx: TcContext) -> i32 {
     let ifindex = tc_ifindex(&ctx);
     pull(&ctx);
-    let verdict = translate::internal(&mut Tc(&ctx));
+    let verdict = translate::internal(&mut Tc(&ctx), ifindex);
     tc_action(&ctx, ifindex, verdict)
 }
 
@@ -63,9 +64,9 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
             log::malformed(ctx, ifindex, Xdp(ctx).packet_len() as u32);
             xdp_action::XDP_PASS
         }
-        Ok(Verdict::PassExpiring) => {
+        Ok(Verdict::ToKernel { why }) => {
             count(outcome::PASSED_TO_KERNEL);
-            log::to_kernel(ctx, ifindex, "TTL expires here");
+            log::to_kernel(ctx, ifindex, why.why());
             xdp_action::XDP_PASS
         }
         Ok(Verdict::Drop { why, src, dst }) => {
@@ -75,23 +76,17 @@ fn xdp_action(ctx: &XdpContext, ifindex: u32, verdict: Result<Verdict, ()>) -> u
         // Redirected to its own NIC rather than XDP_TX: on veth, XDP_TX does
         // not wake the peer, so the reply would sit until other traffic came.
         Ok(Verdict::Reply) => REDIRECT.redirect(ifindex, 0).unwrap_or(xdp_action::XDP_TX),
-        Ok(Verdict::Forward { l3, vlan }) => {
-            // A tagged frame belongs to a VLAN device the kernel owns.
-            let route = if vlan {
-                Err("VLAN-tagged")
-            } else {
-                forward::route(&Xdp(ctx), ifindex, l3)
-            };
+        Ok(Verdict::Forward { l3, route }) => {
             // The devmap holds exactly the managed NICs: a route out of any
             // other falls back to XDP_PASS (the flags' low bits) and the
             // kernel forwards the translated packet.
-            let redirected = route.and_then(|r| {
+            let redirected = route.map_err(|m| m.why()).and_then(|r| {
                 if REDIRECT.redirect(r.ifindex, xdp_action::XDP_PASS as u64)
                     != Ok(xdp_action::XDP_REDIRECT)
                 {
                     return Err("egress is not a managed NIC");
                 }
-                forward::rewrite(&Xdp(ctx), l3, &r).map_err(|()| "header out of reach")
+                forward::to_next_hop(&Xdp(ctx), l3, &r).map_err(|()| "header out of reach")
             });
             match redirected {
                 Ok(()) => {
@@ -120,9 +115,9 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
             log::malformed(ctx, ifindex, ctx.len());
             TC_ACT_OK as i32
         }
-        Ok(Verdict::PassExpiring) => {
+        Ok(Verdict::ToKernel { why }) => {
             count(outcome::PASSED_TO_KERNEL);
-            log::to_kernel(ctx, ifindex, "TTL expires here");
+            log::to_kernel(ctx, ifindex, why.why());
             TC_ACT_OK as i32
         }
         Ok(Verdict::Drop { why, src, dst }) => {
@@ -130,18 +125,13 @@ fn tc_action(ctx: &TcContext, ifindex: u32, verdict: Result<Verdict, ()>) -> i32
             TC_ACT_SHOT as i32
         }
         Ok(Verdict::Reply) => unsafe { bpf_redirect(ifindex, 0) as i32 },
-        Ok(Verdict::Forward { l3, vlan }) => {
-            let route = if vlan {
-                Err("VLAN-tagged")
-            } else {
-                forward::route(&Tc(ctx), ifindex, l3)
-            };
+        Ok(Verdict::Forward { l3, route }) => {
             // bpf_redirect takes any ifindex: only managed NICs qualify.
-            let route = route.and_then(|r| {
+            let route = route.map_err(|m| m.why()).and_then(|r| {
                 if maps::managed_mac(r.ifindex).is_none() {
                     return Err("egress is not a managed NIC");
                 }
-                forward::rewrite(&Tc(ctx), l3, &r).map_err(|()| "header out of reach")?;
+                forward::to_next_hop(&Tc(ctx), l3, &r).map_err(|()| "header out of reach")?;
                 Ok(r)
             });
             match route {

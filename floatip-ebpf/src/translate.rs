@@ -4,78 +4,60 @@
 use floatip_common::{NatEntry, outcome};
 
 use crate::{
-    checksum,
+    arp, checksum,
+    forward::{self, Miss, Route},
     frame::{Frame, Window},
-    maps, parse,
-    parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
+    icmp, maps, parse,
+    parse::{IPPROTO_ICMP, Ipv4, L2},
     stats,
+    verdict::{DropReason, Verdict},
 };
-
-#[derive(Clone, Copy)]
-pub enum DropReason {
-    Spoofed,
-    Unassociated,
-}
-
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Spoofed => "spoofed source",
-            DropReason::Unassociated => "unassociated pool address",
-        }
-    }
-}
-
-/// What the entry point should do with the frame.
-pub enum Verdict {
-    /// Hand to the kernel untouched (counted as `PASSED`).
-    Pass,
-    /// Hand to the kernel untouched because the TTL expires here, so the
-    /// kernel's time-exceeded error quotes what the sender really sent.
-    PassExpiring,
-    /// Dropped, with why and the addresses, for the event log.
-    Drop { why: DropReason, src: u32, dst: u32 },
-    /// The frame was turned into a reply: send it back out.
-    Reply,
-    /// Translated: forward it (the IPv4 header is at `l3`).
-    Forward { l3: usize, vlan: bool },
-}
 
 const SRC: usize = 12;
 const DST: usize = 16;
 
 /// ICMP types whose payload quotes the offending datagram.
 #[inline(always)]
-fn is_icmp_error(t: u8) -> bool {
+pub fn is_icmp_error(t: u8) -> bool {
     t == 3 || t == 11 || t == 12
 }
 
-/// Rewrites the address at `field` (SRC or DST) of the datagram from `old`
-/// to `new`, with the IPv4 header checksum and, in a first fragment, the
-/// TCP/UDP checksum whose pseudo-header holds the address.
+/// Martian source addresses (RFC 1812 §5.3.7): "this network" 0/8,
+/// loopback 127/8, multicast 224/4 and reserved 240/4 with the limited
+/// broadcast. The first octet decides; it is the first byte in memory.
 #[inline(always)]
-fn rewrite<F: Frame>(f: &mut F, ip: &Ipv4, field: usize, old: u32, new: u32) -> Result<(), ()> {
+fn martian(src: u32) -> bool {
+    let a = src.to_ne_bytes()[0];
+    a == 0 || a == 127 || a >= 224
+}
+
+/// Rewrites the address at `field` (SRC or DST) of the datagram from `old`
+/// to `new`, with the IPv4 header checksum and the transport checksum
+/// whose pseudo-header holds the address, in whichever fragment holds it.
+#[inline(always)]
+fn rewrite_address<F: Frame>(
+    f: &mut F,
+    ip: &Ipv4,
+    field: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), ()> {
     let h = Window::<20>::at(f, ip.l3)?;
     h.set_u32(field, new);
     h.set_u16(10, checksum::replace4(h.u16(10), old, new));
-    if !ip.first_fragment {
-        return Ok(());
-    }
-    let end = ip.l3 + ip.tot_len;
-    match ip.proto {
-        IPPROTO_TCP if ip.l4 + 18 <= end => f.l4_addr_csum(ip.l4 + 16, old, new, false),
-        IPPROTO_UDP if ip.l4 + 8 <= end => f.l4_addr_csum(ip.l4 + 6, old, new, true),
-        _ => Ok(()),
+    match checksum::pseudo_field(ip.proto, ip.frag, ip.payload_len()) {
+        Some((at, zero)) => f.l4_addr_csum(ip.l4 + at, old, new, zero),
+        None => Ok(()),
     }
 }
 
 /// In an ICMP error, rewrites the quoted datagram's address at `field` from
 /// `old` to `new` if it holds `old`, fixing the quoted IPv4 checksum, the
-/// quoted TCP/UDP checksum when the quote holds it (a UDP checksum of 0
-/// stays 0), and the outer ICMP checksum.
+/// quoted transport checksum when the quote holds it, and the outer ICMP
+/// checksum.
 #[inline(always)]
 fn rewrite_quote<F: Frame>(f: &F, ip: &Ipv4, field: usize, old: u32, new: u32) -> Result<(), ()> {
-    if ip.proto != IPPROTO_ICMP || !ip.first_fragment {
+    if ip.proto != IPPROTO_ICMP || !ip.first_fragment() {
         return Ok(());
     }
     let end = ip.l3 + ip.tot_len;
@@ -105,25 +87,14 @@ fn rewrite_quote<F: Frame>(f: &F, ip: &Ipv4, field: usize, old: u32, new: u32) -
     w.set_u16(Q + 10, qc2);
     icsum = checksum::replace2(icsum, qc, qc2);
 
-    let qfrag = u16::from_be(w.u16(Q + 6));
-    if qfrag & 0x1fff == 0 {
-        let ql4 = icmp + Q + qhlen;
-        let at = match w.u8(Q + 9) {
-            IPPROTO_UDP if ql4 + 8 <= end => Some((ql4 + 6, true)),
-            IPPROTO_TCP if ql4 + 18 <= end => Some((ql4 + 16, false)),
-            _ => None,
-        };
-        if let Some((off, udp)) = at {
-            let l = Window::<2>::at(f, off)?;
-            let lc = l.u16(0);
-            if !(udp && lc == 0) {
-                let mut lc2 = checksum::replace4(lc, old, new);
-                if udp && lc2 == 0 {
-                    lc2 = 0xffff;
-                }
-                l.set_u16(0, lc2);
-                icsum = checksum::replace2(icsum, lc, lc2);
-            }
+    let ql4 = icmp + Q + qhlen;
+    let qfrag = ((u16::from_be(w.u16(Q + 6)) & 0x1fff) as usize) * 8;
+    if let Some((at, zero)) = checksum::pseudo_field(w.u8(Q + 9), qfrag, end - ql4) {
+        let l = Window::<2>::at(f, ql4 + at)?;
+        let lc = l.u16(0);
+        if let Some(lc2) = zero.replace4(lc, old, new) {
+            l.set_u16(0, lc2);
+            icsum = checksum::replace2(icsum, lc, lc2);
         }
     }
     w.set_u16(2, icsum);
@@ -134,7 +105,7 @@ fn rewrite_quote<F: Frame>(f: &F, ip: &Ipv4, field: usize, old: u32, new: u32) -
 /// ICMP error (whose source was the floating IP) translated back too.
 #[inline(always)]
 fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, to: NatEntry) -> Result<(), ()> {
-    rewrite(f, ip, DST, fip, to.addr)?;
+    rewrite_address(f, ip, DST, fip, to.addr)?;
     rewrite_quote(f, ip, SRC, fip, to.addr)?;
     stats::count_assoc(to.slot, true, f.packet_len() as u64);
     Ok(())
@@ -144,7 +115,7 @@ fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, to: NatEntry) -> Result<(), ()
 /// error the instance sends (whose destination was the fixed IP).
 #[inline(always)]
 fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, to: NatEntry) -> Result<(), ()> {
-    rewrite(f, ip, SRC, fixed, to.addr)?;
+    rewrite_address(f, ip, SRC, fixed, to.addr)?;
     rewrite_quote(f, ip, DST, fixed, to.addr)?;
     stats::count_assoc(to.slot, false, f.packet_len() as u64);
     Ok(())
@@ -153,8 +124,8 @@ fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, to: NatEntry) -> Result<(), 
 #[inline(always)]
 fn drop(why: DropReason, ip: &Ipv4) -> Verdict {
     stats::count(match why {
-        DropReason::Spoofed => outcome::DROPPED_SPOOFED,
         DropReason::Unassociated => outcome::DROPPED_UNASSOCIATED,
+        DropReason::Spoofed | DropReason::Martian => outcome::DROPPED_SPOOFED,
     });
     Verdict::Drop {
         why,
@@ -163,13 +134,67 @@ fn drop(why: DropReason, ip: &Ipv4) -> Verdict {
     }
 }
 
+/// Whether a router would route this datagram at all: the frame is
+/// addressed to the NIC's own MAC (a router takes nothing else, and does not
+/// forward link-layer broadcast or multicast: RFC 1812 §5.3.4; whatever a
+/// bridge floods to it is the kernel's to drop or deliver locally), and the
+/// header checksum holds (`Err`: malformed, left to the kernel to discard).
+/// Checked only for datagrams floatip would rewrite: one IFACES lookup and
+/// one header sum for them, nothing for the rest.
+#[inline(always)]
+fn routable<F: Frame>(f: &F, l2: &L2, ip: &Ipv4, ifindex: u32) -> Result<bool, ()> {
+    if maps::managed_mac(ifindex) != Some(l2.dst) {
+        return Ok(false);
+    }
+    parse::verify_header_checksum(f, ip)?;
+    Ok(true)
+}
+
+/// Where the packet goes once translated to `src` -> `dst`. A tagged frame
+/// belongs to a VLAN device the kernel owns and is never redirected, but
+/// the lookup still tells whether it is for the gateway itself.
+#[inline(always)]
+fn route<F: Frame>(f: &F, l2: &L2, ifindex: u32, src: u32, dst: u32) -> Result<Route, Miss> {
+    let route = forward::route(f, ifindex, l2.l3, src, dst);
+    if l2.vlan && route.is_ok() {
+        return Err(Miss::TAGGED);
+    }
+    route
+}
+
+/// Whether a FIB "larger than the MTU" is a real verdict: DF is set and the
+/// packet is one datagram, not segments GRO merged (the kernel segments
+/// those). Asks the frame only after such an answer.
+#[inline(always)]
+fn may_not_fragment<F: Frame>(f: &F, ip: &Ipv4, miss: &Miss) -> bool {
+    miss.frag_needed() && ip.dont_fragment && !f.gro_merged()
+}
+
+/// A datagram for a fixed IP (untranslated yet) that cannot be forwarded
+/// and deserves an ICMP error: turned into it (see `icmp`).
+#[inline(always)]
+fn unforwardable<F: Frame>(
+    f: &mut F,
+    l2: &L2,
+    ip: &Ipv4,
+    route: &Result<Route, Miss>,
+) -> Result<Option<Verdict>, ()> {
+    if let Err(miss) = route
+        && let Some((code, mtu)) = miss.unreachable_code(may_not_fragment(f, ip, miss))
+        && icmp::allowed(f, l2, ip)?
+    {
+        return icmp::unreachable(f, l2, ip, code, mtu).map(Some);
+    }
+    Ok(None)
+}
+
 /// External NIC: answer ARP for floating IPs, drop spoofed sources and
 /// unassociated pool addresses, translate the destination of the rest.
 #[inline(always)]
 pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     let l2 = parse::l2(f)?;
     if l2.proto == parse::ETH_P_ARP {
-        return crate::arp::answer(f, l2.l3, ifindex);
+        return arp::answer(f, &l2, ifindex);
     }
     if l2.proto != parse::ETH_P_IP {
         return Ok(Verdict::Pass);
@@ -180,15 +205,29 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     }
     match maps::fixed_of(ip.dst) {
         Some(fixed) => {
+            if !routable(f, &l2, &ip, ifindex)? {
+                return Ok(Verdict::Pass);
+            }
+            if martian(ip.src) {
+                return Ok(drop(DropReason::Martian, &ip));
+            }
+            // An outsider claiming one of this gateway's floating IPs (or
+            // any pool address): only the gateway itself sends from those.
+            if maps::fixed_of(ip.src).is_some() || maps::in_pool(ip.src) {
+                return Ok(drop(DropReason::Spoofed, &ip));
+            }
             if ip.ttl <= 1 {
-                return Ok(Verdict::PassExpiring);
+                return Ok(Verdict::ToKernel {
+                    why: Miss::TTL_EXPIRES,
+                });
+            }
+            let route = route(f, &l2, ifindex, ip.src, fixed.addr);
+            if let Some(error) = unforwardable(f, &l2, &ip, &route)? {
+                return Ok(error);
             }
             dnat(f, &ip, ip.dst, fixed)?;
             stats::count(outcome::TRANSLATED);
-            Ok(Verdict::Forward {
-                l3: l2.l3,
-                vlan: l2.vlan,
-            })
+            Ok(Verdict::Forward { l3: l2.l3, route })
         }
         None if maps::in_pool(ip.dst) => Ok(drop(DropReason::Unassociated, &ip)),
         None => Ok(Verdict::Pass),
@@ -198,7 +237,7 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
 /// Internal NIC: translate the source of associated instances and, for
 /// hairpin traffic, the destination floating IP in the same pass.
 #[inline(always)]
-pub fn internal<F: Frame>(f: &mut F) -> Result<Verdict, ()> {
+pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     let l2 = parse::l2(f)?;
     if l2.proto != parse::ETH_P_IP {
         return Ok(Verdict::Pass);
@@ -215,8 +254,42 @@ pub fn internal<F: Frame>(f: &mut F) -> Result<Verdict, ()> {
             return Ok(Verdict::Pass);
         }
     }
+    if !routable(f, &l2, &ip, ifindex)? {
+        return Ok(Verdict::Pass);
+    }
+    if dst_fixed.is_some() && martian(ip.src) {
+        return Ok(drop(DropReason::Martian, &ip));
+    }
     if ip.ttl <= 1 {
-        return Ok(Verdict::PassExpiring);
+        return Ok(Verdict::ToKernel {
+            why: Miss::TTL_EXPIRES,
+        });
+    }
+    let src = src_fip.map_or(ip.src, |e| e.addr);
+    let dst = dst_fixed.map_or(ip.dst, |e| e.addr);
+    let route = route(f, &l2, ifindex, src, dst);
+    // When only the source would change, the FIB's miss may say the
+    // packet never leaves through an external NIC. Traffic for the gateway
+    // itself (its own addresses, a subnet broadcast) keeps its fixed
+    // source, so the gateway's reply finds the instance. A packet the
+    // kernel answers with an ICMP error (unreachable or prohibited route,
+    // too big with DF set) goes to it as sent, so the error quotes the
+    // fixed address the instance's socket knows (PMTU discovery works).
+    // No second lookup: the one above is the forwarding one.
+    if dst_fixed.is_none()
+        && let Err(miss) = &route
+    {
+        if miss.not_forwarded() {
+            return Ok(Verdict::Pass);
+        }
+        if miss.answered_with_error(may_not_fragment(f, &ip, miss)) {
+            return Ok(Verdict::ToKernel { why: *miss });
+        }
+    }
+    if dst_fixed.is_some()
+        && let Some(error) = unforwardable(f, &l2, &ip, &route)?
+    {
+        return Ok(error);
     }
     if let Some(fip) = src_fip {
         snat(f, &ip, ip.src, fip)?;
@@ -225,8 +298,5 @@ pub fn internal<F: Frame>(f: &mut F) -> Result<Verdict, ()> {
         dnat(f, &ip, ip.dst, fixed)?;
     }
     stats::count(outcome::TRANSLATED);
-    Ok(Verdict::Forward {
-        l3: l2.l3,
-        vlan: l2.vlan,
-    })
+    Ok(Verdict::Forward { l3: l2.l3, route })
 }

@@ -36,8 +36,21 @@ fn random_table(rng: &mut Rng) -> Table {
 }
 
 /// An address of a random kind: associated floating/fixed, unassociated
-/// pool address, the excluded router, an outside or an unassociated tenant host.
+/// pool address, the excluded router, an outside or an unassociated tenant
+/// host, now and then a martian one.
 fn any_addr(rng: &mut Rng, t: &Table) -> Ipv4Addr {
+    if rng.below(20) == 0 {
+        return pick(
+            rng,
+            &[
+                Ipv4Addr::new(0, 0, 0, 0),
+                Ipv4Addr::new(127, 0, 0, 1),
+                Ipv4Addr::new(224, 0, 0, 5),
+                Ipv4Addr::new(240, 1, 2, 3),
+                Ipv4Addr::new(255, 255, 255, 255),
+            ],
+        );
+    }
     let p = pick(rng, &t.pairs);
     match rng.below(6) {
         0 => p.0,
@@ -47,6 +60,29 @@ fn any_addr(rng: &mut Rng, t: &Table) -> Ipv4Addr {
         4 => Ipv4Addr::new(198, 51, 100, 1 + rng.below(9) as u8),
         _ => Ipv4Addr::new(10, 0, 9, 1 + rng.below(9) as u8),
     }
+}
+
+/// Now and then, what a bridge floods or a broken link delivers: another
+/// destination MAC, or a wrong IPv4 header checksum.
+fn damage(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
+    match rng.below(16) {
+        0 => f[..6].copy_from_slice(&pick(
+            rng,
+            &[
+                [0xff; 6],
+                [0x01, 0, 0x5e, 0, 0, 1],
+                [0x02, 0, 0, 0, 0, 0x0c],
+            ],
+        )),
+        1 => {
+            let l3 = if f[12..14] == [0x81, 0x00] { 18 } else { 14 };
+            if f[l3 - 2..l3] == [0x08, 0x00] {
+                f[l3 + 10] ^= 1 << rng.below(8);
+            }
+        }
+        _ => {}
+    }
+    f
 }
 
 /// A valid frame from `src` to `dst` of a random shape.
@@ -61,7 +97,7 @@ fn random_frame(rng: &mut Rng, t: &Table, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u
     };
     let vlan = (rng.below(4) == 0).then(|| rng.below(4095) as u16);
     let wrap = |ip_packet: Vec<u8>| pkt::eth(MAC_A, MAC_B, vlan, 0x0800, &ip_packet);
-    match rng.below(9) {
+    match rng.below(12) {
         0 => wrap(ip.packet(&pkt::udp(src, dst, 1000, 53, &data, true))),
         1 => wrap(ip.packet(&pkt::udp(src, dst, 1000, 53, &data, false))),
         2 => {
@@ -108,6 +144,21 @@ fn random_frame(rng: &mut Rng, t: &Table, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u
                 .clone(),
             )
         }
+        8 => {
+            ip.proto = pick(rng, &[136, 33]);
+            wrap(ip.packet(&match ip.proto {
+                136 => pkt::udplite(src, dst, 1000, 5004, &data),
+                _ => pkt::dccp(src, dst, 1000, 5001, &data),
+            }))
+        }
+        9 | 10 => {
+            // A TCP segment cut into small fragments: the checksum may be
+            // in any of them.
+            ip.proto = 6;
+            let seg = pkt::tcp(src, dst, 1000, 80, &data);
+            let frags = pkt::fragments(&ip, &seg, 8 * (1 + rng.below(3) as usize));
+            wrap(frags[rng.below(frags.len().min(4) as u64) as usize].clone())
+        }
         _ => {
             let m = [0x02, 0, 0, 0, 0, 0x77];
             let mut f = pkt::arp([0xff; 6], m, pick(rng, &[1, 1, 2]), m, src, [0; 6], dst);
@@ -144,13 +195,21 @@ pub fn run(cases: u64, seed: u64) -> u64 {
                 dp.nat_add(*f, *x).unwrap();
             }
         }
-        let (src, dst) = (any_addr(&mut rng, &table), any_addr(&mut rng, &table));
+        let src = any_addr(&mut rng, &table);
+        // Floating IPs as destinations a little more often: since sources
+        // in the pool are dropped towards them, fewer cases translate.
+        let dst = if rng.below(5) == 0 {
+            pick(&mut rng, &table.pairs).0
+        } else {
+            any_addr(&mut rng, &table)
+        };
         let frame = random_frame(&mut rng, &table, src, dst);
+        let frame = damage(&mut rng, frame);
         let external = rng.below(2) == 0;
         let (want_action, want) = if external {
             model::external(&frame, &table, MAC_A)
         } else {
-            model::internal(&frame, &table)
+            model::internal(&frame, &table, MAC_A)
         };
         if want != frame {
             translated += 1;

@@ -2,11 +2,23 @@
 //! table and one pool, their pins removed on drop (also when a test fails).
 
 use std::{
+    io::Write as _,
     net::Ipv4Addr,
-    sync::atomic::{AtomicU32, Ordering},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
-use floatip::dataplane::{TestProgram, TestPrograms};
+use aya::{
+    EbpfLoader, TestRunOptions,
+    maps::ProgramArray,
+    programs::{SchedClassifier, TestRun},
+};
+use floatip::dataplane::{BENCH_OBJECT, EBPF_OBJECT, TestProgram, TestPrograms};
+use floatip_common::{maps as names, programs, stats_slots};
 
 use crate::pkt::MAC_A;
 
@@ -17,6 +29,17 @@ pub const FIXED2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
 pub const UNASSOC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The gateway's own address on the tenant network (local in the fixture's FIB).
+pub const GW_INT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// Behind a 1280-byte MTU in the fixture's FIB.
+pub const NARROW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+pub const NARROW_MTU: usize = 1280;
+/// Behind an unreachable route in the fixture's FIB.
+pub const UNREACHABLE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+/// Instances behind the narrow MTU and behind an unreachable route (outside
+/// the differential test's tenant addresses).
+pub const NARROW_FIXED: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 13);
+pub const UNREACHABLE_FIXED: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 14);
 /// `BPF_PROG_TEST_RUN` runs with the loopback device as ingress.
 pub const LO: u32 = 1;
 
@@ -37,7 +60,11 @@ pub const ALL: [TestProgram; 4] = [
     TestProgram::TcInternal,
 ];
 
-pub struct Fixture(Option<TestPrograms>);
+/// Size of the fixture's association maps.
+const MAX_ASSOCIATIONS: u32 = 1024;
+
+/// The loaded programs, their bpffs directory and association map size.
+pub struct Fixture(Option<TestPrograms>, String, u32);
 
 impl Fixture {
     /// Two associations (FIP1→FIXED1, FIP2→FIXED2) and the pool
@@ -47,14 +74,16 @@ impl Fixture {
     }
 
     pub fn with(pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Self {
+        private_netns();
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = format!(
             "/sys/fs/bpf/floatip-t{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let progs = TestPrograms::load(dir.as_ref(), 1024, LO, MAC_A).expect("load programs");
-        let fx = Fixture(Some(progs));
+        let progs =
+            TestPrograms::load(dir.as_ref(), MAX_ASSOCIATIONS, LO, MAC_A).expect("load programs");
+        let fx = Fixture(Some(progs), dir, MAX_ASSOCIATIONS);
         let mut dp = fx.progs().dataplane().unwrap();
         for (f, x) in pairs {
             dp.nat_add(*f, *x).unwrap();
@@ -78,6 +107,146 @@ impl Fixture {
         let out = self.0.as_mut().unwrap().run(p, frame, LO, 1)?;
         Ok((out.action, out.data))
     }
+}
+
+/// Moves this thread into the test process's private network namespace,
+/// where `BPF_PROG_TEST_RUN` runs and the programs' FIB lookups have
+/// defined answers whatever the host's routes: forwarding on, a NIC (one end
+/// of a veth pair) holding the gateway's addresses GW_INT/24 and ROUTER/32
+/// and the default route; NARROW and NARROW_FIXED behind a smaller MTU
+/// (locked, so forwarding uses it), UNREACHABLE and UNREACHABLE_FIXED behind
+/// an unreachable route. Those addresses (and loopback, and the tenant
+/// subnet's broadcast) are local ("not forwarded"); every other destination
+/// has a route but no neighbour entry, so a translated packet comes back as
+/// "to the kernel" with its TTL untouched. Made once by a helper thread and
+/// kept by a file descriptor: it goes away with the process.
+fn private_netns() {
+    static NETNS: OnceLock<std::fs::File> = OnceLock::new();
+    let ns = NETNS.get_or_init(|| std::thread::spawn(make_netns).join().unwrap());
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "cannot enter the private network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Unshares this (helper) thread's network namespace, sets it up (child
+/// processes inherit the calling thread's namespace, so `ip` configures
+/// this one) and returns a handle on it.
+fn make_netns() -> std::fs::File {
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "cannot make a private network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let script = format!(
+        "link set lo up\n\
+         link add fixture0 type veth peer name fixture1\n\
+         link set fixture0 up\n\
+         link set fixture1 up\n\
+         addr add {GW_INT}/24 dev fixture0\n\
+         addr add {ROUTER}/32 dev fixture0\n\
+         route add default dev fixture0\n\
+         route add {NARROW}/32 dev fixture0 mtu lock {NARROW_MTU}\n\
+         route add {NARROW_FIXED}/32 dev fixture0 mtu lock {NARROW_MTU}\n\
+         route add unreachable {UNREACHABLE}/32\n\
+         route add unreachable {UNREACHABLE_FIXED}/32\n"
+    );
+    let mut ip = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run ip");
+    ip.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(ip.wait().unwrap().success(), "ip -batch failed");
+    // /proc/sys/net is the opening thread's namespace.
+    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enable forwarding");
+    std::fs::File::open("/proc/thread-self/ns/net").expect("open the namespace")
+}
+
+/// The bench object's program array `test_tc_vlan` tail-calls through.
+const TEST_TC_JUMP: &str = "TEST_TC_JUMP";
+
+impl Fixture {
+    /// Runs the external (or internal) TC program on `frame` as TC ingress
+    /// sees a frame that arrived with an outer 802.1Q tag (VID 100): the
+    /// kernel moves that tag into the skb's metadata before the hook, so it
+    /// is not in the frame. `BPF_PROG_TEST_RUN` cannot set that metadata, so
+    /// the bench object's `test_tc_vlan` pushes the tag (`bpf_skb_vlan_push`)
+    /// and tail-calls a second instance of the program, which shares this
+    /// fixture's pinned maps. Returns (action, output frame; the metadata
+    /// tag is not part of it).
+    pub fn run_tc_tagged(&mut self, external: bool, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut dp = self.second_instance();
+        let under_test = tc_program(&mut dp, external);
+        let mut bench = aya::Ebpf::load(BENCH_OBJECT).expect("load the bench object");
+        let mut jump = ProgramArray::try_from(bench.take_map(TEST_TC_JUMP).unwrap()).unwrap();
+        jump.set(0, under_test.fd().unwrap(), 0).unwrap();
+        let wrapper = tc_program_named(&mut bench, programs::TEST_TC_VLAN);
+        test_run(wrapper, frame, None)
+    }
+
+    /// Runs the external (or internal) TC program on `frame` as an skb that
+    /// GRO merged from segments of `gso_size` bytes (`BPF_PROG_TEST_RUN` sets
+    /// the skb's GSO fields from the `__sk_buff` passed in).
+    pub fn run_tc_gso(&mut self, external: bool, frame: &[u8], gso_size: u32) -> (u32, Vec<u8>) {
+        let mut dp = self.second_instance();
+        let prog = tc_program(&mut dp, external);
+        // struct __sk_buff (192 bytes): gso_segs at 164, gso_size at 176.
+        let mut ctx = [0u8; 192];
+        let segs = (frame.len() as u32).div_ceil(gso_size);
+        ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+        ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+        test_run(prog, frame, Some(&ctx))
+    }
+
+    /// A second instance of the data-plane object, sharing this fixture's
+    /// pinned maps.
+    fn second_instance(&self) -> aya::Ebpf {
+        let slots = stats_slots(self.2);
+        EbpfLoader::new()
+            .default_map_pin_directory(format!("{}/maps", self.1))
+            .map_max_entries(names::FIP_TO_FIXED, self.2)
+            .map_max_entries(names::FIXED_TO_FIP, self.2)
+            .map_max_entries(names::ASSOC_STATS, slots)
+            .map_max_entries(names::SLOT_OWNERS, slots)
+            .load(EBPF_OBJECT)
+            .expect("load the data-plane object")
+    }
+}
+
+/// The side's TC program of `dp`, loaded.
+fn tc_program(dp: &mut aya::Ebpf, external: bool) -> &mut SchedClassifier {
+    let name = if external {
+        programs::TC_EXTERNAL
+    } else {
+        programs::TC_INTERNAL
+    };
+    tc_program_named(dp, name)
+}
+
+fn tc_program_named<'a>(obj: &'a mut aya::Ebpf, name: &str) -> &'a mut SchedClassifier {
+    let prog: &mut SchedClassifier = obj.program_mut(name).unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    prog
+}
+
+/// One `BPF_PROG_TEST_RUN` of `prog`: (action, output frame).
+fn test_run(prog: &SchedClassifier, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = ctx;
+    let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
 }
 
 impl Default for Fixture {

@@ -87,8 +87,11 @@ struct V4 {
     hlen: usize,
     end: usize,
     proto: u8,
-    first: bool,
+    /// Fragment offset in bytes.
+    frag: usize,
     whole: bool,
+    /// The header checksum holds.
+    intact: bool,
 }
 
 fn parse(f: &[u8]) -> Option<(V4, bool)> {
@@ -115,28 +118,42 @@ fn parse(f: &[u8]) -> Option<(V4, bool)> {
             hlen,
             end: l3 + tot,
             proto: f[l3 + 9],
-            first: frag & 0x1fff == 0,
+            frag: ((frag & 0x1fff) as usize) * 8,
             whole: frag & 0x3fff == 0,
+            intact: checksum(&f[l3..l3 + hlen]) == 0,
         },
         vlan,
     ))
 }
 
+/// Where the transport checksum covering the pseudo-header lies in a
+/// segment (RFC 793, 768, 3828, 4340) and whether it is UDP's (0: none).
+fn pseudo_checksum(proto: u8) -> Option<(usize, bool)> {
+    match proto {
+        6 => Some((16, false)),
+        17 => Some((6, true)),
+        136 | 33 => Some((6, false)),
+        _ => None,
+    }
+}
+
 /// Replaces the address at `field` (12 src, 16 dst) of the packet, keeping
-/// every checksum right.
+/// every checksum right, wherever in the fragmented datagram it lies.
 fn substitute(b: &mut [u8], v: &V4, field: usize, new: Ipv4Addr) {
     let old = addr(b, v.l3 + field);
     put(b, v.l3 + field, new);
     fix_ip_header(b, v.l3, v.hlen);
     let l4 = v.l3 + v.hlen;
-    let off = match v.proto {
-        6 if v.first && l4 + 18 <= v.end => l4 + 16,
-        17 if v.first && l4 + 8 <= v.end => l4 + 6,
-        _ => return,
+    let Some((at, udp)) = pseudo_checksum(v.proto) else {
+        return;
     };
+    if at < v.frag || at + 2 > v.frag + (v.end - l4) {
+        return;
+    }
+    let off = l4 + at - v.frag;
     if v.whole {
         // Whole datagram present: compute from scratch (UDP 0 stays 0).
-        if v.proto == 17 && b[off] == 0 && b[off + 1] == 0 {
+        if udp && b[off] == 0 && b[off + 1] == 0 {
             return;
         }
         set_csum(b, off, 0);
@@ -146,19 +163,19 @@ fn substitute(b: &mut [u8], v: &V4, field: usize, new: Ipv4Addr) {
         ph.extend_from_slice(&((v.end - l4) as u16).to_be_bytes());
         ph.extend_from_slice(&b[l4..v.end]);
         let mut c = checksum(&ph);
-        if v.proto == 17 && c == 0 {
+        if v.proto != 6 && c == 0 {
             c = 0xffff;
         }
         set_csum(b, off, c);
     } else {
-        adjust(b, off, old, new, v.proto == 17);
+        adjust(b, off, old, new, udp);
     }
 }
 
 /// In an ICMP error, replaces the quoted address at `field` if it is `old`.
 fn substitute_quote(b: &mut [u8], v: &V4, field: usize, old: Ipv4Addr, new: Ipv4Addr) {
     let icmp = v.l3 + v.hlen;
-    if v.proto != 1 || !v.first || icmp + 28 > v.end || !matches!(b[icmp], 3 | 11 | 12) {
+    if v.proto != 1 || v.frag != 0 || icmp + 28 > v.end || !matches!(b[icmp], 3 | 11 | 12) {
         return;
     }
     let q = icmp + 8;
@@ -170,12 +187,11 @@ fn substitute_quote(b: &mut [u8], v: &V4, field: usize, old: Ipv4Addr, new: Ipv4
     fix_ip_header(b, q, qh);
     let qfrag = u16::from_be_bytes([b[q + 6], b[q + 7]]);
     let ql4 = q + qh;
-    if qfrag & 0x1fff == 0 {
-        match b[q + 9] {
-            17 if ql4 + 8 <= v.end => adjust(b, ql4 + 6, old, new, true),
-            6 if ql4 + 18 <= v.end => adjust(b, ql4 + 16, old, new, false),
-            _ => {}
-        }
+    if qfrag & 0x1fff == 0
+        && let Some((at, udp)) = pseudo_checksum(b[q + 9])
+        && ql4 + at + 2 <= v.end
+    {
+        adjust(b, ql4 + at, old, new, udp);
     }
     if v.whole {
         set_csum(b, icmp + 2, 0);
@@ -184,12 +200,24 @@ fn substitute_quote(b: &mut [u8], v: &V4, field: usize, old: Ipv4Addr, new: Ipv4
     }
 }
 
+/// Martian sources (RFC 1812 §5.3.7).
+fn martian(a: Ipv4Addr) -> bool {
+    let o = a.octets()[0];
+    o == 0 || o == 127 || o >= 224
+}
+
+/// A router routes only what is addressed to its MAC, with a header
+/// checksum that holds.
+fn routable(b: &[u8], v: &V4, mac: [u8; 6]) -> bool {
+    b[..6] == mac && v.intact
+}
+
 /// The external NIC's program.
 pub fn external(frame: &[u8], t: &Table, mac: [u8; 6]) -> (Action, Vec<u8>) {
     let mut b = frame.to_vec();
-    let tagged = b.len() >= 18 && b[12..14] == [0x81, 0x00];
-    let a = if tagged { 18 } else { 14 };
-    if b.len() >= a + 28 && b[a - 2..a] == [0x08, 0x06] {
+    // Tagged ARP belongs to a VLAN device; only broadcast or our MAC.
+    if b.len() >= 14 + 28 && b[12..14] == [0x08, 0x06] && (b[..6] == [0xff; 6] || b[..6] == mac) {
+        let a = 14;
         let is_req = b[a..a + 8] == [0, 1, 8, 0, 6, 4, 0, 1];
         let (spa, tpa) = (addr(&b, a + 14), addr(&b, a + 24));
         if is_req && spa != tpa && t.fixed_of(tpa).is_some() {
@@ -213,6 +241,8 @@ pub fn external(frame: &[u8], t: &Table, mac: [u8; 6]) -> (Action, Vec<u8>) {
         return (Action::Drop, b);
     }
     match t.fixed_of(dst) {
+        Some(_) if !routable(&b, &v, mac) => (Action::Pass, b),
+        Some(_) if martian(src) || t.fixed_of(src).is_some() || t.in_pool(src) => (Action::Drop, b),
         Some(_) if b[v.l3 + 8] <= 1 => (Action::Pass, b),
         Some(fixed) => {
             substitute(&mut b, &v, 16, fixed);
@@ -224,8 +254,16 @@ pub fn external(frame: &[u8], t: &Table, mac: [u8; 6]) -> (Action, Vec<u8>) {
     }
 }
 
+/// The gateway's own destinations in the fixture's FIB (see `Fixture`).
+fn local(a: Ipv4Addr) -> bool {
+    a == crate::fixture::GW_INT
+        || a == crate::fixture::ROUTER
+        || a == Ipv4Addr::new(10, 0, 0, 255)
+        || a.octets()[0] == 127
+}
+
 /// The internal NIC's program.
-pub fn internal(frame: &[u8], t: &Table) -> (Action, Vec<u8>) {
+pub fn internal(frame: &[u8], t: &Table, mac: [u8; 6]) -> (Action, Vec<u8>) {
     let mut b = frame.to_vec();
     let Some((v, _)) = parse(&b) else {
         return (Action::Pass, b);
@@ -236,7 +274,17 @@ pub fn internal(frame: &[u8], t: &Table) -> (Action, Vec<u8>) {
     if snat.is_none() && t.in_pool(src) {
         return (Action::Drop, b);
     }
-    if (snat.is_none() && dnat.is_none()) || b[v.l3 + 8] <= 1 {
+    if (snat.is_none() && dnat.is_none()) || !routable(&b, &v, mac) {
+        return (Action::Pass, b);
+    }
+    if dnat.is_some() && martian(src) {
+        return (Action::Drop, b);
+    }
+    if b[v.l3 + 8] <= 1 {
+        return (Action::Pass, b);
+    }
+    // For the gateway itself: not SNATed.
+    if dnat.is_none() && local(dst) {
         return (Action::Pass, b);
     }
     if let Some(f) = snat {

@@ -63,6 +63,52 @@ pub fn udp(
     u
 }
 
+/// A UDP-Lite datagram (RFC 3828) whose checksum covers the whole
+/// datagram (coverage 0).
+pub fn udplite(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8 + payload.len());
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 0, 0, 0]);
+    u.extend_from_slice(payload);
+    with_pseudo_checksum(src, dst, 136, u, 6)
+}
+
+/// A DCCP-Data packet (RFC 4340, short sequence numbers) whose checksum
+/// covers the whole packet (CsCov 0).
+pub fn dccp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut d = Vec::with_capacity(12 + payload.len());
+    d.extend_from_slice(&sport.to_be_bytes());
+    d.extend_from_slice(&dport.to_be_bytes());
+    // Data offset (in 4-byte words), CCVal/CsCov, checksum.
+    d.extend_from_slice(&[3, 0, 0, 0]);
+    // Res/Type=2 (Data)/X=0, 24-bit sequence number, then 4 reserved/ack bytes.
+    d.extend_from_slice(&[2 << 1, 0, 0x12, 0x34]);
+    d.extend_from_slice(&[0, 0, 0, 0]);
+    d.extend_from_slice(payload);
+    with_pseudo_checksum(src, dst, 33, d, 6)
+}
+
+/// `seg` with the checksum at `off` computed over the pseudo-header and
+/// the whole segment (a computed 0 sent as 0xffff, as UDP and UDP-Lite do
+/// and which is the same one's-complement value for the others).
+fn with_pseudo_checksum(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    mut seg: Vec<u8>,
+    off: usize,
+) -> Vec<u8> {
+    let mut all = pseudo(src, dst, proto, seg.len());
+    all.extend_from_slice(&seg);
+    let mut c = checksum(&all);
+    if c == 0 {
+        c = 0xffff;
+    }
+    seg[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    seg
+}
+
 /// A TCP segment (ACK|PSH) with its checksum.
 pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut t = vec![0u8; 20];
@@ -148,16 +194,39 @@ pub fn eth(
     ethertype: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut f = Vec::with_capacity(18 + payload.len());
+    let tags: Vec<_> = vlan.map(|tci| (0x8100, tci)).into_iter().collect();
+    eth_tagged(dst, src, &tags, ethertype, payload)
+}
+
+/// An Ethernet frame with the given stack of tags, outermost first, each
+/// as (TPID, TCI): 0x8100 for 802.1Q, 0x88a8 for an 802.1ad service tag.
+pub fn eth_tagged(
+    dst: [u8; 6],
+    src: [u8; 6],
+    tags: &[(u16, u16)],
+    ethertype: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + 4 * tags.len() + payload.len());
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
-    if let Some(tci) = vlan {
-        f.extend_from_slice(&0x8100u16.to_be_bytes());
+    for (tpid, tci) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
         f.extend_from_slice(&tci.to_be_bytes());
     }
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// `frame` (untagged) with the tag stack `tags` inserted after its MACs.
+pub fn with_tags(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut dst = [0; 6];
+    let mut src = [0; 6];
+    dst.copy_from_slice(&frame[..6]);
+    src.copy_from_slice(&frame[6..12]);
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    eth_tagged(dst, src, tags, ethertype, &frame[14..])
 }
 
 /// An IPv4 frame from MAC_B to MAC_A.
@@ -205,7 +274,25 @@ pub fn fragments(ip: &Ip, payload: &[u8], chunk: usize) -> Vec<Vec<u8>> {
     out
 }
 
-/// Checks every checksum a frame carries (IPv4 header; TCP/UDP/ICMP over
+/// Splits an IP datagram's payload at the byte offsets `cuts` (each a
+/// multiple of 8, ascending) and returns each fragment's IP packet.
+pub fn fragments_at(ip: &Ip, payload: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(payload.len());
+    bounds
+        .windows(2)
+        .map(|w| {
+            assert_eq!(w[0] % 8, 0);
+            let mut h = ip.clone();
+            let more = if w[1] < payload.len() { 0x2000 } else { 0 };
+            h.frag = more | (w[0] / 8) as u16;
+            h.packet(&payload[w[0]..w[1]])
+        })
+        .collect()
+}
+
+/// Checks every checksum a frame carries (IPv4 header; TCP/UDP/UDP-Lite/DCCP/ICMP over
 /// the whole datagram when it is complete and not a fragment; the quoted
 /// header of an ICMP error). Returns a description of the first bad one.
 pub fn verify(frame: &[u8]) -> Result<(), String> {
@@ -240,7 +327,8 @@ pub fn verify(frame: &[u8]) -> Result<(), String> {
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let l4 = &ip[hlen..tot];
     match ip[9] {
-        6 | 17 => {
+        // Built with full coverage (UDP-Lite coverage 0, DCCP CsCov 0).
+        6 | 17 | 136 | 33 => {
             if ip[9] == 17 && l4[6] == 0 && l4[7] == 0 {
                 return Ok(());
             }

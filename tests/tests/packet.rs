@@ -2,11 +2,12 @@
 //! programs with `BPF_PROG_TEST_RUN`, each with a crafted input and the exact
 //! expected output built independently (`tests::pkt`), in XDP and TC form.
 //!
-//! `BPF_PROG_TEST_RUN` runs in this process's network namespace with the
-//! loopback device as ingress; its FIB cannot complete a lookup towards the
-//! test addresses, so a translated packet comes back as "pass to the
-//! kernel" with its TTL untouched. Forwarding itself is covered by the
-//! namespace tests.
+//! `BPF_PROG_TEST_RUN` runs in the fixture's private network namespace with
+//! the loopback device as ingress; its FIB has a route but no neighbour
+//! towards the test addresses, so a translated packet comes back as "pass
+//! to the kernel" with its TTL untouched, and it holds the gateway's own
+//! addresses (see `Fixture`). Forwarding itself is covered by the namespace
+//! tests.
 
 use std::net::Ipv4Addr;
 
@@ -30,9 +31,26 @@ enum Expect {
 }
 
 /// Runs `input` through the side's XDP and TC programs and checks the
-/// action and the exact output bytes (and that the output's checksums hold).
+/// action and the exact output bytes (and, when the program rewrote the
+/// frame, that the output's checksums hold).
 fn check(side: Side, input: &[u8], expect: Expect, output: &[u8]) {
-    let mut fx = Fixture::new();
+    // One fixture per test (thread) for all its checks: loading the
+    // programs is what costs (the verifier), and checks change no map.
+    thread_local! {
+        static FX: std::cell::RefCell<Option<Fixture>> = const { std::cell::RefCell::new(None) };
+    }
+    FX.with_borrow_mut(|fx| {
+        check_with(
+            fx.get_or_insert_with(Fixture::new),
+            side,
+            input,
+            expect,
+            output,
+        )
+    });
+}
+
+fn check_with(fx: &mut Fixture, side: Side, input: &[u8], expect: Expect, output: &[u8]) {
     for tc in [false, true] {
         let prog = match (side, tc) {
             (Side::External, false) => TestProgram::XdpExternal,
@@ -52,9 +70,16 @@ fn check(side: Side, input: &[u8], expect: Expect, output: &[u8]) {
         assert_eq!(action, want, "{prog:?}: action");
         if expect != Expect::Drop {
             assert_eq!(hex(&out), hex(output), "{prog:?}: output bytes");
-            pkt::verify(&out).unwrap_or_else(|e| panic!("{prog:?}: {e}"));
+            if out != input {
+                pkt::verify(&out).unwrap_or_else(|e| panic!("{prog:?}: {e}"));
+            }
         }
     }
+}
+
+/// Checks that the side's programs hand `input` to the kernel untouched.
+fn check_untouched(side: Side, input: &[u8]) {
+    check(side, input, Expect::Pass, input);
 }
 
 fn hex(b: &[u8]) -> String {
@@ -477,4 +502,419 @@ fn counter_slots_are_per_association() {
         assert_eq!(s.in_packets, want, "counters of {}", s.floating);
     }
     assert_eq!(dp.pair_stats(None).unwrap().len(), 1024);
+}
+
+/// RFC 1812 §5.2.2: a router discards a datagram whose header checksum is
+/// wrong. floatip neither translates nor forwards it: it hands it to the
+/// kernel untouched, counted as an error, and the kernel discards it (and
+/// counts it in `InCsumErrors`, as the reference router does). Options are
+/// part of the sum.
+#[test]
+fn bad_ipv4_header_checksum_is_not_translated() {
+    let bad_check = |mut f: Vec<u8>| {
+        f[14 + 10] ^= 0x5a;
+        f
+    };
+    let with_opts = |s: Ipv4Addr, d: Ipv4Addr| {
+        let mut ip = Ip::new(s, d, 17);
+        ip.options = vec![0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00];
+        pkt::ipv4_frame(&ip, &udp_l4(s, d))
+    };
+    // A flipped bit in the first and in the last option word.
+    let bad_option = |at: usize| {
+        move |mut f: Vec<u8>| {
+            f[14 + at] ^= 0x01;
+            f
+        }
+    };
+    for (side, src, dst) in [
+        (Side::External, REMOTE, FIP1),
+        (Side::Internal, FIXED1, REMOTE),
+        (Side::Internal, FIXED1, FIP2),
+    ] {
+        check_untouched(side, &bad_check(frame(src, dst, 17, udp_l4)));
+        check_untouched(side, &bad_check(frame(src, dst, 6, tcp_l4)));
+        check_untouched(side, &bad_option(22)(with_opts(src, dst)));
+        check_untouched(side, &bad_option(27)(with_opts(src, dst)));
+    }
+    let mut fx = Fixture::new();
+    fx.run(
+        TestProgram::XdpExternal,
+        &bad_check(frame(REMOTE, FIP1, 17, udp_l4)),
+    );
+    let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
+    assert_eq!((c["errors"], c["translated"]), (1, 0), "{c:?}");
+}
+
+/// A router takes only frames addressed to its own MAC and does not forward
+/// link-layer broadcast or multicast (RFC 1812 §5.3.4). A frame a learning
+/// bridge floods (another host's MAC, broadcast, multicast) is left to the
+/// kernel untouched, which drops it or delivers it locally.
+#[test]
+fn frames_not_addressed_to_the_nic_are_not_translated() {
+    let other_host = [0x02, 0, 0, 0, 0, 0x0c];
+    let broadcast = [0xff; 6];
+    let multicast = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+    for mac in [other_host, broadcast, multicast] {
+        let to = |src: Ipv4Addr, dst: Ipv4Addr| {
+            pkt::eth(
+                mac,
+                MAC_B,
+                None,
+                0x0800,
+                &Ip::new(src, dst, 17).packet(&udp_l4(src, dst)),
+            )
+        };
+        check_untouched(Side::External, &to(REMOTE, FIP1));
+        check_untouched(Side::Internal, &to(FIXED1, REMOTE));
+        // East-west between two instances, flooded to the gateway too.
+        check_untouched(Side::Internal, &to(FIXED1, FIXED2));
+        check_untouched(Side::Internal, &to(FIXED1, FIP2));
+    }
+}
+
+/// ARP is answered only for requests to the NIC's MAC or broadcast and
+/// only untagged: a request unicast to another host is that host's, and a
+/// tagged one belongs to a VLAN the kernel owns (at TC ingress the outer
+/// tag is in the skb's metadata, not the frame).
+#[test]
+fn arp_requests_not_for_this_nic_are_not_answered() {
+    let router_mac = [0x02, 0, 0, 0, 0, 0x01];
+    let other_host = [0x02, 0, 0, 0, 0, 0x0c];
+    let req = |to| pkt::arp(to, router_mac, 1, router_mac, ROUTER, [0; 6], FIP1);
+    let reply = pkt::arp(router_mac, MAC_A, 2, MAC_A, FIP1, router_mac, ROUTER);
+    check(Side::External, &req(MAC_A), Expect::Reply, &reply);
+    check_untouched(Side::External, &req(other_host));
+    for tags in [
+        &[(0x8100, 100)][..],
+        &[(0x88a8, 10), (0x8100, 100)],
+        &[(0x8100, 10), (0x8100, 100)],
+    ] {
+        check_untouched(Side::External, &pkt::with_tags(&req([0xff; 6]), tags));
+    }
+    let mut fx = Fixture::new();
+    let (action, out) = fx.run_tc_tagged(true, &req([0xff; 6]));
+    assert_eq!((action, hex(&out)), (TC_ACT_OK, hex(&req([0xff; 6]))));
+}
+
+/// Martian sources (RFC 1812 §5.3.7: 0/8, 127/8, multicast, class E and
+/// limited broadcast) towards a floating IP are dropped, from either side;
+/// so are packets from outside claiming a floating IP of this gateway, or
+/// any pool address, as their source.
+#[test]
+fn martian_and_own_sources_towards_a_floating_ip_are_dropped() {
+    for src in [
+        Ipv4Addr::new(0, 0, 0, 0),
+        Ipv4Addr::new(0, 1, 2, 3),
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(224, 0, 0, 1),
+        Ipv4Addr::new(239, 255, 255, 250),
+        Ipv4Addr::new(240, 0, 0, 1),
+        Ipv4Addr::new(255, 255, 255, 255),
+    ] {
+        check(
+            Side::External,
+            &frame(src, FIP1, 17, udp_l4),
+            Expect::Drop,
+            &[],
+        );
+        check(
+            Side::Internal,
+            &frame(src, FIP2, 17, udp_l4),
+            Expect::Drop,
+            &[],
+        );
+    }
+    for own in [FIP2, FIP1, UNASSOC] {
+        check(
+            Side::External,
+            &frame(own, FIP1, 17, udp_l4),
+            Expect::Drop,
+            &[],
+        );
+    }
+    // Neighbours of the martian ranges are ordinary sources.
+    for src in [Ipv4Addr::new(1, 0, 0, 1), Ipv4Addr::new(223, 255, 255, 254)] {
+        check(
+            Side::External,
+            &frame(src, FIP1, 17, udp_l4),
+            Expect::Pass,
+            &frame(src, FIXED1, 17, udp_l4),
+        );
+    }
+}
+
+fn udplite_l4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    pkt::udplite(src, dst, 40000, 5004, &payload(41))
+}
+
+fn dccp_l4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    pkt::dccp(src, dst, 40000, 5001, &payload(33))
+}
+
+/// UDP-Lite (136) and DCCP (33) checksums cover the pseudo-header too, as
+/// TCP's and UDP's do: they follow the translated addresses, also in the
+/// quote of an ICMP error.
+#[test]
+fn udplite_and_dccp_checksums_follow_the_addresses() {
+    for (proto, l4) in [
+        (136u8, udplite_l4 as fn(Ipv4Addr, Ipv4Addr) -> Vec<u8>),
+        (33, dccp_l4),
+    ] {
+        check(
+            Side::External,
+            &frame(REMOTE, FIP1, proto, l4),
+            Expect::Pass,
+            &frame(REMOTE, FIXED1, proto, l4),
+        );
+        check(
+            Side::Internal,
+            &frame(FIXED1, REMOTE, proto, l4),
+            Expect::Pass,
+            &frame(FIP1, REMOTE, proto, l4),
+        );
+        check(
+            Side::Internal,
+            &frame(FIXED1, FIP2, proto, l4),
+            Expect::Pass,
+            &frame(FIP1, FIXED2, proto, l4),
+        );
+        let quote = |s: Ipv4Addr, d: Ipv4Addr| Ip::new(s, d, proto).packet(&l4(s, d));
+        check(
+            Side::External,
+            &icmp_error_frame(ROUTER, FIP1, 3, 3, &quote(FIP1, REMOTE)),
+            Expect::Pass,
+            &icmp_error_frame(ROUTER, FIXED1, 3, 3, &quote(FIXED1, REMOTE)),
+        );
+        check(
+            Side::Internal,
+            &icmp_error_frame(FIXED1, REMOTE, 3, 3, &quote(REMOTE, FIXED1)),
+            Expect::Pass,
+            &icmp_error_frame(FIP1, REMOTE, 3, 3, &quote(REMOTE, FIP1)),
+        );
+    }
+}
+
+/// A first fragment too short to hold the TCP checksum (8 + 32 and
+/// 16 + 24 bytes of a 40-byte segment): the checksum lies at a known offset
+/// of the segment, so the fragment that holds it is the one updated, each
+/// fragment on its own (a duplicate is updated the same way).
+#[test]
+fn checksum_in_a_later_fragment_is_translated() {
+    let seg = |s, d| pkt::tcp(s, d, 40000, 80, &payload(20));
+    for cuts in [&[8usize][..], &[16], &[8, 16], &[8, 24]] {
+        for (side, (src, dst), (tsrc, tdst)) in [
+            (Side::External, (REMOTE, FIP1), (REMOTE, FIXED1)),
+            (Side::Internal, (FIXED1, REMOTE), (FIP1, REMOTE)),
+            (Side::Internal, (FIXED1, FIP2), (FIP1, FIXED2)),
+        ] {
+            let ins = pkt::fragments_at(&Ip::new(src, dst, 6), &seg(src, dst), cuts);
+            let outs = pkt::fragments_at(&Ip::new(tsrc, tdst, 6), &seg(tsrc, tdst), cuts);
+            for (i, o) in ins.iter().zip(&outs) {
+                let fi = pkt::eth(MAC_A, MAC_B, None, 0x0800, i);
+                let fo = pkt::eth(MAC_A, MAC_B, None, 0x0800, o);
+                check(side, &fi, Expect::Pass, &fo);
+            }
+        }
+    }
+}
+
+/// At TC ingress the kernel has moved a frame's outer VLAN tag into the
+/// skb's metadata. A frame with a second tag (QinQ) is as stacked as one
+/// with both tags in the frame: untouched. With one tag it is treated as
+/// XDP treats an in-frame tag: translated and left to the kernel, whose
+/// VLAN device owns it (not redirected, which would carry the tag into the
+/// tenant network).
+#[test]
+fn tc_sees_the_outer_vlan_tag_in_the_metadata() {
+    let mut fx = Fixture::new();
+    let ip_frame = |tags: &[(u16, u16)], s: Ipv4Addr, d: Ipv4Addr| {
+        pkt::eth_tagged(
+            MAC_A,
+            MAC_B,
+            tags,
+            0x0800,
+            &Ip::new(s, d, 17).packet(&udp_l4(s, d)),
+        )
+    };
+    for (external, src, dst) in [(true, REMOTE, FIP1), (false, FIXED1, REMOTE)] {
+        for inner in [0x8100, 0x88a8] {
+            let qinq = ip_frame(&[(inner, 200)], src, dst);
+            let (action, out) = fx.run_tc_tagged(external, &qinq);
+            assert_eq!((action, hex(&out)), (TC_ACT_OK, hex(&qinq)), "QinQ");
+        }
+    }
+    let (action, out) = fx.run_tc_tagged(true, &ip_frame(&[], REMOTE, FIP1));
+    assert_eq!(
+        (action, hex(&out)),
+        (TC_ACT_OK, hex(&ip_frame(&[], REMOTE, FIXED1)))
+    );
+}
+
+/// An instance talking to the gateway itself (its tenant-side address, its
+/// external address, the tenant subnet's broadcast, loopback) keeps its
+/// fixed source: only what leaves through an external NIC is SNATed, and
+/// the gateway's reply must find the instance. The FIB lookup that decides
+/// the forwarding says so before the rewrite.
+#[test]
+fn traffic_to_the_gateway_itself_keeps_its_fixed_source() {
+    for dst in [
+        GW_INT,
+        ROUTER,
+        Ipv4Addr::new(10, 0, 0, 255),
+        Ipv4Addr::new(127, 0, 0, 1),
+    ] {
+        for (proto, l4) in [
+            (17u8, udp_l4 as fn(Ipv4Addr, Ipv4Addr) -> Vec<u8>),
+            (6, tcp_l4),
+            (1, echo_l4),
+        ] {
+            check_untouched(Side::Internal, &frame(FIXED1, dst, proto, l4));
+        }
+    }
+    let mut fx = Fixture::new();
+    fx.run(TestProgram::XdpInternal, &frame(FIXED1, GW_INT, 17, udp_l4));
+    let dp = fx.progs().dataplane().unwrap();
+    assert_eq!(dp.pair_stats(Some(FIP1)).unwrap()[0].out_packets, 0);
+    let c = dp.outcomes().unwrap();
+    assert_eq!((c["translated"], c["passed"]), (0, 1), "{c:?}");
+}
+
+/// From an instance, a packet the kernel answers with an ICMP error (too
+/// big for the egress MTU with DF set, an unreachable route) goes to the
+/// kernel as the instance sent it, so the error quotes the fixed address
+/// its socket knows and PMTU discovery and EHOSTUNREACH work. Without DF
+/// it is translated (the kernel fragments it).
+#[test]
+fn packets_the_kernel_answers_with_an_error_keep_their_fixed_source() {
+    let big = |s, d, df: bool| {
+        let mut ip = Ip::new(s, d, 17);
+        ip.frag = if df { 0x4000 } else { 0 };
+        pkt::ipv4_frame(&ip, &pkt::udp(s, d, 40000, 53, &payload(1400), true))
+    };
+    assert!(big(FIXED1, NARROW, true).len() - 14 > NARROW_MTU);
+    check_untouched(Side::Internal, &big(FIXED1, NARROW, true));
+    check(
+        Side::Internal,
+        &big(FIXED1, NARROW, false),
+        Expect::Pass,
+        &big(FIP1, NARROW, false),
+    );
+    check_untouched(Side::Internal, &frame(FIXED1, UNREACHABLE, 17, udp_l4));
+    check_untouched(Side::Internal, &frame(FIXED1, UNREACHABLE, 6, tcp_l4));
+    // Small enough: translated as ever.
+    check(
+        Side::Internal,
+        &frame(FIXED1, NARROW, 17, udp_l4),
+        Expect::Pass,
+        &frame(FIP1, NARROW, 17, udp_l4),
+    );
+    let mut fx = Fixture::new();
+    fx.run(TestProgram::XdpInternal, &big(FIXED1, NARROW, true));
+    let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
+    assert_eq!((c["translated"], c["passed_to_kernel"]), (0, 1), "{c:?}");
+    // Segments GRO merged into one skb (TC): the FIB's "too big" is about
+    // the merged length, not a segment's; the kernel segments it, so it is
+    // translated as ever (not left untranslated, which would leak the
+    // fixed IP, nor answered with an error).
+    let (action, got) = fx.run_tc_gso(false, &big(FIXED1, NARROW, true), 1000);
+    assert_eq!(
+        (action, hex(&got)),
+        (TC_ACT_OK, hex(&big(FIP1, NARROW, true))),
+        "GRO-merged"
+    );
+}
+
+/// The ICMP destination-unreachable error a router sends back to `to`
+/// about `datagram` (its IPv4 header and 8 bytes quoted), from `from`.
+fn unreachable_error(from: Ipv4Addr, to: Ipv4Addr, code: u8, mtu: u16, datagram: &[u8]) -> Vec<u8> {
+    let hlen = ((datagram[0] & 0x0f) as usize) * 4;
+    let mut ip = Ip::new(from, to, 1);
+    ip.id = 0;
+    ip.frag = 0;
+    let mut packet = ip.packet(&pkt::icmp(
+        3,
+        code,
+        [0, 0, (mtu >> 8) as u8, mtu as u8],
+        &datagram[..hlen + 8],
+    ));
+    // Internetwork control precedence, as routers send errors.
+    packet[1] = 0xc0;
+    packet[10..12].copy_from_slice(&[0, 0]);
+    let c = pkt::checksum(&packet[..20]);
+    packet[10..12].copy_from_slice(&c.to_be_bytes());
+    pkt::eth(MAC_B, MAC_A, None, 0x0800, &packet)
+}
+
+/// Towards an instance, a datagram that cannot be forwarded (too big for the
+/// MTU towards the instance with DF set, an unreachable route) is answered
+/// by the programs themselves with the ICMP error a router sends, quoting
+/// the datagram as its sender sent it (the floating IP, not the fixed one),
+/// so the sender's PMTU discovery and EHOSTUNREACH work. The same for
+/// hairpin traffic. Without DF the datagram is translated (the kernel
+/// fragments it).
+#[test]
+fn datagrams_for_an_instance_that_cannot_be_forwarded_get_an_icmp_error() {
+    const FIP3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 13);
+    const FIP4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 14);
+    let mut fx = Fixture::with(&[
+        (FIP1, FIXED1),
+        (FIP2, FIXED2),
+        (FIP3, NARROW_FIXED),
+        (FIP4, UNREACHABLE_FIXED),
+    ]);
+    let big = |s, d, df: bool| {
+        let mut ip = Ip::new(s, d, 17);
+        ip.frag = if df { 0x4000 } else { 0 };
+        ip.packet(&pkt::udp(s, d, 40000, 53, &payload(1400), true))
+    };
+    let small = |s, d| Ip::new(s, d, 6).packet(&tcp_l4(s, d));
+    let framed = |p: &[u8]| pkt::eth(MAC_A, MAC_B, None, 0x0800, p);
+    for (side, src) in [(Side::External, REMOTE), (Side::Internal, FIXED1)] {
+        let d = big(src, FIP3, true);
+        let error = unreachable_error(FIP3, src, 4, NARROW_MTU as u16, &d);
+        check_with(&mut fx, side, &framed(&d), Expect::Reply, &error);
+        let d = small(src, FIP4);
+        let error = unreachable_error(FIP4, src, 1, 0, &d);
+        check_with(&mut fx, side, &framed(&d), Expect::Reply, &error);
+    }
+    check_with(
+        &mut fx,
+        Side::External,
+        &framed(&big(REMOTE, FIP3, false)),
+        Expect::Pass,
+        &framed(&big(REMOTE, NARROW_FIXED, false)),
+    );
+    // Never about another ICMP error, nor a non-initial fragment.
+    let quote = Ip::new(FIP4, REMOTE, 17).packet(&udp_l4(FIP4, REMOTE));
+    let e = icmp_error_frame(ROUTER, FIP4, 3, 3, &quote);
+    let translated = icmp_error_frame(
+        ROUTER,
+        UNREACHABLE_FIXED,
+        3,
+        3,
+        &Ip::new(UNREACHABLE_FIXED, REMOTE, 17).packet(&udp_l4(UNREACHABLE_FIXED, REMOTE)),
+    );
+    check_with(&mut fx, Side::External, &e, Expect::Pass, &translated);
+    let seg = pkt::udp(REMOTE, FIP4, 40000, 53, &payload(40), true);
+    let tseg = pkt::udp(REMOTE, UNREACHABLE_FIXED, 40000, 53, &payload(40), true);
+    let later = &pkt::fragments_at(&Ip::new(REMOTE, FIP4, 17), &seg, &[16])[1];
+    let tlater = &pkt::fragments_at(&Ip::new(REMOTE, UNREACHABLE_FIXED, 17), &tseg, &[16])[1];
+    check_with(
+        &mut fx,
+        Side::External,
+        &framed(later),
+        Expect::Pass,
+        &framed(tlater),
+    );
+    // Segments GRO merged into one skb (TC) are translated as ever: the
+    // FIB's "too big" is about the merged length; the kernel segments it.
+    let (action, got) = fx.run_tc_gso(true, &framed(&big(REMOTE, FIP3, true)), 1000);
+    assert_eq!(
+        (action, hex(&got)),
+        (TC_ACT_OK, hex(&framed(&big(REMOTE, NARROW_FIXED, true)))),
+        "GRO-merged"
+    );
+    let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
+    assert_eq!(c["icmp_errors"], 8, "{c:?}");
 }

@@ -11,15 +11,22 @@
 //!   one hash-map lookup of the destination address, and one `bpf_fib_lookup` of the
 //!   frame, each then XDP_PASS. What one such step costs on the machine bounds what
 //!   any design built on them can reach.
+//! - `test_tc_vlan` (TC): puts an 802.1Q tag (VID 100) into the skb's metadata, where TC
+//!   ingress finds a frame's outer tag, then tail-calls the program under test in
+//!   `TEST_TC_JUMP[0]`: `BPF_PROG_TEST_RUN` cannot set that metadata itself.
+//!
+//! Unlike the data plane, these programs bounds-check the few bytes they touch directly
+//! (`data + n > data_end`): linking the data plane's library for its `Window` would pull
+//! its pinned maps into this object.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::bpf_fib_lookup,
-    macros::{map, xdp},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::{bpf_fib_lookup, bpf_skb_vlan_push},
+    macros::{classifier, map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray, ProgramArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use floatip_common::{GenConfig, csum_fold as fold};
 
@@ -49,6 +56,20 @@ static BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// Keys for `bench_lookup`: addresses as they lie in the frame.
 #[map(name = "BENCH_KEYS")]
 static BENCH_KEYS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "TEST_TC_JUMP")]
+static TEST_TC_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[classifier]
+pub fn test_tc_vlan(ctx: TcContext) -> i32 {
+    const ETH_P_8021Q: u16 = 0x8100;
+    if unsafe { bpf_skb_vlan_push(ctx.skb.skb.cast(), ETH_P_8021Q.to_be(), 100) } != 0 {
+        return TC_ACT_SHOT as i32;
+    }
+    // Only returns when the slot is empty.
+    unsafe { TEST_TC_JUMP.tail_call(&ctx, 0) };
+    TC_ACT_SHOT as i32
+}
 
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {

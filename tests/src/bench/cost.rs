@@ -208,9 +208,10 @@ impl Drop for PinGuard {
     }
 }
 
+/// The frames of a case; `run_case` sets the destination MAC.
 fn config(src: Ipv4Addr, src_count: u32, dst: Ipv4Addr, dst_count: u32, offset: u32) -> GenConfig {
     GenConfig {
-        dst_mac: [0x02, 0, 0, 0, 0, 0x0a],
+        dst_mac: [0; 6],
         src_mac: [0x02, 0, 0, 0, 0, 0x0b],
         sport: 40_000,
         dport: 53,
@@ -250,7 +251,7 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
         for _ in 0..rounds {
             for (case, list) in samples.iter_mut() {
                 check_stop()?;
-                list.push(run_case(&mut rig, *case, n, ext, int, repeat)?);
+                list.push(run_case(&mut rig, *case, n, &nics, repeat)?);
             }
         }
         Ok(CostResult {
@@ -264,8 +265,16 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
     result
 }
 
-/// One run of `case`; checks that every repetition took the intended path.
-fn run_case(rig: &mut CostRig, case: Case, n: u32, ext: u32, int: u32, repeat: u32) -> Result<f64> {
+/// One run of `case` on `nics` (ifindex, MAC, external?: the external NIC
+/// first); checks that every repetition took the intended path.
+fn run_case(
+    rig: &mut CostRig,
+    case: Case,
+    n: u32,
+    nics: &[(u32, [u8; 6], Role); 2],
+    repeat: u32,
+) -> Result<f64> {
+    let (ext, int) = (nics[0].0, nics[1].0);
     let half = n / 2;
     let (target, cfg, ingress, action, translated) = match case {
         Case::BarePass => {
@@ -327,6 +336,10 @@ fn run_case(rig: &mut CostRig, case: Case, n: u32, ext: u32, int: u32, repeat: u
             true,
         ),
     };
+    // Addressed to the ingress NIC, as a router's neighbour sends it: the
+    // programs translate nothing else.
+    let mut cfg = cfg;
+    cfg.dst_mac = if ingress == ext { nics[0].1 } else { nics[1].1 };
     let r = rig.run(target, &cfg, ingress, repeat)?;
     if r.action != action {
         bail!(
