@@ -434,6 +434,14 @@ fn drift_is_visible() {
     assert!(lab.floatip(&["check"]).success());
     assert_eq!(lab.nat_pairs(), [(FIP1.to_string(), INST1_IP.to_string())]);
 
+    // Plumbing pairs go wholly at the next comparison, here a second attach (issue 10,
+    // defect 10): no half pair, no filter count left behind.
+    lab.ok(&["nat", "add", "203.0.113.16", "10.0.0.16"]);
+    assert!(lab.attach().success());
+    assert_eq!(lab.nat_pairs(), [(FIP1.to_string(), INST1_IP.to_string())]);
+    assert_eq!(sync(&lab)["state"], "clean", "{}", sync(&lab));
+    assert!(lab.floatip(&["check"]).success());
+
     // While detached the database says so instead of ACTIVE; disassociating still works and
     // the next attach applies it.
     assert!(lab.detach().success());
