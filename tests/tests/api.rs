@@ -114,6 +114,7 @@ fn api() {
         bad_input(&c, &lab, &net);
         quotas(&c, &lab, &net);
         prometheus(&c, &lab);
+        flood(&c, &lab, &net);
         login_lockout(&c);
     });
 }
@@ -1052,6 +1053,43 @@ fn prometheus(c: &Client, lab: &Lab) {
     panic!(
         "Prometheus never returned the per-IP counter: {last}\n{}",
         server.stderr_so_far()
+    );
+}
+
+/// A bounded flood of bad requests from 4 clients at once: each gets its Neutron error, the
+/// state does not change, and the agent keeps serving.
+fn flood(c: &Client, lab: &Lab, net: &Nets) {
+    let before = snapshot(c, lab);
+    let bodies = [
+        "{".to_owned(),
+        "[]".to_owned(),
+        json!({"floatingip": {"floating_network_id": net.public, "x": 1}}).to_string(),
+        json!({"floatingip": {"floating_network_id": 5}}).to_string(),
+        "\u{0}\u{1}garbage".to_owned(),
+    ];
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (bodies, gw) = (&bodies, lab.gw.clone());
+            s.spawn(move || {
+                in_netns(&gw, || {
+                    let c = Client::new();
+                    for i in 0..150 {
+                        let body = &bodies[(i + t) % bodies.len()];
+                        let r = c
+                            .raw("POST", "/v2.0/floatingips", Some(ALICE), Some(body))
+                            .unwrap();
+                        assert_eq!(r.status, 400, "{body}: {}", r.text);
+                        assert!(r.error_type().is_some(), "{}", r.text);
+                    }
+                })
+            });
+        }
+    });
+    assert_eq!(snapshot(c, lab), before, "the flood changed the state");
+    expect(
+        &c.call("GET", "/v2.0/floatingips", ALICE, None),
+        200,
+        "serving after the flood",
     );
 }
 
