@@ -532,6 +532,16 @@ impl Drop for Cleanup {
     }
 }
 
+/// `floatip --bpffs BPFFS --state STATE ARGS` in an empty network namespace: the machine's own
+/// addresses are not the test's (this one has a documentation address on its NIC).
+fn isolated(bpffs: &Path, state: &Path, args: &[&str]) -> Output {
+    let bin = netns::floatip_binary().to_string_lossy().into_owned();
+    let (bpffs, state) = (bpffs.to_string_lossy(), state.to_string_lossy());
+    let mut argv = vec!["unshare", "-n", &bin, "--bpffs", &bpffs, "--state", &state];
+    argv.extend_from_slice(args);
+    netns::run(netns::host_command(&argv), netns::EXEC_TIMEOUT)
+}
+
 /// A tmpfs of its own (unmounted on drop), so that a test can fill it.
 struct SmallFs(std::path::PathBuf);
 
@@ -574,23 +584,7 @@ fn full_disk_says_so() {
     netns::require_root();
     let dir = std::env::temp_dir().join(format!("floatip-full-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
-    let bin = netns::floatip_binary();
-    let bpffs = dir.join("bpf");
-    let floatip = |state: &Path, args: &[&str]| {
-        // In an empty network namespace: the machine's own addresses are not the test's.
-        let mut argv = vec![
-            "unshare".to_owned(),
-            "-n".into(),
-            bin.to_string_lossy().into_owned(),
-            "--bpffs".into(),
-            bpffs.to_string_lossy().into_owned(),
-            "--state".into(),
-            state.to_string_lossy().into_owned(),
-        ];
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        netns::run(netns::host_command(&argv), netns::EXEC_TIMEOUT)
-    };
+    let floatip = |state: &Path, args: &[&str]| isolated(&dir.join("bpf"), state, args);
     for shm_exists in [false, true] {
         let disk = SmallFs::mount(&dir.join(format!("fs-{shm_exists}")), "1m");
         let state = disk.0.join("state.db");
@@ -670,21 +664,7 @@ fn read_only_database_serves_reads() {
     netns::require_root();
     let dir = std::env::temp_dir().join(format!("floatip-ro-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
-    let bin = netns::floatip_binary();
-    let floatip = |state: &Path, args: &[&str]| {
-        let mut argv = vec![
-            "unshare".to_owned(),
-            "-n".into(),
-            bin.to_string_lossy().into_owned(),
-            "--bpffs".into(),
-            dir.join("bpf").to_string_lossy().into_owned(),
-            "--state".into(),
-            state.to_string_lossy().into_owned(),
-        ];
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        netns::run(netns::host_command(&argv), netns::EXEC_TIMEOUT)
-    };
+    let floatip = |state: &Path, args: &[&str]| isolated(&dir.join("bpf"), state, args);
     let state = dir.join("rw").join("state.db");
     for args in [
         &["pool", "create", "p", "--range", "192.0.2.0/28"][..],
