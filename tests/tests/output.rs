@@ -113,3 +113,73 @@ fn styles_columns_and_sorting() {
     assert_eq!(out.stderr.lines().count(), 1, "{out}");
     assert!(out.stderr.contains("unknown column nope"), "{out}");
 }
+
+#[test]
+fn ids_and_several_deletes() {
+    netns::require_root();
+    let dir = std::env::temp_dir().join(format!("floatip-ids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Gone<'a>(&'a Path);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _gone = Gone(&dir);
+    let ok = |args: &[&str]| {
+        let out = floatip(&dir, args);
+        assert!(out.success(), "{out}");
+        out.stdout
+    };
+    ok(&["pool", "create", "p", "--range", "192.0.2.8-192.0.2.12"]);
+    for _ in 0..4 {
+        ok(&["ip", "create", "p"]);
+    }
+    ok(&["ip", "create", "p", "--project", "other"]);
+    // `ip show` takes the id `ip list` prints as well as the address.
+    assert_eq!(
+        ok(&[
+            "ip",
+            "show",
+            "2",
+            "-f",
+            "value",
+            "-c",
+            "floating_ip_address"
+        ]),
+        "192.0.2.9\n"
+    );
+    assert_eq!(
+        ok(&["ip", "show", "192.0.2.9", "-f", "value", "-c", "id"]),
+        "2\n"
+    );
+    let out = floatip(&dir, &["ip", "show", "5", "--project", "demo"]);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(3),
+        "another project's id: {out}"
+    );
+    let out = floatip(&dir, &["ip", "show", "web1"]);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+
+    // Several at once: each reported, the missing one named, the command fails.
+    let out = floatip(
+        &dir,
+        &["ip", "delete", "1", "192.0.2.10", "192.0.2.99", "4"],
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(3), "{out}");
+    assert_eq!(
+        out.stdout,
+        "deleted 192.0.2.8 (1)\ndeleted 192.0.2.10 (3)\ndeleted 192.0.2.11 (4)\n"
+    );
+    assert!(
+        out.stderr.contains("192.0.2.99") && out.stderr.contains("1 of 4"),
+        "{out}"
+    );
+    assert_eq!(ok(&["ip", "list", "-f", "value", "-c", "id"]), "2\n5\n");
+    // One that fails alone: one line, its own kind.
+    let out = floatip(&dir, &["ip", "delete", "1"]);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(3), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+}

@@ -47,6 +47,7 @@ pub enum IpCmd {
     },
     /// Show one floating IP.
     Show {
+        /// The floating IP's address or its id.
         floating: String,
         /// Act for this project: other projects' addresses are not found.
         #[arg(long)]
@@ -79,8 +80,12 @@ pub enum IpCmd {
         project: Option<String>,
     },
     /// Release a floating IP (disassociating it first).
+    /// Release floating IPs (disassociating them first); each is reported, and the command
+    /// fails if any of them could not be deleted.
     Delete {
-        floating: String,
+        /// Addresses or ids.
+        #[arg(required = true)]
+        floating: Vec<String>,
         /// Act for this project: other projects' addresses are not found.
         #[arg(long)]
         project: Option<String>,
@@ -122,8 +127,9 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             output::print_list(fmt, &open()?.ip_list(&query)?)
         }
         IpCmd::Show { floating, project } => {
-            let floating = invalid(parse_ipv4(floating))?;
-            output::print_one(fmt, &open()?.ip_show(floating, project.as_deref())?)
+            let mut control = open()?;
+            let floating = control.ip_resolve(floating, project.as_deref())?;
+            output::print_one(fmt, &control.ip_show(floating, project.as_deref())?)
         }
         IpCmd::Associate {
             from_file: Some(path),
@@ -162,8 +168,34 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             output::print_one(fmt, &open()?.ip_disassociate(floating, project.as_deref())?)
         }
         IpCmd::Delete { floating, project } => {
-            let floating = invalid(parse_ipv4(floating))?;
-            open()?.ip_delete(floating, project.as_deref()).map(drop)
+            let mut control = open()?;
+            let mut failed = Vec::new();
+            for key in floating {
+                let result = control
+                    .ip_resolve(key, project.as_deref())
+                    .and_then(|ip| control.ip_delete(ip, project.as_deref()));
+                match result {
+                    Ok(record) => output::print_text(&format!(
+                        "deleted {} ({})\n",
+                        record.floating_ip_address, record.id
+                    ))?,
+                    Err(e) if floating.len() == 1 => return Err(e),
+                    Err(e) => {
+                        eprintln!("floatip: {key}: {e:#}");
+                        failed.push(key.as_str());
+                    }
+                }
+            }
+            if failed.is_empty() {
+                return Ok(());
+            }
+            fail!(
+                NotFound,
+                "{} of {} floating IPs were not deleted: {}",
+                failed.len(),
+                floating.len(),
+                failed.join(", ")
+            )
         }
     }
 }

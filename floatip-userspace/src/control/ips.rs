@@ -100,6 +100,26 @@ impl Control {
         Ok(self.as_served(vec![record]).remove(0))
     }
 
+    /// The address `key` names: an address, or the record's id (as `ip list` shows it).
+    /// Another project's id is not found, like its address.
+    pub fn ip_resolve(&mut self, key: &str, project: Option<&str>) -> Result<Ipv4Addr> {
+        if let Ok(ip) = key.parse::<Ipv4Addr>() {
+            return Ok(ip);
+        }
+        let Ok(id) = key.parse::<i64>() else {
+            fail!(
+                Invalid,
+                "'{key}' is neither an IPv4 address nor a floating IP id"
+            );
+        };
+        self.store.read(|tx| match tx.ip_get_by_id(id)? {
+            Some(row) if project.is_none_or(|p| row.project.as_deref() == Some(p)) => {
+                Ok(row.address)
+            }
+            _ => fail!(NotFound, "floating IP {id} not found"),
+        })
+    }
+
     /// Records as the gateway serves them: an association is ACTIVE only while a data plane
     /// is attached to carry it.
     fn as_served(&mut self, mut records: Vec<FloatingIp>) -> Vec<FloatingIp> {
