@@ -15,23 +15,36 @@ fn floatip(dir: &Path, args: &[&str]) -> Output {
     netns::run(netns::host_command(&argv), netns::EXEC_TIMEOUT)
 }
 
+/// A state directory of its own, removed on drop.
+struct Work(std::path::PathBuf);
+
+impl Work {
+    fn new(tag: &str) -> Work {
+        let dir = std::env::temp_dir().join(format!("floatip-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Work(dir)
+    }
+
+    /// `floatip ARGS`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = floatip(&self.0, args);
+        assert!(out.success(), "{out}");
+        out.stdout
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn styles_columns_and_sorting() {
     netns::require_root();
-    let dir = std::env::temp_dir().join(format!("floatip-output-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct Gone<'a>(&'a Path);
-    impl Drop for Gone<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
-        }
-    }
-    let _gone = Gone(&dir);
-    let ok = |args: &[&str]| {
-        let out = floatip(&dir, args);
-        assert!(out.success(), "{out}");
-        out.stdout
-    };
+    let work = Work::new("output");
+    let dir = work.0.clone();
+    let ok = |args: &[&str]| work.ok(args);
     ok(&["pool", "create", "p", "--range", "192.0.2.8-192.0.2.10"]);
     ok(&["ip", "create", "p", "--address", "192.0.2.10"]);
     ok(&[
@@ -117,20 +130,9 @@ fn styles_columns_and_sorting() {
 #[test]
 fn ids_and_several_deletes() {
     netns::require_root();
-    let dir = std::env::temp_dir().join(format!("floatip-ids-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct Gone<'a>(&'a Path);
-    impl Drop for Gone<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
-        }
-    }
-    let _gone = Gone(&dir);
-    let ok = |args: &[&str]| {
-        let out = floatip(&dir, args);
-        assert!(out.success(), "{out}");
-        out.stdout
-    };
+    let work = Work::new("ids");
+    let dir = work.0.clone();
+    let ok = |args: &[&str]| work.ok(args);
     ok(&["pool", "create", "p", "--range", "192.0.2.8-192.0.2.12"]);
     for _ in 0..4 {
         ok(&["ip", "create", "p"]);
