@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::Result;
 
-use super::{Control, GENERATION_DIRTY, SyncReport, validate::check_not_gateway_addr};
+use super::{
+    Control, GENERATION_DIRTY, SyncReport, check_belongs, validate::check_not_gateway_addr,
+};
 use crate::{
     dataplane::{AttachOptions, Dataplane, DataplaneStatus, Mode, Pair, PairStats, Role, log},
     error::fail,
@@ -63,8 +65,8 @@ impl Gateway {
             // Checked before anything changes: a wrong --state must not touch the data plane.
             let mut pinned = Control::open_adopting(state, &self.bpffs)?;
             pinned.store.check_integrity()?;
-            if !adopt {
-                drop(Control::open(state, &self.bpffs)?);
+            if !adopt && let Some(maps) = pinned.maps.as_ref().and_then(Option::as_ref) {
+                check_belongs(&mut pinned.store, maps, &self.bpffs)?;
             }
             let size = pinned
                 .maps_ref()

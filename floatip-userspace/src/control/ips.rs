@@ -11,7 +11,8 @@ use super::{
     sync::{finish, sync_maps, update_maps},
     validate::{
         check_fixed_outside_pools, check_not_gateway_addr, check_reachable, get_ip, get_pool,
-        load_pools, owned_ip, stored_ranges, validate_fixed, validate_name, validate_text,
+        internal_subnets, load_pools, owned_ip, stored_ranges, validate_fixed, validate_name,
+        validate_text,
     },
 };
 use crate::{
@@ -165,7 +166,7 @@ impl Control {
             let local = iface::addresses()?;
             check_not_gateway_addr(floating, &local)?;
             check_not_gateway_addr(fixed, &local)?;
-            check_reachable(maps, fixed)?;
+            check_reachable(maps, &internal_subnets(maps)?, fixed)?;
             let nic = get_pool(tx, &row.pool)?.external_iface;
             tx.ip_set_association(floating, Some(fixed), instance)?;
             let moving = row.fixed_ip.is_some();
@@ -199,6 +200,7 @@ impl Control {
             sync_maps(tx, maps)?;
             let pools = load_pools(tx)?;
             let local = iface::addresses()?;
+            let subnets = internal_subnets(maps)?;
             let mut pairs = Vec::with_capacity(entries.len());
             for e in entries {
                 let line = || format!("line {}", e.line);
@@ -229,7 +231,7 @@ impl Control {
                 }
                 check_not_gateway_addr(e.floating, &local).with_context(line)?;
                 check_not_gateway_addr(e.fixed, &local).with_context(line)?;
-                check_reachable(maps, e.fixed).with_context(line)?;
+                check_reachable(maps, &subnets, e.fixed).with_context(line)?;
                 tx.ip_set_association(e.floating, Some(e.fixed), e.instance.as_deref())?;
                 pairs.push(Pair {
                     floating: e.floating,

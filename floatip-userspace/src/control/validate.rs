@@ -161,9 +161,14 @@ pub(super) fn check_not_gateway_addr(addr: Ipv4Addr, local: &[(String, Ipv4Addr)
 }
 
 /// Fails unless the kernel routes `fixed` out of one of the gateway's internal NICs.
-pub(super) fn check_reachable(maps: &Dataplane, fixed: Ipv4Addr) -> Result<()> {
+/// `subnets` are [`internal_subnets`], read once per command (a bulk file checks many).
+pub(super) fn check_reachable(
+    maps: &Dataplane,
+    subnets: &[(String, Ipv4Addr, u8)],
+    fixed: Ipv4Addr,
+) -> Result<()> {
     match maps.internal_route(fixed)? {
-        Some(_) => check_host_of_subnet(fixed, maps),
+        Some(_) => check_host_of_subnet(fixed, subnets),
         None => {
             fail!(
                 Invalid,
@@ -223,18 +228,18 @@ pub(super) fn check_not_internal(name: &str, ranges: &PoolRanges, maps: &Datapla
 
 /// Refuses a fixed IP that is the network or broadcast address of the internal subnet it lies
 /// in (the most specific one).
-pub(super) fn check_host_of_subnet(fixed: Ipv4Addr, maps: &Dataplane) -> Result<()> {
-    let subnet = internal_subnets(maps)?
-        .into_iter()
+fn check_host_of_subnet(fixed: Ipv4Addr, subnets: &[(String, Ipv4Addr, u8)]) -> Result<()> {
+    let subnet = subnets
+        .iter()
         .filter(|(_, addr, len)| {
             let (first, last) = prefix_span(*addr, *len);
             first <= fixed && fixed <= last
         })
         .max_by_key(|(_, _, len)| *len);
     if let Some((nic, addr, len)) = subnet
-        && len < 31
+        && *len < 31
     {
-        let (first, last) = prefix_span(addr, len);
+        let (first, last) = prefix_span(*addr, *len);
         if fixed == first || fixed == last {
             let what = if fixed == first {
                 "network"
