@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -39,9 +39,19 @@ pub mod maps {
     pub const REDIRECT: &str = "REDIRECT";
     /// One [`super::Meta`] record: layout version and state generation.
     pub const META: &str = "META";
+    /// One [`super::Routing`] record: the next-hop epoch and which of the
+    /// two `DEFAULT_HOP` entries is current.
+    pub const ROUTING: &str = "ROUTING";
+    /// Two [`super::NextHop`]s, the default route's (double-buffered, see
+    /// [`super::Routing::default_index`]).
+    pub const DEFAULT_HOP: &str = "DEFAULT_HOP";
+    /// Array of [`super::ROUTE_FILTER_WORDS`] u64 bit sets: bit `n` set when
+    /// some route other than the default one (a connected subnet, a local
+    /// or broadcast address, a more specific route) overlaps the /16 `n`.
+    pub const ROUTE_FILTER: &str = "ROUTE_FILTER";
 
     /// Every pinned map, in the order `detach` removes them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         FIP_TO_FIXED,
         FIXED_TO_FIP,
         SPOOF_FILTER,
@@ -51,6 +61,9 @@ pub mod maps {
         OUTCOMES,
         IFACES,
         REDIRECT,
+        ROUTING,
+        DEFAULT_HOP,
+        ROUTE_FILTER,
         META,
     ];
 }
@@ -108,6 +121,54 @@ pub struct NatEntry {
     /// Index of the pair's counters in `ASSOC_STATS` (the same in both
     /// halves), so counting costs an array access, not a second hash lookup.
     pub slot: u32,
+    /// In `FIP_TO_FIXED`: where a packet for the fixed IP leaves, as the
+    /// next-hop follower resolved it; unused (zero) in `FIXED_TO_FIP`,
+    /// whose packets leave by the default route ([`maps::DEFAULT_HOP`]).
+    pub hop: NextHop,
+}
+
+/// A cached forwarding answer: the egress NIC and both MACs, what
+/// `bpf_fib_lookup` would return for the destination. Valid only while
+/// `epoch` equals [`Routing::epoch`] (never when it is 0): the follower
+/// bumps the epoch first whenever routes, links or rules change, which
+/// invalidates every cached answer at once, and the programs then ask the FIB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub epoch: u32,
+    /// Largest IPv4 total length the egress takes unfragmented; a longer
+    /// packet asks the FIB (which answers "fragmentation needed").
+    pub mtu: u16,
+    pub _pad: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Global record of the next-hop cache (index 0 of `ROUTING`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// The current epoch; 0 while no follower runs: nothing is cached.
+    pub epoch: u32,
+    /// Which entry of `DEFAULT_HOP` (0 or 1) is current. The follower
+    /// writes the other one, then flips this word, so a program never
+    /// reads an entry being written.
+    pub default_index: u32,
+    /// `bpf_ktime_get_coarse_ns` time until which the follower vouches for
+    /// its answers; it renews this lease several times a second, so a
+    /// follower that died (even by SIGKILL) stops being trusted soon after.
+    pub lease_ns: u64,
+}
+
+/// Words of `ROUTE_FILTER`: one bit per /16.
+pub const ROUTE_FILTER_WORDS: u32 = 1 << 10;
+
+/// Word and bit of `ROUTE_FILTER` for an address (stored as the programs
+/// read it): its first two bytes.
+pub const fn route_filter_bit(addr: u32) -> (u32, u32) {
+    let n = u32::from_be(addr) >> 16;
+    (n >> 6, n & 63)
 }
 
 /// Value of a pool prefix in the `POOLS` trie (key: prefix length and
@@ -233,7 +294,9 @@ pub struct GenConfig {
 // field added, removed or resized without its padding fails the build here.
 const _: () = {
     use core::mem::{align_of, size_of};
-    assert!(size_of::<NatEntry>() == 8 && align_of::<NatEntry>() == 4);
+    assert!(size_of::<NatEntry>() == 32 && align_of::<NatEntry>() == 4);
+    assert!(size_of::<NextHop>() == 24 && align_of::<NextHop>() == 4);
+    assert!(size_of::<Routing>() == 16 && align_of::<Routing>() == 8);
     assert!(size_of::<AssocStats>() == 32 && align_of::<AssocStats>() == 8);
     assert!(size_of::<IfaceInfo>() == 8 && align_of::<IfaceInfo>() == 1);
     assert!(size_of::<Meta>() == 24 && align_of::<Meta>() == 8);
@@ -246,6 +309,8 @@ mod pod {
     // SAFETY: all of these are repr(C), hold only integers and have no
     // implicit padding (explicit `_pad` fields fill every hole).
     unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for Routing {}
     unsafe impl aya::Pod for AssocStats {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for Meta {}

@@ -14,6 +14,7 @@ use aya_ebpf::{
     },
     helpers::generated::bpf_fib_lookup,
 };
+use floatip_common::NextHop;
 
 use crate::{
     checksum,
@@ -101,6 +102,21 @@ impl Miss {
             _ => "FIB lookup failed",
         }
     }
+}
+
+/// The cached answer of `hop` for a packet of `tot_len` bytes, when it is
+/// current (its epoch is the follower's, `epoch`) and the packet fits the
+/// egress MTU; `None`: ask the FIB.
+#[inline(always)]
+pub fn cached(hop: &NextHop, epoch: u32, tot_len: usize) -> Option<Route> {
+    if epoch == 0 || hop.epoch != epoch || tot_len > hop.mtu as usize {
+        return None;
+    }
+    Some(Route {
+        ifindex: hop.ifindex,
+        smac: mac_bits(&hop.smac),
+        dmac: mac_bits(&hop.dmac),
+    })
 }
 
 /// Looks the packet whose IPv4 header is at `l3` (arrived on `ifindex`) up

@@ -2,12 +2,14 @@
 //! maps' size at attach time.
 
 use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use floatip_common::{
     AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry,
-    POOL_MEMBER, SPOOF_FILTER_BUCKETS, outcome, spoof_filter_bucket, stats_slots,
+    NextHop, POOL_MEMBER, ROUTE_FILTER_WORDS, Routing, SPOOF_FILTER_BUCKETS, outcome,
+    route_filter_bit, spoof_filter_bucket, stats_slots,
 };
 
 use crate::frame::mac_bits;
@@ -45,6 +47,39 @@ pub static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_IFACES, 0);
 
 #[map(name = "META")]
 pub static META: Array<Meta> = Array::pinned(1, 0);
+
+// Written only by the next-hop follower; all zero (nothing cached) without one.
+#[map(name = "ROUTING")]
+pub static ROUTING: Array<Routing> = Array::pinned(1, 0);
+
+#[map(name = "DEFAULT_HOP")]
+pub static DEFAULT_HOP: Array<NextHop> = Array::pinned(2, 0);
+
+#[map(name = "ROUTE_FILTER")]
+pub static ROUTE_FILTER: Array<u64> = Array::pinned(ROUTE_FILTER_WORDS, 0);
+
+/// The current next-hop epoch; 0 when nothing is cached: no follower, or
+/// its lease ran out.
+#[inline(always)]
+pub fn epoch() -> u32 {
+    match ROUTING.get(0) {
+        Some(r) if r.epoch != 0 && unsafe { bpf_ktime_get_coarse_ns() } < r.lease_ns => r.epoch,
+        _ => 0,
+    }
+}
+
+/// The default route's cached next hop, if the follower has one and no
+/// other route overlaps `dst`'s /16 (so the FIB would answer with the
+/// default route too).
+#[inline(always)]
+pub fn default_hop(dst: u32) -> Option<NextHop> {
+    let (word, bit) = route_filter_bit(dst);
+    if ROUTE_FILTER.get(word).is_none_or(|w| (*w >> bit) & 1 != 0) {
+        return None;
+    }
+    let r = ROUTING.get(0)?;
+    DEFAULT_HOP.get(r.default_index & 1).copied()
+}
 
 /// Floating IP -> its fixed IP and counter slot.
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! Translation: the 1:1 NAT decision for each side, and the rewrite of an
 //! address together with every checksum and ICMP quote that carries it.
 
-use floatip_common::{NatEntry, outcome};
+use floatip_common::{NatEntry, NextHop, outcome};
 
 use crate::{
     arp, checksum,
@@ -162,6 +162,27 @@ fn route<F: Frame>(f: &F, l2: &L2, ifindex: u32, src: u32, dst: u32) -> Result<R
     route
 }
 
+/// Where the packet goes once translated: the follower's cached `hop` when
+/// it is current and the frame untagged (one map entry, no FIB call), else
+/// the FIB's answer.
+#[inline(always)]
+fn route_via<F: Frame>(
+    f: &F,
+    l2: &L2,
+    ip: &Ipv4,
+    ifindex: u32,
+    (src, dst): (u32, u32),
+    hop: Option<NextHop>,
+) -> Result<Route, Miss> {
+    if !l2.vlan
+        && let Some(hop) = hop
+        && let Some(cached) = forward::cached(&hop, maps::epoch(), ip.tot_len)
+    {
+        return Ok(cached);
+    }
+    route(f, l2, ifindex, src, dst)
+}
+
 /// Whether a FIB "larger than the MTU" is a real verdict: DF is set and the
 /// packet is one datagram, not segments GRO merged (the kernel segments
 /// those). Asks the frame only after such an answer.
@@ -221,7 +242,7 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
                     why: Miss::TTL_EXPIRES,
                 });
             }
-            let route = route(f, &l2, ifindex, ip.src, fixed.addr);
+            let route = route_via(f, &l2, &ip, ifindex, (ip.src, fixed.addr), Some(fixed.hop));
             if let Some(error) = unforwardable(f, &l2, &ip, &route)? {
                 return Ok(error);
             }
@@ -267,7 +288,14 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     }
     let src = src_fip.map_or(ip.src, |e| e.addr);
     let dst = dst_fixed.map_or(ip.dst, |e| e.addr);
-    let route = route(f, &l2, ifindex, src, dst);
+    // A translated destination leaves by its fixed IP's next hop; a
+    // translated source alone by the default route's, unless another route
+    // may cover the destination.
+    let hop = match dst_fixed {
+        Some(e) => Some(e.hop),
+        None => maps::default_hop(ip.dst),
+    };
+    let route = route_via(f, &l2, &ip, ifindex, (src, dst), hop);
     // When only the source would change, the FIB's miss may say the
     // packet never leaves through an external NIC. Traffic for the gateway
     // itself (its own addresses, a subnet broadcast) keeps its fixed

@@ -5,7 +5,15 @@
 mod config;
 mod worker;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use axum_server::{Handle, tls_rustls::RustlsConfig};
@@ -41,12 +49,41 @@ pub fn run(config: Config) -> Result<()> {
         );
     }
     let worker = Worker::start(config.state.clone(), config.bpffs.clone())?;
-    tokio::runtime::Builder::new_multi_thread()
+    let follower = config.follow.then(|| follow(config.bpffs.clone()));
+    let served = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(config, worker))
+        .block_on(serve(config, worker));
+    if let Some((stop, thread)) = follower {
+        stop.store(true, Ordering::SeqCst);
+        let _ = thread.join();
+    }
+    served
+}
+
+/// Runs the next-hop follower on a thread of its own until the returned flag
+/// is set; while the data plane is not attached (or was detached), it
+/// retries every second.
+fn follow(bpffs: PathBuf) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let stopped = || flag.load(Ordering::SeqCst);
+        let mut last_error = String::new();
+        while !stopped() {
+            if let Err(e) = Gateway::new(&bpffs).follow(false, &stopped) {
+                let e = format!("{e:#}");
+                if e != last_error {
+                    eprintln!("floatip agent: next-hop follower: {e}; retrying");
+                    last_error = e;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    });
+    (stop, thread)
 }
 
 async fn serve(config: Config, worker: Worker) -> Result<()> {

@@ -44,6 +44,9 @@ pub struct AgentArgs {
     /// Mode of the attach at start: xdp, xdp-generic or tc [default: xdp].
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<Mode>,
+    /// Do not run the next-hop follower (every packet then asks the FIB).
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -83,6 +86,8 @@ struct DataplaneFile {
     #[serde(default)]
     internal: Vec<String>,
     mode: Option<String>,
+    /// Run the next-hop follower (default true).
+    follow: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +109,8 @@ pub struct Config {
     pub external: Vec<String>,
     pub internal: Vec<String>,
     pub mode: Mode,
+    /// Run the next-hop follower in the agent.
+    pub follow: bool,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// Failed logins from one client address before it is refused for `lockout_seconds`.
@@ -163,6 +170,7 @@ impl Config {
             external: pick(&args.external, dp.external),
             internal: pick(&args.internal, dp.internal),
             mode,
+            follow: !args.no_follow && dp.follow.unwrap_or(true),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
             max_failures: auth.max_failures.unwrap_or(5),
             lockout_seconds: auth.lockout_seconds.unwrap_or(60),
@@ -201,6 +209,7 @@ mod tests {
             external: Vec::new(),
             internal: Vec::new(),
             mode: None,
+            no_follow: false,
         }
     }
 

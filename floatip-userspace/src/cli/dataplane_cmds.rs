@@ -115,6 +115,18 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<()> {
     )
 }
 
+#[derive(Debug, clap::Args)]
+pub struct FollowArgs {
+    /// Print each change handled, with the wall-clock time in µs.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+pub fn follow(cli: &Cli, args: &FollowArgs) -> Result<()> {
+    signals::catch_stop();
+    Gateway::new(&cli.bpffs).follow(args.verbose, &signals::stop_requested)
+}
+
 pub fn status(cli: &Cli) -> Result<()> {
     let full = Gateway::new(&cli.bpffs).status(&cli.state)?;
     if cli.format.is_json() {
@@ -156,8 +168,24 @@ pub fn status(cli: &Cli) -> Result<()> {
         (None, Some(e)) => format!("not compared: {e}"),
         (None, None) => "not compared".to_owned(),
     };
+    let hops = &st.next_hops;
+    let next_hops = if hops.following {
+        format!(
+            "{} of {} associations cached, default route {} (epoch {})",
+            hops.cached,
+            st.associations,
+            if hops.default_route {
+                "cached"
+            } else {
+                "not cached"
+            },
+            hops.epoch
+        )
+    } else {
+        "no follower: every packet asks the FIB (run `floatip follow` or the agent)".to_owned()
+    };
     output::print_text(&format!(
-        "\nassociations: {} of {} (layout v{}, generation {})\ndatabase: {} ({}): {sync}\n\n",
+        "\nassociations: {} of {} (layout v{}, generation {})\ndatabase: {} ({}): {sync}\nnext hops: {next_hops}\n\n",
         st.associations,
         st.max_associations,
         st.layout_version,

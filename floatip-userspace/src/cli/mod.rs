@@ -57,6 +57,9 @@ pub enum Command {
     /// Follow the programs' event log (drops, malformed frames, packets
     /// left to the kernel) until Ctrl-C; the programs log only meanwhile.
     Log(dataplane_cmds::LogArgs),
+    /// Keep the next-hop cache in step with the kernel's routes and
+    /// neighbours until Ctrl-C (the agent does this itself).
+    Follow(dataplane_cmds::FollowArgs),
     /// Compare the maps with the database (exit 4 when they differ).
     Check,
     /// Make the maps match the database; print what differed.
@@ -90,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Attach(args) => dataplane_cmds::attach(&cli, args),
         Command::Detach(args) => dataplane_cmds::detach(&cli, args),
         Command::Status => dataplane_cmds::status(&cli),
+        Command::Follow(args) => dataplane_cmds::follow(&cli, args),
         Command::Check => dataplane_cmds::check(&cli),
         Command::Repair => dataplane_cmds::repair(&cli),
         Command::Log(args) => dataplane_cmds::log(&cli, args),

@@ -158,6 +158,12 @@ impl Gateway {
         Dataplane::open(&self.bpffs)?.pair_stats(floating)
     }
 
+    /// Keeps the next-hop cache in step with the kernel until `stop` says
+    /// so (see [`crate::follower`]); withdraws the cache when it stops.
+    pub fn follow(&self, verbose: bool, stop: &dyn Fn() -> bool) -> Result<()> {
+        crate::follower::Follower::new(&self.bpffs, verbose)?.run(stop)
+    }
+
     /// Follows the programs' event log (see [`crate::dataplane::log`]) until `stop` says so or
     /// `limit` passes, printing each record with `print`.
     pub fn follow_log(

@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use floatip_common::{
-    AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, POOL_EXCLUDED, POOL_MEMBER,
+    AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, NextHop, POOL_EXCLUDED, POOL_MEMBER,
     SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket,
 };
 
@@ -206,23 +206,34 @@ impl Dataplane {
     /// first (BPF_NOEXIST), then the forward one, the reverse rolled back if
     /// that fails.
     pub fn nat_add(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        let _lock = self.lock_pairs()?;
         self.check_free(floating, fixed)?;
         let slot = self.claim_slot(floating)?;
         self.filter_add(fixed, 1)?;
         let (f, x) = (to_key(floating), to_key(fixed));
-        if let Err(e) = self
-            .fixed_to_fip
-            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)
-        {
+        if let Err(e) = self.fixed_to_fip.insert(
+            x,
+            NatEntry {
+                addr: f,
+                slot,
+                hop: NextHop::default(),
+            },
+            BPF_NOEXIST,
+        ) {
             let _ = self.filter_add(fixed, -1);
             let _ = self.release_slot(slot, floating);
             return Err(anyhow!("cannot map fixed IP {fixed}: {e}"));
         }
         crate::failpoint::hit("pair-half-written");
-        if let Err(e) = self
-            .fip_to_fixed
-            .insert(f, NatEntry { addr: x, slot }, BPF_NOEXIST)
-        {
+        if let Err(e) = self.fip_to_fixed.insert(
+            f,
+            NatEntry {
+                addr: x,
+                slot,
+                hop: NextHop::default(),
+            },
+            BPF_NOEXIST,
+        ) {
             let _ = self.fixed_to_fip.remove(&x);
             let _ = self.filter_add(fixed, -1);
             let _ = self.release_slot(slot, floating);
@@ -235,6 +246,7 @@ impl Dataplane {
     /// overwritten in place, so traffic switches from the next packet.
     /// The association keeps its counters (and slot).
     pub fn nat_move(&mut self, floating: Ipv4Addr, new_fixed: Ipv4Addr) -> Result<()> {
+        let _lock = self.lock_pairs()?;
         let entry = Self::lookup(&self.fip_to_fixed, floating)?
             .ok_or_else(|| anyhow!("floating IP {floating} is not mapped"))?;
         let old_fixed = from_key(entry.addr);
@@ -251,17 +263,27 @@ impl Dataplane {
             entry.slot,
         );
         self.filter_add(new_fixed, 1)?;
-        if let Err(e) = self
-            .fixed_to_fip
-            .insert(x, NatEntry { addr: f, slot }, BPF_NOEXIST)
-        {
+        if let Err(e) = self.fixed_to_fip.insert(
+            x,
+            NatEntry {
+                addr: f,
+                slot,
+                hop: NextHop::default(),
+            },
+            BPF_NOEXIST,
+        ) {
             let _ = self.filter_add(new_fixed, -1);
             return Err(e.into());
         }
-        if let Err(e) = self
-            .fip_to_fixed
-            .insert(f, NatEntry { addr: x, slot }, BPF_EXIST)
-        {
+        if let Err(e) = self.fip_to_fixed.insert(
+            f,
+            NatEntry {
+                addr: x,
+                slot,
+                hop: NextHop::default(),
+            },
+            BPF_EXIST,
+        ) {
             let _ = self.fixed_to_fip.remove(&x);
             let _ = self.filter_add(new_fixed, -1);
             return Err(e.into());
@@ -273,6 +295,7 @@ impl Dataplane {
 
     /// Removes the pair of `floating` (inbound first) and returns its fixed IP.
     pub fn nat_del(&mut self, floating: Ipv4Addr) -> Result<Ipv4Addr> {
+        let _lock = self.lock_pairs()?;
         let entry = Self::lookup(&self.fip_to_fixed, floating)?
             .ok_or_else(|| anyhow!("floating IP {floating} is not mapped"))?;
         let fixed = from_key(entry.addr);
@@ -287,6 +310,7 @@ impl Dataplane {
     /// Removes whatever entries mention `floating` or `fixed`, half pairs
     /// included; absence is not an error. For repair after a crash.
     pub fn nat_purge(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
+        let _lock = self.lock_pairs()?;
         let mut slots = Vec::new();
         for (map, key) in [(&self.fip_to_fixed, floating), (&self.fixed_to_fip, fixed)] {
             if let Some(e) = Self::lookup(map, key)? {
@@ -320,7 +344,7 @@ impl Dataplane {
     pub(crate) fn insert_half_pair(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr) -> Result<()> {
         let entry = NatEntry {
             addr: to_key(fixed),
-            slot: 0,
+            ..NatEntry::default()
         };
         self.fip_to_fixed.insert(to_key(floating), entry, 0)?;
         Ok(())

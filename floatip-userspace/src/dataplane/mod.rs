@@ -15,6 +15,7 @@
 
 mod attach;
 pub mod bench;
+mod hops;
 pub mod log;
 mod maps;
 mod pins;
@@ -29,6 +30,7 @@ use floatip_common::{ROLE_EXTERNAL, ROLE_INTERNAL};
 #[cfg(any(test, feature = "test-harness"))]
 pub use self::testrun::{TestProgram, TestPrograms, TestRunOutput};
 pub use self::{
+    hops::{HopCache, PairLock},
     maps::Dataplane,
     pins::not_attached,
     status::{Attached, DataplaneStatus, PairStats},

@@ -39,6 +39,19 @@ pub struct DataplaneStatus {
     /// Identity of the state database the maps were loaded from.
     pub db_identity: String,
     pub counters: BTreeMap<&'static str, u64>,
+    pub next_hops: NextHopStatus,
+}
+
+/// The next-hop cache as the programs see it now.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NextHopStatus {
+    /// A follower's lease is current: cached answers are used.
+    pub following: bool,
+    pub epoch: u32,
+    /// Associations whose hop is cached in the current epoch.
+    pub cached: usize,
+    /// The default route's hop is cached.
+    pub default_route: bool,
 }
 
 /// Per-association counters, summed over CPUs.
@@ -141,6 +154,7 @@ impl Dataplane {
             generation: meta.generation,
             db_identity: format!("{:016x}", meta.db_identity),
             counters: self.outcomes()?,
+            next_hops: self.next_hop_status()?,
         })
     }
 }
