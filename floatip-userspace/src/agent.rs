@@ -49,18 +49,12 @@ pub fn run(config: Config) -> Result<()> {
         );
     }
     let worker = Worker::start(config.state.clone(), config.bpffs.clone())?;
-    let follower = config.follow.then(|| follow(config.bpffs.clone()));
-    let served = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(config, worker));
-    if let Some((stop, thread)) = follower {
-        stop.store(true, Ordering::SeqCst);
-        let _ = thread.join();
-    }
-    served
+        .block_on(serve(config, worker))
 }
 
 /// Runs the next-hop follower on a thread of its own until the returned flag
@@ -74,8 +68,10 @@ fn follow(bpffs: PathBuf) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
         let mut last_error = String::new();
         while !stopped() {
             if let Err(e) = Gateway::new(&bpffs).follow(false, &stopped) {
+                // Not attached (yet, or any more) is a state the API reports (503), not news.
+                let quiet = crate::error::kind_of(&e) == crate::error::ErrorKind::Unavailable;
                 let e = format!("{e:#}");
-                if e != last_error {
+                if !quiet && e != last_error {
                     eprintln!("floatip agent: next-hop follower: {e}; retrying");
                     last_error = e;
                 }
@@ -125,15 +121,26 @@ async fn serve(config: Config, worker: Worker) -> Result<()> {
             "metrics",
         )?);
     }
+    // Only once the configuration and the listeners are good, so a bad
+    // start fails in one line and changes nothing.
+    let follower = config.follow.then(|| follow(config.bpffs.clone()));
     tokio::spawn(async move {
         shutdown_signal().await;
         eprintln!("floatip agent: stopping");
         handle.graceful_shutdown(Some(Duration::from_secs(5)));
     });
+    let mut served = Ok(());
     while let Some(done) = servers.join_next().await {
-        done.context("a listener task failed")??;
+        if let Err(e) = done.context("a listener task failed").and_then(|r| r) {
+            served = Err(e);
+            break;
+        }
     }
-    Ok(())
+    if let Some((stop, thread)) = follower {
+        stop.store(true, Ordering::SeqCst);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    served
 }
 
 /// Binds `addr` now (so a busy port fails the start, and port 0 reports the port it got) and

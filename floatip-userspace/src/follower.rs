@@ -69,11 +69,14 @@ const GROUPS: [u32; 6] = [
 /// captures).
 pub fn report(verbose: bool, what: std::fmt::Arguments) {
     if verbose {
-        let us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
-        eprintln!("follow: {us} {what}");
+        eprintln!("follow: {} {what}", wall_us());
     }
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 pub struct Follower {
@@ -135,9 +138,13 @@ impl Follower {
             unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as i32) };
             let mut topology = false;
             let mut neighbours = Vec::new();
+            let mut notified = None;
             loop {
                 let n = match events.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
-                    Ok(n) => n,
+                    Ok(n) => {
+                        notified.get_or_insert_with(wall_us);
+                        n
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     // ENOBUFS: notifications were lost; only a full resync is safe.
                     Err(_) => {
@@ -163,6 +170,17 @@ impl Follower {
                 self.resync("routes, links or rules changed")?;
             } else if !neighbours.is_empty() {
                 self.neighbours_changed(neighbours)?;
+            }
+            if let Some(at) = notified {
+                let now = wall_us();
+                report(
+                    self.verbose,
+                    format_args!(
+                        "handled ({}, notified at {at}, {} µs after)",
+                        if topology { "topology" } else { "neighbours" },
+                        now - at
+                    ),
+                );
             }
             self.renew()?;
             if self.dp.generation()? != self.generation {
@@ -291,7 +309,19 @@ impl Follower {
         for (key, n) in changes {
             report(
                 self.verbose,
-                format_args!("neighbour {} on {} {:?}", key.1, key.0, n),
+                format_args!(
+                    "neighbour {} on {}: {}",
+                    key.1,
+                    key.0,
+                    match &n {
+                        Some(n) => format!(
+                            "{:?} {}",
+                            n.state,
+                            n.mac.map_or_else(|| "-".to_owned(), |m| iface::fmt_mac(&m))
+                        ),
+                        None => "deleted".to_owned(),
+                    }
+                ),
             );
             match n {
                 Some(n) => self.topo.neighbours.insert(key, n),
@@ -309,7 +339,6 @@ impl Follower {
             self.write_hop(floating, fixed)?;
         }
         self.write_default()?;
-        report(self.verbose, format_args!("neighbours handled"));
         Ok(())
     }
 

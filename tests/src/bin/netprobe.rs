@@ -476,6 +476,13 @@ fn stream_datagram(seq: u64, extra: u64) -> [u8; 32] {
     d
 }
 
+/// Wall-clock time in µs (the clock of `floatip follow -v`'s reports).
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn udp_stream(args: &[String]) -> Res<()> {
     let ip: Ipv4Addr = arg(args, 1, "ADDR")?;
     let port: u16 = arg(args, 2, "PORT")?;
@@ -498,7 +505,9 @@ fn udp_stream(args: &[String]) -> Res<()> {
             continue;
         }
         while tokens >= 1.0 {
-            match sock.send(&stream_datagram(seq, 0)) {
+            // The wall-clock send time rides along, so a receiver (or a
+            // capture) can tell when a lost or misrouted datagram was sent.
+            match sock.send(&stream_datagram(seq, wall_us())) {
                 // The same sequence number goes again: a datagram the
                 // kernel refused never left, so it is not a gap.
                 Err(e) => {
@@ -614,6 +623,13 @@ impl Sink {
 fn udp_sink(args: &[String]) -> Res<()> {
     use std::os::fd::AsRawFd;
     let port: u16 = arg(args, 1, "PORT")?;
+    // Optional: a file that gets "SEQ SENT_US" for every datagram received.
+    let mut log = match args.get(2) {
+        Some(path) => Some(io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?,
+        )),
+        None => None,
+    };
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t) };
     let sock =
@@ -706,7 +722,14 @@ fn udp_sink(args: &[String]) -> Res<()> {
             sink.announced = Some(u64::from_be_bytes(d[16..24].try_into().unwrap_or_default()));
             break;
         }
+        if let Some(log) = log.as_mut() {
+            let sent = u64::from_be_bytes(d[16..24].try_into().unwrap_or_default());
+            let _ = writeln!(log, "{seq} {sent}");
+        }
         sink.record(seq);
+    }
+    if let Some(mut log) = log {
+        log.flush().map_err(|e| format!("stream log: {e}"))?;
     }
     let total = sink
         .announced
