@@ -138,7 +138,7 @@ impl Env {
         let mut t = self.dp().pool_prefixes().unwrap();
         t.sort();
         t.into_iter()
-            .map(|(a, l, x)| (a.to_string(), l, x))
+            .map(|(a, l, x, _)| (a.to_string(), l, x))
             .collect()
     }
 
@@ -785,4 +785,32 @@ fn topology_is_validated() {
         "10.255.0.1 is an address of the gateway's interface int0"
     );
     assert!(env.db_pairs().is_empty() && env.map_pairs().is_empty());
+}
+
+/// A pool's trie entries carry its external NIC (the only one answering ARP for it); a pool
+/// naming none carries 0 (every external NIC).
+#[test]
+fn pool_entries_carry_their_nic() {
+    let env = Env::new("ctl-pool-nic");
+    let _c = with_pools(&env);
+    let eth0 = iface::index("eth0").unwrap();
+    let mut nics: Vec<(String, u32)> = env
+        .dp()
+        .pool_prefixes()
+        .unwrap()
+        .into_iter()
+        .map(|(a, l, _, nic)| (format!("{a}/{l}"), nic))
+        .collect();
+    nics.sort();
+    assert_eq!(
+        nics,
+        [
+            ("192.0.2.0/30".into(), 0),
+            ("192.0.2.0/32".into(), 0),
+            ("192.0.2.3/32".into(), 0),
+            ("203.0.113.0/29".into(), eth0),
+            ("203.0.113.0/32".into(), eth0),
+            ("203.0.113.7/32".into(), eth0),
+        ]
+    );
 }
