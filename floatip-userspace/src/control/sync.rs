@@ -2,8 +2,11 @@
 //! repair after drift, the dirty mark around a change, and pool prefixes in trie order.
 
 use std::{
+    cell::Cell,
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
 };
 
 use anyhow::Result;
@@ -11,6 +14,45 @@ use floatip_common::{POOL_ANY_NIC, POOL_NO_NIC};
 
 use super::{Control, GENERATION_DIRTY, validate::stored_ranges};
 use crate::{addr::TrieEntry, dataplane::Dataplane, iface, store::Tx};
+
+// Per process, not per `Control`: the agent opens a new one after a detach and attach, and
+// what `/metrics` shows is counted since the process started, as Prometheus counters are.
+static REPAIRS: AtomicU64 = AtomicU64::new(0);
+static REPAIRED_PAIRS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// When this thread's last change reached the maps (see [`take_maps_written`]).
+    static MAPS_WRITTEN: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Repairs this process made since it started: how often maps and database differed when
+/// compared, and how many floating IPs that fixed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairCounts {
+    pub repairs: u64,
+    pub pairs: u64,
+}
+
+pub fn repair_counts() -> RepairCounts {
+    RepairCounts {
+        repairs: REPAIRS.load(Ordering::Relaxed),
+        pairs: REPAIRED_PAIRS.load(Ordering::Relaxed),
+    }
+}
+
+fn count_repair(pairs: usize) {
+    if pairs > 0 {
+        REPAIRS.fetch_add(1, Ordering::Relaxed);
+        REPAIRED_PAIRS.fetch_add(pairs as u64, Ordering::Relaxed);
+    }
+}
+
+/// When the last association change made on this thread was in the maps (traffic follows it
+/// from then on, before the commit), and forgets it: the agent's time from a request to the
+/// maps.
+pub fn take_maps_written() -> Option<Instant> {
+    MAPS_WRITTEN.take()
+}
 
 impl Control {
     /// Brings freshly attached maps in line with the database: every pool's trie entries, every
@@ -37,6 +79,7 @@ impl Control {
             let generation = tx.generation()?;
             let drifted = maps.generation()? != generation;
             maps.set_generation(GENERATION_DIRTY)?;
+            // Not counted as a repair: filling fresh maps is what attach is for.
             let repaired = repair(tx, maps)?;
             if drifted {
                 maps.rebuild_spoof_filter()?;
@@ -56,6 +99,7 @@ pub(super) fn sync_maps(tx: &Tx<'_>, maps: &mut Dataplane) -> Result<u64> {
         return Ok(generation);
     }
     let repaired = repair(tx, maps)?;
+    count_repair(repaired);
     maps.rebuild_spoof_filter()?;
     maps.set_generation(generation)?;
     if repaired > 0 {
@@ -114,6 +158,7 @@ pub(super) fn update_maps(
     maps.set_generation(GENERATION_DIRTY)?;
     crate::failpoint::hit("maps-marked-dirty");
     f(maps)?;
+    MAPS_WRITTEN.set(Some(Instant::now()));
     crate::failpoint::hit("maps-updated-before-commit");
     Ok(generation)
 }
@@ -287,7 +332,7 @@ impl Control {
             let report = compare(tx, maps)?;
             if report.state != SyncState::Clean {
                 maps.set_generation(GENERATION_DIRTY)?;
-                repair(tx, maps)?;
+                count_repair(repair(tx, maps)?);
                 maps.rebuild_spoof_filter()?;
                 maps.set_generation(tx.generation()?)?;
             }
