@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -18,7 +18,7 @@ pub mod maps {
     pub const FIP_TO_FIXED: &str = "FIP_TO_FIXED";
     /// fixed IP -> [`super::NatEntry`] holding the floating IP.
     pub const FIXED_TO_FIP: &str = "FIXED_TO_FIP";
-    /// LPM trie of pool prefixes -> [`super::POOL_MEMBER`] / [`super::POOL_EXCLUDED`].
+    /// LPM trie of pool prefixes -> [`super::PoolValue`].
     pub const POOLS: &str = "POOLS";
     /// Per-CPU counters per association, an array indexed by
     /// [`super::NatEntry::slot`].
@@ -171,12 +171,30 @@ pub const fn route_filter_bit(addr: u32) -> (u32, u32) {
     (n >> 6, n & 63)
 }
 
-/// Value of a pool prefix in the `POOLS` trie (key: prefix length and
-/// address in network order): the address lies in a pool.
+/// [`PoolValue::kind`] of a pool prefix in the `POOLS` trie (key: prefix
+/// length and address in network order): the address lies in a pool.
 pub const POOL_MEMBER: u32 = 1;
-/// Value of a /32 pool entry: the address is excluded from its pool; the
-/// longest match makes it an ordinary address again.
+/// [`PoolValue::kind`] of a /32 pool entry: the address is excluded from its
+/// pool; the longest match makes it an ordinary address again.
 pub const POOL_EXCLUDED: u32 = 0;
+/// [`PoolValue::ifindex`] of a pool that names no external NIC: every
+/// external NIC answers ARP for its addresses.
+pub const POOL_ANY_NIC: u32 = 0;
+/// [`PoolValue::ifindex`] of a pool whose external NIC this gateway does not
+/// have (no ifindex is this large): no NIC answers ARP for its addresses.
+pub const POOL_NO_NIC: u32 = u32::MAX;
+
+/// Value of the `POOLS` trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolValue {
+    /// [`POOL_MEMBER`] or [`POOL_EXCLUDED`].
+    pub kind: u32,
+    /// The pool's external NIC, the only one that answers ARP for its
+    /// addresses (so two external networks on one gateway stay apart), or
+    /// [`POOL_ANY_NIC`].
+    pub ifindex: u32,
+}
 
 /// Per-CPU counters of one association.
 #[repr(C)]
@@ -297,6 +315,7 @@ const _: () = {
     assert!(size_of::<NatEntry>() == 32 && align_of::<NatEntry>() == 4);
     assert!(size_of::<NextHop>() == 24 && align_of::<NextHop>() == 4);
     assert!(size_of::<Routing>() == 16 && align_of::<Routing>() == 8);
+    assert!(size_of::<PoolValue>() == 8 && align_of::<PoolValue>() == 4);
     assert!(size_of::<AssocStats>() == 32 && align_of::<AssocStats>() == 8);
     assert!(size_of::<IfaceInfo>() == 8 && align_of::<IfaceInfo>() == 1);
     assert!(size_of::<Meta>() == 24 && align_of::<Meta>() == 8);
@@ -311,6 +330,7 @@ mod pod {
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Routing {}
+    unsafe impl aya::Pod for PoolValue {}
     unsafe impl aya::Pod for AssocStats {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for Meta {}

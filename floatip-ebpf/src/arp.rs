@@ -1,5 +1,6 @@
 //! ARP: the external NIC answers requests for associated floating IPs
-//! itself, so floating IPs need not be configured on any interface.
+//! itself, so floating IPs need not be configured on any interface; a pool
+//! bound to one external NIC (`pool create --external`) is answered there only.
 
 use floatip_common::outcome;
 
@@ -36,8 +37,9 @@ pub fn answer<F: Frame>(f: &mut F, l2: &L2, ifindex: u32) -> Result<Verdict, ()>
     }
     let spa = a.u32(14);
     let tpa = a.u32(24);
-    // A gratuitous announcement (sender == target) asks nothing.
-    if spa == tpa || maps::fixed_of(tpa).is_none() {
+    // A gratuitous announcement (sender == target) asks nothing. A floating IP
+    // of a pool bound to another external NIC is that network's, not this one's.
+    if spa == tpa || maps::fixed_of(tpa).is_none() || !maps::pool_answers_on(tpa, ifindex) {
         return Ok(Verdict::Pass);
     }
     let Some(nic_mac) = maps::managed_mac(ifindex) else {

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use floatip_common::{
     AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry,
-    NextHop, POOL_MEMBER, ROUTE_FILTER_WORDS, Routing, SPOOF_FILTER_BUCKETS, outcome,
-    route_filter_bit, spoof_filter_bucket, stats_slots,
+    NextHop, POOL_ANY_NIC, POOL_MEMBER, PoolValue, ROUTE_FILTER_WORDS, Routing, SPOOF_FILTER_BUCKETS,
+    outcome, route_filter_bit, spoof_filter_bucket, stats_slots,
 };
 
 use crate::frame::mac_bits;
@@ -26,7 +26,7 @@ pub static FIXED_TO_FIP: HashMap<u32, NatEntry> = HashMap::pinned(DEFAULT_MAX_AS
 pub static SPOOF_FILTER: Array<u32> = Array::pinned(SPOOF_FILTER_BUCKETS, 0);
 
 #[map(name = "POOLS")]
-pub static POOLS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_POOL_PREFIXES, 0);
+pub static POOLS: LpmTrie<u32, PoolValue> = LpmTrie::pinned(MAX_POOL_PREFIXES, 0);
 
 #[map(name = "ASSOC_STATS")]
 pub static ASSOC_STATS: PerCpuArray<AssocStats> =
@@ -106,7 +106,20 @@ pub fn floating_of(fixed: u32) -> Option<NatEntry> {
 /// Whether `addr` lies in a floating IP pool (and is not excluded from it).
 #[inline(always)]
 pub fn in_pool(addr: u32) -> bool {
-    matches!(POOLS.get(Key::new(32, addr)), Some(&POOL_MEMBER))
+    POOLS
+        .get(Key::new(32, addr))
+        .is_some_and(|v| v.kind == POOL_MEMBER)
+}
+
+/// Whether NIC `ifindex` may answer for `addr`: unless `addr` lies in a pool
+/// bound to another external NIC (addresses outside pools, as `nat`
+/// plumbing makes them, are answered everywhere).
+#[inline(always)]
+pub fn pool_answers_on(addr: u32, ifindex: u32) -> bool {
+    match POOLS.get(Key::new(32, addr)) {
+        Some(v) if v.kind == POOL_MEMBER => v.ifindex == POOL_ANY_NIC || v.ifindex == ifindex,
+        _ => true,
+    }
 }
 
 /// The MAC of `ifindex` if floatip manages that NIC.

@@ -32,8 +32,13 @@ pub use self::error::ApiError;
 use self::{auth::Auth, error::ApiResult, metrics::Metrics};
 use crate::{
     agent::{Config, Worker},
-    control::Control,
+    control::{self, Control},
 };
+
+tokio::task_local! {
+    /// When the request being served arrived (set by [`observe`] around the handler).
+    static ARRIVED: Instant;
+}
 
 /// What every handler shares.
 pub struct Api {
@@ -66,10 +71,30 @@ impl Api {
         f: impl FnOnce(&mut Control) -> anyhow::Result<T> + Send + 'static,
     ) -> ApiResult<T> {
         let started = Instant::now();
-        let result = self.worker.run(f).await;
+        let arrived = ARRIVED.try_with(|t| *t).unwrap_or(started);
+        let result = self
+            .worker
+            .run(move |c| {
+                // Whatever an earlier job left (a change rolled back) is not this request's.
+                control::take_maps_written();
+                let result = f(c);
+                Ok((result, control::take_maps_written()))
+            })
+            .await;
         self.metrics
             .control_seconds
             .observe(started.elapsed().as_secs_f64());
+        let result = match result {
+            Ok((Ok(v), written)) => {
+                if let Some(at) = written {
+                    self.metrics
+                        .write_to_maps_seconds
+                        .observe(at.saturating_duration_since(arrived).as_secs_f64());
+                }
+                Ok(v)
+            }
+            Ok((Err(e), _)) | Err(e) => Err(e),
+        };
         result.map_err(|e| ApiError::from_control(&e, not_found))
     }
 
@@ -175,7 +200,7 @@ async fn observe(State(api): State<Shared>, request: Request, next: Next) -> Res
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = ARRIVED.scope(started, next.run(request)).await;
     api.metrics.record_request(
         &route,
         &method,

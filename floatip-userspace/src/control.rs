@@ -34,7 +34,7 @@ use anyhow::Result;
 pub use self::{
     gateway::{AttachReport, Gateway, GatewayStatus},
     records::{Associate, FloatingIp, IpQuery, IpStatus, Pool, Quota},
-    sync::{PairDifference, SyncReport, SyncState},
+    sync::{PairDifference, RepairCounts, SyncReport, SyncState, repair_counts, take_maps_written},
 };
 use crate::{
     dataplane::{self, Dataplane},

@@ -18,7 +18,7 @@ use aya::{
     programs::{SchedClassifier, TestRun},
 };
 use floatip::dataplane::{BENCH_OBJECT, EBPF_OBJECT, TestProgram, TestPrograms};
-use floatip_common::{maps as names, programs, stats_slots};
+use floatip_common::{POOL_ANY_NIC, maps as names, programs, stats_slots};
 
 use crate::pkt::MAC_A;
 
@@ -88,9 +88,9 @@ impl Fixture {
         for (f, x) in pairs {
             dp.nat_add(*f, *x).unwrap();
         }
-        dp.pool_prefix_add(Ipv4Addr::new(203, 0, 113, 0), 24, false)
+        dp.pool_prefix_add(Ipv4Addr::new(203, 0, 113, 0), 24, false, POOL_ANY_NIC)
             .unwrap();
-        dp.pool_prefix_add(ROUTER, 32, true).unwrap();
+        dp.pool_prefix_add(ROUTER, 32, true, POOL_ANY_NIC).unwrap();
         fx
     }
 

@@ -597,6 +597,61 @@ fn arp_requests_not_for_this_nic_are_not_answered() {
     assert_eq!((action, hex(&out)), (TC_ACT_OK, hex(&req([0xff; 6]))));
 }
 
+/// A pool bound to an external NIC (`pool create --external`) is answered on that NIC only:
+/// two external networks on one gateway stay apart. The test runs arrive on `LO`; the pool is
+/// bound to another NIC, to none this gateway has, to `LO`, and to any NIC. An associated
+/// address outside every pool (`nat` plumbing) is answered on any NIC.
+#[test]
+fn arp_is_answered_only_on_the_pools_nic() {
+    let router_mac = [0x02, 0, 0, 0, 0, 0x01];
+    let req = |fip| pkt::arp([0xff; 6], router_mac, 1, router_mac, ROUTER, [0; 6], fip);
+    let reply = |fip| pkt::arp(router_mac, MAC_A, 2, MAC_A, fip, router_mac, ROUTER);
+    let mut fx = Fixture::new();
+    let bind = |fx: &Fixture, nic: u32| {
+        let mut dp = fx.progs().dataplane().unwrap();
+        dp.pool_prefix_add(Ipv4Addr::new(203, 0, 113, 0), 24, false, nic)
+            .unwrap();
+        dp.pool_prefix_add(ROUTER, 32, true, nic).unwrap();
+    };
+    for (nic, answered) in [
+        (LO + 1, false),
+        (floatip_common::POOL_NO_NIC, false),
+        (LO, true),
+        (floatip_common::POOL_ANY_NIC, true),
+    ] {
+        bind(&fx, nic);
+        if answered {
+            check_with(
+                &mut fx,
+                Side::External,
+                &req(FIP1),
+                Expect::Reply,
+                &reply(FIP1),
+            );
+        } else {
+            check_with(
+                &mut fx,
+                Side::External,
+                &req(FIP1),
+                Expect::Pass,
+                &req(FIP1),
+            );
+        }
+    }
+    let outside = Ipv4Addr::new(192, 0, 2, 77);
+    bind(&fx, LO + 1);
+    let mut dp = fx.progs().dataplane().unwrap();
+    dp.nat_del(FIP1).unwrap();
+    dp.nat_add(outside, FIXED1).unwrap();
+    check_with(
+        &mut fx,
+        Side::External,
+        &req(outside),
+        Expect::Reply,
+        &reply(outside),
+    );
+}
+
 /// Martian sources (RFC 1812 §5.3.7: 0/8, 127/8, multicast, class E and
 /// limited broadcast) towards a floating IP are dropped, from either side;
 /// so are packets from outside claiming a floating IP of this gateway, or

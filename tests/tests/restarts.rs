@@ -576,7 +576,12 @@ fn ping_ok(out: &Output) -> bool {
 fn pool_prefixes(lab: &Lab) -> Vec<(std::net::Ipv4Addr, u8, bool)> {
     let dp = floatip::dataplane::Dataplane::open(&lab.bpffs)
         .unwrap_or_else(|e| panic!("cannot open the maps: {e:#}"));
-    let mut v = dp.pool_prefixes().expect("pool prefixes");
+    let mut v: Vec<_> = dp
+        .pool_prefixes()
+        .expect("pool prefixes")
+        .into_iter()
+        .map(|(a, l, x, _)| (a, l, x))
+        .collect();
     v.sort();
     v
 }

@@ -713,23 +713,10 @@ fn veth_without_napi_peer_is_explained() {
         (&outside, "ip link set ox up"),
         (&inside, "ip link set ix up"),
     ] {
-        let argv: Vec<&str> = cmd.split(' ').collect();
-        let out = exec(ns, &argv);
-        assert!(out.success(), "{out}");
+        sh_in(ns, cmd);
     }
-    let bin = netns::floatip_binary().to_string_lossy().into_owned();
-    let bpffs = std::path::PathBuf::from("/sys/fs/bpf").join(topo.prefix());
-    let bpffs_s = bpffs.to_string_lossy().into_owned();
-    let state = dir.join("state.db").to_string_lossy().into_owned();
-    let floatip = |args: &[&str]| {
-        let mut argv = vec![bin.as_str(), "--bpffs", &bpffs_s, "--state", &state];
-        argv.extend_from_slice(args);
-        exec(&gw, &argv)
-    };
-    let (b, p, st, ns) = (bin.clone(), bpffs_s.clone(), state.clone(), gw.clone());
-    let _detach = Defer(Some(Box::new(move || {
-        exec(&ns, &[&b, "--bpffs", &p, "--state", &st, "detach"]);
-    })));
+    let own = OwnGateway::new(&topo, &gw, &dir);
+    let floatip = |args: &[&str]| own.floatip(args);
     let out = floatip(&[
         "attach",
         "--external",
@@ -790,13 +777,252 @@ fn veth_without_napi_peer_is_explained() {
     );
 }
 
-/// Runs its closure on drop (before the topology goes).
-struct Defer(Option<Box<dyn FnOnce()>>);
+/// floatip on the gateway namespace of a test's own topology (pins under a bpffs directory
+/// named after it, the database in `dir`); detaches on drop, before the topology goes.
+struct OwnGateway {
+    gw: String,
+    bin: String,
+    bpffs: String,
+    state: String,
+}
 
-impl Drop for Defer {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
+impl OwnGateway {
+    fn new(topo: &netns::Topology, gw: &str, dir: &Path) -> Self {
+        Self {
+            gw: gw.to_owned(),
+            bin: netns::floatip_binary().to_string_lossy().into_owned(),
+            bpffs: format!("/sys/fs/bpf/{}", topo.prefix()),
+            state: dir.join("state.db").to_string_lossy().into_owned(),
         }
     }
+
+    /// `floatip --bpffs BPFFS --state STATE ARGS` in the gateway namespace.
+    fn floatip(&self, args: &[&str]) -> Output {
+        let mut argv = vec![
+            self.bin.as_str(),
+            "--bpffs",
+            &self.bpffs,
+            "--state",
+            &self.state,
+        ];
+        argv.extend_from_slice(args);
+        exec(&self.gw, &argv)
+    }
+}
+
+impl Drop for OwnGateway {
+    fn drop(&mut self) {
+        self.floatip(&["detach"]);
+    }
+}
+
+/// `cmd` (split at blanks) in `ns`; panics unless it succeeds.
+fn sh_in(ns: &str, cmd: &str) {
+    let argv: Vec<&str> = cmd.split(' ').collect();
+    let out = exec(ns, &argv);
+    assert!(out.success(), "{out}");
+}
+
+/// `ping -c 2` from `ns` to `dst`: whether any reply came back.
+fn answers(ns: &str, dst: &str) -> bool {
+    exec(ns, &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", dst])
+        .stdout
+        .contains("bytes from")
+}
+
+/// Two external networks on one gateway, a pool on each (`pool create --external`): a pool's
+/// floating IPs are answered (ARP) only on its own NIC. A neighbour on the other network that
+/// asks for them (an on-link route, so it sends the ARP request there) gets no answer, and its
+/// traffic never reaches the instance; on the pool's own network the same address works.
+#[test]
+fn pools_answer_only_on_their_nic() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let mode = netns::mode_from_env();
+    let mut topo = netns::Topology::new();
+    let (gw, outa, outb, inside) = (
+        topo.namespace("gw").unwrap(),
+        topo.namespace("outa").unwrap(),
+        topo.namespace("outb").unwrap(),
+        topo.namespace("in").unwrap(),
+    );
+    topo.veth(&gw, "gxa", &outa, "oa").unwrap();
+    topo.veth(&gw, "gxb", &outb, "ob").unwrap();
+    topo.veth(&gw, "gi", &inside, "ix").unwrap();
+    let dir = topo.temp_dir("work").unwrap();
+    for (ns, cmd) in [
+        (&gw, "ip addr add 203.0.113.2/24 dev gxa"),
+        (&gw, "ip addr add 192.0.2.2/24 dev gxb"),
+        (&gw, "ip addr add 10.0.0.1/24 dev gi"),
+        (&gw, "sysctl -qw net.ipv4.ip_forward=1"),
+        (&outa, "ip addr add 203.0.113.1/24 dev oa"),
+        (&outb, "ip addr add 192.0.2.1/24 dev ob"),
+        (&inside, "ip addr add 10.0.0.5/24 dev ix"),
+        (&inside, "ip addr add 10.0.0.6/24 dev ix"),
+    ] {
+        sh_in(ns, cmd);
+    }
+    for (ns, nic) in [
+        (&gw, "gxa"),
+        (&gw, "gxb"),
+        (&gw, "gi"),
+        (&outa, "oa"),
+        (&outb, "ob"),
+        (&inside, "ix"),
+    ] {
+        sh_in(ns, &format!("ip link set {nic} up"));
+    }
+    sh_in(&inside, "ip route add default via 10.0.0.1");
+    // Each outside network asks for the other's floating IP on its own wire.
+    sh_in(&outa, "ip route add 192.0.2.10/32 dev oa");
+    sh_in(&outb, "ip route add 203.0.113.10/32 dev ob");
+    // Native XDP into a veth needs NAPI on the peer (see `Lab::xdp_pass`).
+    let mut holders = Vec::new();
+    if mode == netns::Mode::Xdp {
+        for (ns, nic) in [(&outa, "oa"), (&outb, "ob"), (&inside, "ix")] {
+            let mut s = netns::spawn(ns, &[NETPROBE, "xdp-pass", nic]).unwrap();
+            s.wait_for("attached", std::time::Duration::from_secs(10))
+                .unwrap();
+            holders.push(s);
+        }
+    }
+    let own = OwnGateway::new(&topo, &gw, &dir);
+    let floatip = |args: &[&str]| {
+        let out = own.floatip(args);
+        assert!(out.success(), "{out}");
+        out
+    };
+    floatip(&[
+        "attach",
+        "--external",
+        "gxa",
+        "--external",
+        "gxb",
+        "--internal",
+        "gi",
+        "--mode",
+        mode.as_str(),
+    ]);
+    for args in [
+        &[
+            "pool",
+            "create",
+            "a",
+            "--range",
+            "203.0.113.10-203.0.113.20",
+            "--external",
+            "gxa",
+        ][..],
+        &[
+            "pool",
+            "create",
+            "b",
+            "--range",
+            "192.0.2.10-192.0.2.20",
+            "--external",
+            "gxb",
+        ],
+        &["ip", "create", "a", "--address", "203.0.113.10"],
+        &["ip", "create", "b", "--address", "192.0.2.10"],
+        &["ip", "associate", "203.0.113.10", "10.0.0.5"],
+        &["ip", "associate", "192.0.2.10", "10.0.0.6"],
+    ] {
+        floatip(args);
+    }
+    let arp_replies = || {
+        let v: Value = serde_json::from_str(&floatip(&["status", "-f", "json"]).stdout).unwrap();
+        v["counters"]["arp_replies"].as_u64().unwrap()
+    };
+    let before = arp_replies();
+    assert!(
+        !answers(&outb, "203.0.113.10"),
+        "pool a's floating IP answered on network b"
+    );
+    assert!(
+        !answers(&outa, "192.0.2.10"),
+        "pool b's floating IP answered on network a"
+    );
+    assert_eq!(arp_replies(), before, "ARP replies sent on the wrong NIC");
+    for (ns, fip) in [(&outa, "203.0.113.10"), (&outb, "192.0.2.10")] {
+        assert!(answers(ns, fip), "{fip} not answered on its own network");
+    }
+    assert!(arp_replies() >= before + 2);
+}
+
+/// The id of the XDP program on `nic` in `ns`, as `ip -j link` reports it.
+fn xdp_prog_id(ns: &str, nic: &str) -> Option<u64> {
+    let out = exec(ns, &["ip", "-j", "link", "show", "dev", nic]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+/// `attach` on a NIC that holds another (not floatip's) XDP program, here a 2-instruction
+/// XDP_PASS program held by `netprobe xdp-pass` through a bpf_link: one line naming the NIC and
+/// the program id, a conflict exit code, and nothing changed — on a first attach no pins, no
+/// program on the other NIC and no database; on an attached gateway the same maps, links and
+/// programs, and traffic keeps flowing.
+#[test]
+fn attach_refuses_a_nic_with_another_xdp_program() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let mut lab = Lab::build(
+        netns::Mode::Xdp,
+        &netns::floatip_binary(),
+        Path::new(NETPROBE),
+    )
+    .unwrap_or_else(|e| panic!("cannot build the namespace topology: {e:#}"));
+    let holder = |ns: &str, nic: &str| {
+        let mut s = netns::spawn(ns, &[NETPROBE, "xdp-pass", nic]).unwrap();
+        s.wait_for("attached", std::time::Duration::from_secs(10))
+            .unwrap();
+        s
+    };
+    let refused = |out: &Output, nic: &str, id: u64| {
+        assert_eq!(code(out), Some(CONFLICT), "{out}");
+        let want = format!("{nic} already has an XDP program, id {id}, not floatip's");
+        assert!(
+            out.stderr.contains(&want) && out.stderr.trim().lines().count() == 1,
+            "want one line with {want:?}:\n{out}"
+        );
+    };
+
+    // A first attach: the internal NIC is taken.
+    let other = holder(&lab.gw, "gw-int");
+    let id = xdp_prog_id(&lab.gw, "gw-int").expect("netprobe's program on gw-int");
+    let out = lab.attach();
+    refused(&out, "gw-int", id);
+    assert!(!lab.bpffs.exists(), "attach left {}", lab.bpffs.display());
+    assert!(
+        !lab.state.exists(),
+        "attach created {}",
+        lab.state.display()
+    );
+    assert_eq!(xdp_prog_id(&lab.gw, "gw-ext"), None, "gw-ext got a program");
+    assert_eq!(xdp_prog_id(&lab.gw, "gw-int"), Some(id));
+    drop(other);
+
+    // An attached gateway, and a third NIC that is taken.
+    let out = lab.attach();
+    assert!(out.success(), "floatip attach failed:\n{out}");
+    lab.pool_create("public", "203.0.113.10-203.0.113.20");
+    lab.ok(&["ip", "create", "public", "--address", FIP1]);
+    lab.ok(&["ip", "associate", FIP1, INST1_IP]);
+    traffic_flows(&lab).unwrap_or_else(|e| panic!("before: {e}"));
+    let (gw, sw) = (lab.gw.clone(), lab.sw.clone());
+    lab.veth(&gw, "gw-int2", &sw, "s-x").unwrap();
+    for (ns, nic) in [(&gw, "gw-int2"), (&sw, "s-x")] {
+        sh_in(ns, &format!("ip link set {nic} up"));
+    }
+    let _other = holder(&gw, "gw-int2");
+    let id = xdp_prog_id(&gw, "gw-int2").expect("netprobe's program on gw-int2");
+    let before = Snapshot::take(&lab);
+    let programs = |lab: &Lab| ["gw-ext", "gw-int"].map(|nic| xdp_prog_id(&lab.gw, nic));
+    let progs = programs(&lab);
+    let out = lab.floatip(&lab.attach_args(&["gw-int2"]));
+    refused(&out, "gw-int2", id);
+    let changes = before.changes(&lab);
+    assert!(changes.is_empty(), "{}", changes.join("\n"));
+    assert_eq!(programs(&lab), progs, "floatip's programs were replaced");
+    assert_eq!(xdp_prog_id(&gw, "gw-int2"), Some(id));
+    traffic_flows(&lab).unwrap_or_else(|e| panic!("after: {e}"));
 }

@@ -11,8 +11,13 @@
 use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, anyhow};
@@ -26,6 +31,9 @@ type Job = Box<dyn FnOnce(&mut Control) + Send>;
 #[derive(Clone)]
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+    /// Nanoseconds the thread spent running jobs: near the wall time, the one writer is the
+    /// bound (`/metrics` shows it).
+    busy: Arc<AtomicU64>,
 }
 
 /// Identity of the pinned maps (the inode of the `META` pin): it changes when `floatip detach`
@@ -42,6 +50,8 @@ impl Worker {
     pub fn start(state: PathBuf, bpffs: PathBuf) -> Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let busy = Arc::new(AtomicU64::new(0));
+        let busy_ns = busy.clone();
         thread::Builder::new()
             .name("floatip-control".into())
             .spawn(move || {
@@ -72,9 +82,12 @@ impl Worker {
                     }
                     // A panicking job must not take the agent down; its reply channel is
                     // dropped, so that request fails, and the control is opened afresh.
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut control)))
-                        .is_err()
-                    {
+                    let started = Instant::now();
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job(&mut control)
+                    }));
+                    busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    if outcome.is_err() {
                         eprintln!(
                             "floatip agent: a control operation panicked; reopening the state"
                         );
@@ -86,7 +99,12 @@ impl Worker {
         ready_rx
             .recv()
             .map_err(|_| anyhow!("the control thread died while opening the state"))??;
-        Ok(Self { jobs })
+        Ok(Self { jobs, busy })
+    }
+
+    /// Time the control thread has spent running jobs since it started.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.load(Ordering::Relaxed))
     }
 
     /// Runs `f` on the control thread and returns its result.

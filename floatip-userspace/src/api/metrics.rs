@@ -1,7 +1,8 @@
 //! `/metrics` in the OpenMetrics text format (prometheus-client): API requests and latency
 //! by route, method and status; time spent in the control layer (which includes the map
-//! writes of an association); the data plane's per-outcome counters, associations and
-//! capacity; per-floating-IP packets and bytes; agent up and build info.
+//! writes of an association); time from a request's arrival to its change being in the maps;
+//! repairs and drift (maps against database); the data plane's per-outcome counters,
+//! associations and capacity; per-floating-IP packets and bytes; agent up and build info.
 //!
 //! Cardinality: per-floating-IP series are exported for at most [`PER_IP_SERIES`]
 //! associations, the busiest by bytes, so that a gateway with a million associations still
@@ -28,6 +29,7 @@ use prometheus_client::{
 };
 
 use super::Shared;
+use crate::control::{self, SyncState};
 
 /// Most associations with their own series.
 pub const PER_IP_SERIES: usize = 1000;
@@ -62,6 +64,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily<RequestLabels>,
     pub control_seconds: Histogram,
+    pub write_to_maps_seconds: Histogram,
 }
 
 impl Metrics {
@@ -72,6 +75,7 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let control_seconds = latency_histogram();
+        let write_to_maps_seconds = latency_histogram();
         registry.register(
             "api_requests",
             "API requests by route, method and status",
@@ -86,6 +90,12 @@ impl Metrics {
             "control_operation_duration_seconds",
             "Time in the control layer per API operation, map writes of associations included",
             control_seconds.clone(),
+        );
+        registry.register(
+            "api_write_to_maps_duration_seconds",
+            "From an API request's arrival to its association change being in the maps (traffic \
+             follows from then on): queueing, validation and the map writes",
+            write_to_maps_seconds.clone(),
         );
         // The `_info` gauge convention rather than OpenMetrics' info type, which the Prometheus
         // text parsers (promtool) do not know.
@@ -105,6 +115,7 @@ impl Metrics {
             requests,
             latency,
             control_seconds,
+            write_to_maps_seconds,
         }
     }
 
@@ -126,9 +137,38 @@ fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
     r.register(name, help, g);
 }
 
+/// Registers a counter with value `v` (kept elsewhere, read at each scrape).
+fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(v);
+    r.register(name, help, c);
+}
+
 pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -> Response {
     let stats = api.worker.run(|c| c.dataplane_stats()).await;
     let mut live = Registry::with_prefix("floatip");
+    let busy = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    busy.inc_by(api.worker.busy().as_secs_f64());
+    live.register(
+        "control_thread_busy_seconds",
+        "Time the agent's one control thread (the one database writer) spent on requests: \
+         its rate near 1 means requests queue for it",
+        busy,
+    );
+    // Counted by the control layer of this process, wherever the comparison ran.
+    let repairs = control::repair_counts();
+    counter(
+        &mut live,
+        "repairs",
+        "Times the maps were found to differ from the database and repaired",
+        repairs.repairs,
+    );
+    counter(
+        &mut live,
+        "repaired_floating_ips",
+        "Floating IPs whose map entries those repairs fixed",
+        repairs.pairs,
+    );
     match stats {
         Ok(Some(s)) => {
             gauge(
@@ -149,6 +189,19 @@ pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -
                 "packets_by_outcome",
                 "Packets seen by the programs, by outcome (monotonic)",
                 outcomes,
+            );
+            gauge(
+                &mut live,
+                "maps_in_step",
+                "1 when the maps hold exactly the database's associations",
+                i64::from(s.sync == SyncState::Clean),
+            );
+            gauge(
+                &mut live,
+                "maps_differing_floating_ips",
+                "Floating IPs on which maps and database differ (compared in full when their \
+                 generations differ)",
+                s.differing as i64,
             );
             gauge(
                 &mut live,

@@ -216,7 +216,7 @@ fn internal_subnet_view(iface: &str, s: &TenantSubnet) -> Value {
         &format!("{iface}-{}", s.network),
         &ids::internal_network(iface),
         format!("{}/{}", s.network, s.prefix_len),
-        Some(s.gateway),
+        s.gateway,
         pools,
         "",
     )

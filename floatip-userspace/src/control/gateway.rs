@@ -58,6 +58,7 @@ impl Gateway {
     /// every pool and association back. Maps already pinned must belong to that database,
     /// unless `adopt` says to reload them from it.
     pub fn attach(&self, state: &Path, opts: &AttachOptions, adopt: bool) -> Result<AttachReport> {
+        Dataplane::check_nics_free(&self.bpffs, opts)?;
         if !Dataplane::is_attached(&self.bpffs) {
             // Fresh maps: the database may be created, before anything is pinned.
             Store::open(state)?.check_integrity()?;
@@ -84,8 +85,9 @@ impl Gateway {
             }
         }
         Dataplane::attach(&self.bpffs, opts)?;
-        let restored = Control::open_adopting(state, &self.bpffs)?.resync()?;
-        let mut warnings = Vec::new();
+        let mut control = Control::open_adopting(state, &self.bpffs)?;
+        let restored = control.resync()?;
+        let mut warnings = unanswered_pools(&mut control)?;
         if opts.mode == Mode::Xdp {
             for nic in opts.external.iter().chain(&opts.internal) {
                 if iface::driver(nic).is_ok_and(|d| d == "veth") {
@@ -175,6 +177,33 @@ impl Gateway {
     ) -> Result<()> {
         log::follow(&self.bpffs, limit, stop, started, print)
     }
+}
+
+/// Pools bound to an external NIC that is not attached as one: no NIC answers ARP for their
+/// addresses until it is.
+fn unanswered_pools(control: &mut Control) -> Result<Vec<String>> {
+    let attached: Vec<String> = match control.maps_ref() {
+        Some(m) => m
+            .nics(Role::External)?
+            .into_iter()
+            .filter_map(|(idx, _)| iface::name(idx))
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(control
+        .pool_list()?
+        .into_iter()
+        .filter_map(|p| {
+            let nic = p.external_interface?;
+            (!attached.contains(&nic)).then(|| {
+                format!(
+                    "pool {} answers only on {nic}, which is not an attached external \
+                     interface: its floating IPs get no ARP replies until it is",
+                    p.name
+                )
+            })
+        })
+        .collect())
 }
 
 /// Sends gratuitous ARP for `floating` so that neighbours drop stale entries: out of its

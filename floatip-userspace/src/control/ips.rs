@@ -8,11 +8,11 @@ use anyhow::{Context, Result};
 use super::{
     Associate, Control, FloatingIp, IpQuery, IpStatus,
     gateway::announce,
+    ports::internal_networks,
     sync::{finish, sync_maps, update_maps},
     validate::{
         check_fixed_outside_pools, check_not_gateway_addr, check_reachable, get_ip, get_pool,
-        internal_subnets, load_pools, owned_ip, stored_ranges, validate_fixed, validate_name,
-        validate_text,
+        load_pools, owned_ip, stored_ranges, validate_fixed, validate_name, validate_text,
     },
 };
 use crate::{
@@ -166,7 +166,7 @@ impl Control {
             let local = iface::addresses()?;
             check_not_gateway_addr(floating, &local)?;
             check_not_gateway_addr(fixed, &local)?;
-            check_reachable(maps, &internal_subnets(maps)?, fixed)?;
+            check_reachable(maps, &internal_networks(maps)?, fixed)?;
             let nic = get_pool(tx, &row.pool)?.external_iface;
             tx.ip_set_association(floating, Some(fixed), instance)?;
             let moving = row.fixed_ip.is_some();
@@ -200,7 +200,7 @@ impl Control {
             sync_maps(tx, maps)?;
             let pools = load_pools(tx)?;
             let local = iface::addresses()?;
-            let subnets = internal_subnets(maps)?;
+            let subnets = internal_networks(maps)?;
             let mut pairs = Vec::with_capacity(entries.len());
             for e in entries {
                 let line = || format!("line {}", e.line);

@@ -5,7 +5,7 @@ use floatip_common::MAX_POOL_PREFIXES;
 
 use super::{
     Control, Pool,
-    sync::{trie_add, trie_del},
+    sync::{pool_nic, trie_add, trie_del},
     validate::{
         check_external_nic, check_no_gateway_addr, check_not_internal, check_not_reserved,
         get_pool, pool_info, stored_ranges, validate_iface, validate_name,
@@ -28,6 +28,7 @@ impl Control {
         }
         check_not_reserved(name, ranges)?;
         let entries = ranges.trie_entries();
+        let nic = pool_nic(external);
         let (store, mut maps) = self.parts()?;
         if let Some(m) = maps.as_deref() {
             check_not_internal(name, ranges, m)?;
@@ -57,7 +58,7 @@ impl Control {
             }
             let row = tx.pool_insert(name, &ranges.ranges_text(), &ranges.excludes_text(), external)?;
             if let Some(m) = maps.as_deref_mut() {
-                trie_add(m, &entries)?;
+                trie_add(m, &entries, nic)?;
                 added = true;
             }
             pool_info(tx, row)
@@ -65,7 +66,7 @@ impl Control {
         if result.is_err() && added {
             // The commit failed after the maps took the entries: take them back out.
             if let Some(m) = maps {
-                let _ = trie_del(m, &entries);
+                let _ = trie_del(m, &entries, nic);
             }
         }
         result
@@ -99,7 +100,8 @@ impl Control {
             }
             tx.pool_delete(name)?;
             if let Some(m) = maps {
-                trie_del(m, &stored_ranges(&pool)?.trie_entries())?;
+                let nic = pool_nic(pool.external_iface.as_deref());
+                trie_del(m, &stored_ranges(&pool)?.trie_entries(), nic)?;
             }
             Ok(())
         })

@@ -1,7 +1,8 @@
 //! Ports and the operations of the Neutron floating-IP model built on the CLI's: an internal
-//! network is one of the gateway's internal NICs, its subnets are the IPv4 prefixes configured
-//! on it, a port is an instance's fixed IP on one of them, and associating a floating IP with a
-//! port is `ip associate` of the port's fixed IP (moving it if it was elsewhere).
+//! network is one of the gateway's internal NICs, its subnets are the prefixes the kernel routes
+//! through it ([`internal_networks`], which the topology checks read too), a port is an
+//! instance's fixed IP on one of them, and associating a floating IP with a port is `ip
+//! associate` of the port's fixed IP (moving it if it was elsewhere).
 
 use std::net::Ipv4Addr;
 
@@ -13,28 +14,26 @@ use super::{
     validate::{owned_ip, validate_name, validate_text},
 };
 use crate::{
-    addr::{PoolRanges, RangeSpec},
+    addr::{PoolRanges, RangeSpec, prefix_span},
     dataplane::{Dataplane, Role},
     error::{ErrorKind, error},
     iface,
     store::{FloatingIpRow, PortRow, Tx},
 };
 
-/// An IPv4 subnet configured on an internal NIC.
+/// An IPv4 subnet the kernel routes through an internal NIC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct TenantSubnet {
     pub network: Ipv4Addr,
     pub prefix_len: u8,
-    /// The gateway's own address on it.
-    pub gateway: Ipv4Addr,
+    /// The gateway's own address on it: `None` for a subnet behind a router on the tenant side.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl TenantSubnet {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.network)
+        let (first, last) = prefix_span(self.network, self.prefix_len);
+        first <= ip && ip <= last
     }
 
     /// Host addresses an instance may hold: the CIDR without network, broadcast and gateway.
@@ -44,9 +43,48 @@ impl TenantSubnet {
                 network: self.network,
                 len: self.prefix_len,
             }],
-            vec![self.gateway],
+            self.gateway.into_iter().collect(),
         )
     }
+}
+
+/// The tenant subnets, per internal NIC of the data plane: every prefix the kernel routes
+/// through one (connected, or via a router behind it), those holding an address of the gateway
+/// first. The one place they are computed: the topology checks (pool ranges, fixed IPs) and the
+/// API's internal networks and ports read them here.
+pub(super) fn internal_networks(maps: &Dataplane) -> Result<Vec<InternalNetwork>> {
+    let routes = iface::routes()?;
+    let addrs = iface::networks()?;
+    let mut out = Vec::new();
+    for (idx, _) in maps.nics(Role::Internal)? {
+        let Some(name) = iface::name(idx) else {
+            continue;
+        };
+        let mut subnets: Vec<TenantSubnet> = routes
+            .iter()
+            // A default route through a tenant network says nothing about which addresses live
+            // there.
+            .filter(|r| r.oif == idx && r.len > 0)
+            .map(|r| {
+                let (network, _) = prefix_span(r.dst, r.len);
+                let mut s = TenantSubnet {
+                    network,
+                    prefix_len: r.len,
+                    gateway: None,
+                };
+                s.gateway = addrs
+                    .iter()
+                    .find(|(n, a, _)| *n == name && s.contains(*a))
+                    .map(|(_, a, _)| *a);
+                s
+            })
+            .collect();
+        subnets.sort_by_key(|s| (s.gateway.is_none(), s.network, s.prefix_len));
+        subnets.dedup_by_key(|s| (s.network, s.prefix_len));
+        out.push(InternalNetwork { name, subnets });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// An internal network: an internal NIC of the attached data plane and its subnets.
@@ -146,33 +184,7 @@ impl Control {
     /// The internal NICs of the attached data plane with their subnets; none when detached.
     pub fn internal_networks(&mut self) -> Result<Vec<InternalNetwork>> {
         let (_, maps) = self.parts()?;
-        let Some(dp) = maps else {
-            return Ok(Vec::new());
-        };
-        let addrs = iface::networks()?;
-        let mut out = Vec::new();
-        for (idx, _) in dp.nics(Role::Internal)? {
-            let Some(name) = iface::name(idx) else {
-                continue;
-            };
-            let subnets = addrs
-                .iter()
-                .filter(|(n, _, len)| *n == name && *len < 31)
-                .map(|&(_, gateway, prefix_len)| TenantSubnet {
-                    network: Ipv4Addr::from(
-                        u32::from(gateway)
-                            & u32::MAX
-                                .checked_shl(32 - u32::from(prefix_len))
-                                .unwrap_or(0),
-                    ),
-                    prefix_len,
-                    gateway,
-                })
-                .collect();
-            out.push(InternalNetwork { name, subnets });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        maps.map_or_else(|| Ok(Vec::new()), |dp| internal_networks(dp))
     }
 
     /// Creates a port on an internal network for `project`.

@@ -2,14 +2,57 @@
 //! repair after drift, the dirty mark around a change, and pool prefixes in trie order.
 
 use std::{
+    cell::Cell,
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
 };
 
 use anyhow::Result;
+use floatip_common::{POOL_ANY_NIC, POOL_NO_NIC};
 
-use super::{Control, GENERATION_DIRTY, validate::load_pools};
-use crate::{addr::TrieEntry, dataplane::Dataplane, store::Tx};
+use super::{Control, GENERATION_DIRTY, validate::stored_ranges};
+use crate::{addr::TrieEntry, dataplane::Dataplane, iface, store::Tx};
+
+// Per process, not per `Control`: the agent opens a new one after a detach and attach, and
+// what `/metrics` shows is counted since the process started, as Prometheus counters are.
+static REPAIRS: AtomicU64 = AtomicU64::new(0);
+static REPAIRED_PAIRS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// When this thread's last change reached the maps (see [`take_maps_written`]).
+    static MAPS_WRITTEN: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Repairs this process made since it started: how often maps and database differed when
+/// compared, and how many floating IPs that fixed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairCounts {
+    pub repairs: u64,
+    pub pairs: u64,
+}
+
+pub fn repair_counts() -> RepairCounts {
+    RepairCounts {
+        repairs: REPAIRS.load(Ordering::Relaxed),
+        pairs: REPAIRED_PAIRS.load(Ordering::Relaxed),
+    }
+}
+
+fn count_repair(pairs: usize) {
+    if pairs > 0 {
+        REPAIRS.fetch_add(1, Ordering::Relaxed);
+        REPAIRED_PAIRS.fetch_add(pairs as u64, Ordering::Relaxed);
+    }
+}
+
+/// When the last association change made on this thread was in the maps (traffic follows it
+/// from then on, before the commit), and forgets it: the agent's time from a request to the
+/// maps.
+pub fn take_maps_written() -> Option<Instant> {
+    MAPS_WRITTEN.take()
+}
 
 impl Control {
     /// Brings freshly attached maps in line with the database: every pool's trie entries, every
@@ -20,14 +63,15 @@ impl Control {
         // In a write transaction only for its lock: no other floatip changes state meanwhile.
         store.write(|tx| {
             let mut wanted = HashSet::new();
-            for (_, ranges) in load_pools(tx)? {
-                let entries = ranges.trie_entries();
-                trie_add(maps, &entries)?;
+            for pool in tx.pool_list()? {
+                let entries = stored_ranges(&pool)?.trie_entries();
+                // Overwrites entries already there: a NIC that came back has another ifindex.
+                trie_add(maps, &entries, pool_nic(pool.external_iface.as_deref()))?;
                 wanted.extend(entries.iter().map(|e| (e.addr, e.len)));
             }
             // Prefixes of pools this database does not have (maps adopted from another one,
             // or a pool deleted while detached) go, after this database's are all in.
-            for (addr, len, _) in maps.pool_prefixes()? {
+            for (addr, len, _, _) in maps.pool_prefixes()? {
                 if !wanted.contains(&(addr, len)) {
                     maps.pool_prefix_del(addr, len)?;
                 }
@@ -35,6 +79,7 @@ impl Control {
             let generation = tx.generation()?;
             let drifted = maps.generation()? != generation;
             maps.set_generation(GENERATION_DIRTY)?;
+            // Not counted as a repair: filling fresh maps is what attach is for.
             let repaired = repair(tx, maps)?;
             if drifted {
                 maps.rebuild_spoof_filter()?;
@@ -54,6 +99,7 @@ pub(super) fn sync_maps(tx: &Tx<'_>, maps: &mut Dataplane) -> Result<u64> {
         return Ok(generation);
     }
     let repaired = repair(tx, maps)?;
+    count_repair(repaired);
     maps.rebuild_spoof_filter()?;
     maps.set_generation(generation)?;
     if repaired > 0 {
@@ -112,6 +158,7 @@ pub(super) fn update_maps(
     maps.set_generation(GENERATION_DIRTY)?;
     crate::failpoint::hit("maps-marked-dirty");
     f(maps)?;
+    MAPS_WRITTEN.set(Some(Instant::now()));
     crate::failpoint::hit("maps-updated-before-commit");
     Ok(generation)
 }
@@ -128,13 +175,23 @@ pub(super) fn finish(maps: &mut Dataplane, generation: Option<u64>) {
     }
 }
 
-/// Adds trie entries, holes first so that no excluded address is ever briefly in a pool;
-/// on failure removes what it added.
-pub(super) fn trie_add(maps: &mut Dataplane, entries: &[TrieEntry]) -> Result<()> {
+/// The ifindex the trie entries of a pool with external NIC `nic` carry: the only NIC that
+/// answers ARP for its addresses. A NIC this gateway does not have (renamed, unplugged) answers
+/// nowhere rather than everywhere: the pool's network is not the others'.
+pub(super) fn pool_nic(nic: Option<&str>) -> u32 {
+    match nic {
+        None => POOL_ANY_NIC,
+        Some(name) => iface::index(name).unwrap_or(POOL_NO_NIC),
+    }
+}
+
+/// Adds trie entries for a pool on NIC `nic` ([`pool_nic`]), holes first so that no excluded
+/// address is ever briefly in a pool; on failure removes what it added.
+pub(super) fn trie_add(maps: &mut Dataplane, entries: &[TrieEntry], nic: u32) -> Result<()> {
     let mut ordered: Vec<&TrieEntry> = entries.iter().collect();
     ordered.sort_by_key(|e| !e.excluded);
     for (i, e) in ordered.iter().enumerate() {
-        if let Err(err) = maps.pool_prefix_add(e.addr, e.len, e.excluded) {
+        if let Err(err) = maps.pool_prefix_add(e.addr, e.len, e.excluded, nic) {
             for done in &ordered[..i] {
                 let _ = maps.pool_prefix_del(done.addr, done.len);
             }
@@ -147,15 +204,15 @@ pub(super) fn trie_add(maps: &mut Dataplane, entries: &[TrieEntry]) -> Result<()
     Ok(())
 }
 
-/// Removes trie entries, prefixes first (the mirror of [`trie_add`]); on failure puts back
-/// what it removed.
-pub(super) fn trie_del(maps: &mut Dataplane, entries: &[TrieEntry]) -> Result<()> {
+/// Removes the trie entries of a pool on NIC `nic`, prefixes first (the mirror of
+/// [`trie_add`]); on failure puts back what it removed.
+pub(super) fn trie_del(maps: &mut Dataplane, entries: &[TrieEntry], nic: u32) -> Result<()> {
     let mut ordered: Vec<&TrieEntry> = entries.iter().collect();
     ordered.sort_by_key(|e| e.excluded);
     for (i, e) in ordered.iter().enumerate() {
         if let Err(err) = maps.pool_prefix_del(e.addr, e.len) {
             for done in ordered[..i].iter().rev() {
-                let _ = maps.pool_prefix_add(done.addr, done.len, done.excluded);
+                let _ = maps.pool_prefix_add(done.addr, done.len, done.excluded, nic);
             }
             return Err(err.context(format!(
                 "cannot remove pool prefix {}/{} from the maps",
@@ -275,7 +332,7 @@ impl Control {
             let report = compare(tx, maps)?;
             if report.state != SyncState::Clean {
                 maps.set_generation(GENERATION_DIRTY)?;
-                repair(tx, maps)?;
+                count_repair(repair(tx, maps)?);
                 maps.rebuild_spoof_filter()?;
                 maps.set_generation(tx.generation()?)?;
             }

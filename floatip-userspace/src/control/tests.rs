@@ -138,7 +138,7 @@ impl Env {
         let mut t = self.dp().pool_prefixes().unwrap();
         t.sort();
         t.into_iter()
-            .map(|(a, l, x)| (a.to_string(), l, x))
+            .map(|(a, l, x, _)| (a.to_string(), l, x))
             .collect()
     }
 
@@ -785,4 +785,86 @@ fn topology_is_validated() {
         "10.255.0.1 is an address of the gateway's interface int0"
     );
     assert!(env.db_pairs().is_empty() && env.map_pairs().is_empty());
+}
+
+/// The tenant subnets are one list: a subnet routed through the internal NIC (behind a tenant
+/// router) is refused as a pool range, checked for its network and broadcast addresses, and
+/// offered to ports, exactly as the connected one.
+#[test]
+fn tenant_subnets_are_one_list() {
+    let env = Env::new("ctl-subnets");
+    let st = Command::new("ip")
+        .args("route add 172.16.0.0/16 via 10.255.0.254 dev int0".split(' '))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut c = with_pools(&env);
+    let nets = c.internal_networks().unwrap();
+    let view: Vec<(String, String, Option<Ipv4Addr>)> = nets
+        .iter()
+        .flat_map(|n| {
+            n.subnets.iter().map(|s| {
+                (
+                    n.name.clone(),
+                    format!("{}/{}", s.network, s.prefix_len),
+                    s.gateway,
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("int0".into(), "10.0.0.0/8".into(), Some(ip("10.255.0.1"))),
+            ("int0".into(), "172.16.0.0/16".into(), None),
+        ]
+    );
+    assert_eq!(
+        err(c.pool_create("behind", &ranges(&["172.16.5.0/24"], &[]), None)),
+        "pool behind (172.16.5.0/24) overlaps 172.16.0.0/16, a subnet routed through the internal \
+         interface int0"
+    );
+    c.ip_create("public", None, None, None).unwrap();
+    assert_eq!(
+        err(c.ip_associate(&assoc("203.0.113.1", "172.16.255.255"))),
+        "fixed IP 172.16.255.255 is the broadcast address of 172.16.0.0/16 on int0"
+    );
+    let port = c
+        .port_create(&ports::NewPort {
+            network: "int0",
+            fixed_ip: Some(ip("172.16.0.20")),
+            name: "web",
+            project: "p1",
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(port.fixed_ip, ip("172.16.0.20"));
+}
+
+/// A pool's trie entries carry its external NIC (the only one answering ARP for it); a pool
+/// naming none carries 0 (every external NIC).
+#[test]
+fn pool_entries_carry_their_nic() {
+    let env = Env::new("ctl-pool-nic");
+    let _c = with_pools(&env);
+    let eth0 = iface::index("eth0").unwrap();
+    let mut nics: Vec<(String, u32)> = env
+        .dp()
+        .pool_prefixes()
+        .unwrap()
+        .into_iter()
+        .map(|(a, l, _, nic)| (format!("{a}/{l}"), nic))
+        .collect();
+    nics.sort();
+    assert_eq!(
+        nics,
+        [
+            ("192.0.2.0/30".into(), 0),
+            ("192.0.2.0/32".into(), 0),
+            ("192.0.2.3/32".into(), 0),
+            ("203.0.113.0/29".into(), eth0),
+            ("203.0.113.0/32".into(), eth0),
+            ("203.0.113.7/32".into(), eth0),
+        ]
+    );
 }

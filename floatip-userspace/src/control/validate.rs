@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 
-use super::records::{FloatingIp, Pool};
+use super::{
+    ports::{InternalNetwork, internal_networks},
+    records::{FloatingIp, Pool},
+};
 use crate::{
     addr::{NEVER_FLOATING, PoolRanges, prefix_span},
     dataplane::{Dataplane, Role},
@@ -161,14 +164,14 @@ pub(super) fn check_not_gateway_addr(addr: Ipv4Addr, local: &[(String, Ipv4Addr)
 }
 
 /// Fails unless the kernel routes `fixed` out of one of the gateway's internal NICs.
-/// `subnets` are [`internal_subnets`], read once per command (a bulk file checks many).
+/// `networks` are [`internal_networks`], read once per command (a bulk file checks many).
 pub(super) fn check_reachable(
     maps: &Dataplane,
-    subnets: &[(String, Ipv4Addr, u8)],
+    networks: &[InternalNetwork],
     fixed: Ipv4Addr,
 ) -> Result<()> {
     match maps.internal_route(fixed)? {
-        Some(_) => check_host_of_subnet(fixed, subnets),
+        Some(_) => check_host_of_subnet(fixed, networks),
         None => {
             fail!(
                 Invalid,
@@ -192,35 +195,21 @@ pub(super) fn check_not_reserved(name: &str, ranges: &PoolRanges) -> Result<()> 
     Ok(())
 }
 
-/// The subnets the kernel routes through the data plane's internal NICs: (NIC, prefix, length).
-pub(super) fn internal_subnets(maps: &Dataplane) -> Result<Vec<(String, Ipv4Addr, u8)>> {
-    let internal: Vec<u32> = maps
-        .nics(Role::Internal)?
-        .into_iter()
-        .map(|(idx, _)| idx)
-        .collect();
-    Ok(iface::routes()?
-        .into_iter()
-        // A default route through a tenant network says nothing about which addresses live
-        // there.
-        .filter(|r| r.len > 0 && internal.contains(&r.oif))
-        .map(|r| {
-            let name = iface::name(r.oif).unwrap_or_else(|| format!("#{}", r.oif));
-            (name, r.dst, r.len)
-        })
-        .collect())
-}
-
 /// Refuses a pool that overlaps a tenant subnet: the instances' own traffic from it would be
 /// dropped as spoofed.
 pub(super) fn check_not_internal(name: &str, ranges: &PoolRanges, maps: &Dataplane) -> Result<()> {
-    for (nic, addr, len) in internal_subnets(maps)? {
-        let (first, last) = prefix_span(addr, len);
-        if ranges.overlaps_span(first, last) {
-            fail!(
-                Invalid,
-                "pool {name} ({ranges}) overlaps {addr}/{len}, a subnet routed through the internal interface {nic}"
-            );
+    for net in internal_networks(maps)? {
+        for s in &net.subnets {
+            let (first, last) = prefix_span(s.network, s.prefix_len);
+            if ranges.overlaps_span(first, last) {
+                fail!(
+                    Invalid,
+                    "pool {name} ({ranges}) overlaps {}/{}, a subnet routed through the internal interface {}",
+                    s.network,
+                    s.prefix_len,
+                    net.name
+                );
+            }
         }
     }
     Ok(())
@@ -228,18 +217,16 @@ pub(super) fn check_not_internal(name: &str, ranges: &PoolRanges, maps: &Datapla
 
 /// Refuses a fixed IP that is the network or broadcast address of the internal subnet it lies
 /// in (the most specific one).
-fn check_host_of_subnet(fixed: Ipv4Addr, subnets: &[(String, Ipv4Addr, u8)]) -> Result<()> {
-    let subnet = subnets
+fn check_host_of_subnet(fixed: Ipv4Addr, networks: &[InternalNetwork]) -> Result<()> {
+    let subnet = networks
         .iter()
-        .filter(|(_, addr, len)| {
-            let (first, last) = prefix_span(*addr, *len);
-            first <= fixed && fixed <= last
-        })
-        .max_by_key(|(_, _, len)| *len);
-    if let Some((nic, addr, len)) = subnet
-        && *len < 31
+        .flat_map(|n| n.subnets.iter().map(move |s| (&n.name, s)))
+        .filter(|(_, s)| s.contains(fixed))
+        .max_by_key(|(_, s)| s.prefix_len);
+    if let Some((nic, s)) = subnet
+        && s.prefix_len < 31
     {
-        let (first, last) = prefix_span(*addr, *len);
+        let (first, last) = prefix_span(s.network, s.prefix_len);
         if fixed == first || fixed == last {
             let what = if fixed == first {
                 "network"
@@ -248,7 +235,9 @@ fn check_host_of_subnet(fixed: Ipv4Addr, subnets: &[(String, Ipv4Addr, u8)]) -> 
             };
             fail!(
                 Invalid,
-                "fixed IP {fixed} is the {what} address of {addr}/{len} on {nic}"
+                "fixed IP {fixed} is the {what} address of {}/{} on {nic}",
+                s.network,
+                s.prefix_len
             );
         }
     }

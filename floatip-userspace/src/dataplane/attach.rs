@@ -96,6 +96,16 @@ fn update_or_attach<P, L, I>(
     }
 }
 
+fn foreign_program(name: &str, id: u32) -> anyhow::Error {
+    error(
+        error::ErrorKind::Conflict,
+        format!(
+            "{name} already has an XDP program, id {id}, not floatip's; remove it first \
+             (ip link set dev {name} xdp off, or stop what holds its link)"
+        ),
+    )
+}
+
 /// Attaches (or atomically replaces) the program of one interface and pins its link.
 fn attach_one(
     ebpf: &mut Ebpf,
@@ -137,19 +147,15 @@ fn attach_one(
                     XdpMode::Skb
                 };
                 prog.attach_to_if_index(ifindex, xdp_mode).map_err(|e| {
-                    // Not ours (ours would have a pinned link): name it rather than blame the mode.
+                    // Not ours (ours would have a pinned link): name it rather than blame the
+                    // mode. Normally refused before anything changed (`check_nics_free`); this
+                    // is a program that came in between.
                     if let Ok(Some(iface::LinkInfo {
                         xdp_program: Some(id),
                         ..
                     })) = iface::link_info(ifindex)
                     {
-                        return error(
-                            error::ErrorKind::Conflict,
-                            format!(
-                                "{name} already has an XDP program, id {id}, not floatip's; remove it \
-                                 first (ip link set dev {name} xdp off)"
-                            ),
-                        );
+                        return foreign_program(name, id);
                     }
                     if mode == Mode::Xdp {
                         anyhow!(
@@ -330,6 +336,32 @@ impl Dataplane {
                     return Err(anyhow!("cannot remove {}: {e}", dir.display()));
                 }
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses, before anything is created or changed, an XDP attach to a NIC that holds an
+    /// XDP program floatip did not attach from `bpffs` (one NIC takes one XDP program). TCX
+    /// programs coexist, so `--mode tc` is not checked. Unknown NICs are left to
+    /// [`Self::attach`], which names them.
+    pub fn check_nics_free(bpffs: &Path, opts: &AttachOptions) -> Result<()> {
+        if opts.mode == Mode::Tc {
+            return Ok(());
+        }
+        for name in opts.external.iter().chain(&opts.internal) {
+            let Ok(idx) = iface::index(name) else {
+                continue;
+            };
+            if find_link(bpffs, idx)?.is_some() {
+                continue;
+            }
+            if let Some(iface::LinkInfo {
+                xdp_program: Some(id),
+                ..
+            }) = iface::link_info(idx)?
+            {
+                return Err(foreign_program(name, id));
             }
         }
         Ok(())

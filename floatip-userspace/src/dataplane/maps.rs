@@ -17,7 +17,7 @@ use aya::{
 };
 use floatip_common::{
     AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, NextHop, POOL_EXCLUDED, POOL_MEMBER,
-    SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket,
+    PoolValue, SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket,
 };
 
 use super::{
@@ -35,7 +35,7 @@ pub struct Dataplane {
     pub(super) bpffs: PathBuf,
     pub(super) fip_to_fixed: HashMap<MapData, u32, NatEntry>,
     pub(super) fixed_to_fip: HashMap<MapData, u32, NatEntry>,
-    pub(super) pools: LpmTrie<MapData, u32, u32>,
+    pub(super) pools: LpmTrie<MapData, u32, PoolValue>,
     pub(super) stats: PerCpuArray<MapData, AssocStats>,
     pub(super) spoof_filter: Array<MapData, u32>,
     pub(super) slot_owners: Array<MapData, u32>,
@@ -395,9 +395,20 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Marks `addr/len` as a pool prefix or, with `excluded`, as a hole in one.
-    pub fn pool_prefix_add(&mut self, addr: Ipv4Addr, len: u8, excluded: bool) -> Result<()> {
-        let value = if excluded { POOL_EXCLUDED } else { POOL_MEMBER };
+    /// Marks `addr/len` as a pool prefix or, with `excluded`, as a hole in one. `nic`: the
+    /// ifindex of the pool's external NIC, the only one answering ARP for it
+    /// ([`floatip_common::POOL_ANY_NIC`]: every external NIC).
+    pub fn pool_prefix_add(
+        &mut self,
+        addr: Ipv4Addr,
+        len: u8,
+        excluded: bool,
+        nic: u32,
+    ) -> Result<()> {
+        let value = PoolValue {
+            kind: if excluded { POOL_EXCLUDED } else { POOL_MEMBER },
+            ifindex: nic,
+        };
         self.pools
             .insert(&Key::new(len as u32, to_key(addr)), value, 0)?;
         Ok(())
@@ -411,12 +422,17 @@ impl Dataplane {
         }
     }
 
-    /// Every pool prefix: (address, length, excluded).
-    pub fn pool_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8, bool)>> {
+    /// Every pool prefix: (address, length, excluded, NIC ifindex).
+    pub fn pool_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8, bool, u32)>> {
         let mut out = Vec::new();
         for item in self.pools.iter() {
             let (k, v) = item?;
-            out.push((from_key(k.data()), k.prefix_len() as u8, v == POOL_EXCLUDED));
+            out.push((
+                from_key(k.data()),
+                k.prefix_len() as u8,
+                v.kind == POOL_EXCLUDED,
+                v.ifindex,
+            ));
         }
         Ok(out)
     }
