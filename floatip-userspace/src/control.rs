@@ -33,7 +33,8 @@ use anyhow::Result;
 
 pub use self::{
     gateway::{AttachReport, Gateway, GatewayStatus},
-    records::{Associate, FloatingIp, IpQuery, IpStatus, Pool, Quota},
+    ips::MAX_TAGS,
+    records::{Associate, FloatingIp, IpChange, IpQuery, IpStatus, Pool, Quota},
     sync::{PairDifference, RepairCounts, SyncReport, SyncState, repair_counts, take_maps_written},
 };
 use crate::{

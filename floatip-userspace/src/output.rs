@@ -407,6 +407,7 @@ mod tests {
             instance: None,
             status: IpStatus::Down,
             description: None,
+            tags: Vec::new(),
             created_at: "2024-01-01T00:00:00Z".into(),
         };
         assert_eq!(

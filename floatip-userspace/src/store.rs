@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 mod api;
 mod ports;
+mod tags;
 mod users;
 
 pub use ports::PortRow;
@@ -80,10 +81,26 @@ const MIGRATIONS: &[&str] = &[
         password_hash TEXT NOT NULL,
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
     );",
+    // 4: editable descriptions of pools, and tags of floating IPs (store/tags.rs). Tags go
+    // with their address: deleting it deletes them.
+    "ALTER TABLE pools ADD COLUMN description TEXT;
+    CREATE TABLE floating_ip_tags (
+        floating_ip INTEGER NOT NULL REFERENCES floating_ips(id) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (floating_ip, tag)
+    ) WITHOUT ROWID;",
 ];
 
 /// The tables of the current schema; a database holding other tables is not floatip's.
-const TABLES: &[&str] = &["floating_ips", "meta", "pools", "ports", "quotas", "users"];
+const TABLES: &[&str] = &[
+    "floating_ip_tags",
+    "floating_ips",
+    "meta",
+    "pools",
+    "ports",
+    "quotas",
+    "users",
+];
 
 /// A pool as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +110,7 @@ pub struct PoolRow {
     pub ranges: String,
     pub excludes: String,
     pub external_iface: Option<String>,
+    pub description: Option<String>,
     pub created_at: String,
 }
 
@@ -106,6 +124,8 @@ pub struct FloatingIpRow {
     pub description: Option<String>,
     pub fixed_ip: Option<Ipv4Addr>,
     pub instance: Option<String>,
+    /// Sorted.
+    pub tags: Vec<String>,
     pub created_at: String,
 }
 
@@ -115,6 +135,9 @@ pub struct IpFilter<'a> {
     pub pool: Option<&'a str>,
     pub project: Option<&'a str>,
     pub associated: Option<bool>,
+    pub address: Option<Ipv4Addr>,
+    pub fixed_ip: Option<Ipv4Addr>,
+    pub instance: Option<&'a str>,
 }
 
 /// Usage and limit of one project.
@@ -402,7 +425,11 @@ pub struct Tx<'c> {
     bumped: Cell<bool>,
 }
 
-const IP_COLUMNS: &str = "id, address, pool, project, description, fixed_ip, instance, created_at";
+/// A floating IP's columns; the last is its tags joined by newlines (which a tag never
+/// holds; see store/tags.rs), so a listing needs no second query.
+const IP_COLUMNS: &str = "id, address, pool, project, description, fixed_ip, instance, created_at,
+    (SELECT group_concat(tag, char(10) ORDER BY tag) FROM floating_ip_tags t
+     WHERE t.floating_ip = floating_ips.id)";
 
 fn ip_row(r: &Row<'_>) -> rusqlite::Result<FloatingIpRow> {
     Ok(FloatingIpRow {
@@ -414,8 +441,11 @@ fn ip_row(r: &Row<'_>) -> rusqlite::Result<FloatingIpRow> {
         fixed_ip: r.get::<_, Option<i64>>(5)?.map(ip_from_sql).transpose()?,
         instance: r.get(6)?,
         created_at: r.get(7)?,
+        tags: tags::split(r.get(8)?),
     })
 }
+
+const POOL_COLUMNS: &str = "name, ranges, excludes, external_iface, description, created_at";
 
 fn pool_row(r: &Row<'_>) -> rusqlite::Result<PoolRow> {
     Ok(PoolRow {
@@ -423,7 +453,8 @@ fn pool_row(r: &Row<'_>) -> rusqlite::Result<PoolRow> {
         ranges: r.get(1)?,
         excludes: r.get(2)?,
         external_iface: r.get(3)?,
-        created_at: r.get(4)?,
+        description: r.get(4)?,
+        created_at: r.get(5)?,
     })
 }
 
@@ -483,19 +514,27 @@ impl<'c> Tx<'c> {
     pub fn pool_get(&self, name: &str) -> Result<Option<PoolRow>> {
         Ok(self
             .tx
-            .prepare_cached("SELECT name, ranges, excludes, external_iface, created_at FROM pools WHERE name = ?1")?
+            .prepare_cached(&format!("SELECT {POOL_COLUMNS} FROM pools WHERE name = ?1"))?
             .query_row([name], pool_row)
             .optional()?)
     }
 
     pub fn pool_list(&self) -> Result<Vec<PoolRow>> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT name, ranges, excludes, external_iface, created_at FROM pools ORDER BY name",
-        )?;
+        let mut stmt = self
+            .tx
+            .prepare_cached(&format!("SELECT {POOL_COLUMNS} FROM pools ORDER BY name"))?;
         let rows = stmt
             .query_map([], pool_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// Sets (or with `None` clears) the pool's description; false if there is no such pool.
+    pub fn pool_set_description(&self, name: &str, description: Option<&str>) -> Result<bool> {
+        Ok(self.tx.execute(
+            "UPDATE pools SET description = ?2 WHERE name = ?1",
+            params![name, description],
+        )? > 0)
     }
 
     /// Deletes a pool; false if there was none. Fails (foreign key) while it has addresses.
@@ -549,11 +588,20 @@ impl<'c> Tx<'c> {
             "SELECT {IP_COLUMNS} FROM floating_ips
              WHERE (?1 IS NULL OR pool = ?1) AND (?2 IS NULL OR project = ?2)
                AND (?3 IS NULL OR (fixed_ip IS NOT NULL) = ?3)
+               AND (?4 IS NULL OR address = ?4) AND (?5 IS NULL OR fixed_ip = ?5)
+               AND (?6 IS NULL OR instance = ?6)
              ORDER BY address"
         ))?;
         let rows = stmt
             .query_map(
-                params![filter.pool, filter.project, filter.associated],
+                params![
+                    filter.pool,
+                    filter.project,
+                    filter.associated,
+                    filter.address.map(ip_to_sql),
+                    filter.fixed_ip.map(ip_to_sql),
+                    filter.instance
+                ],
                 ip_row,
             )?
             .collect::<rusqlite::Result<_>>()?;
@@ -983,6 +1031,61 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.read(|tx| tx.ip_list(&associated)).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn migration_4_keeps_rows_and_tags_go_with_their_address() {
+        let dir = TempDir::new("store-tags");
+        let path = dir.0.join("state.db");
+        // A database as floatip left it before migration 4.
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 3;
+             INSERT INTO pools (name, ranges) VALUES ('public', '203.0.113.0/24');
+             INSERT INTO floating_ips (address, pool) VALUES (3405803781, 'public');",
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = Store::open(&path).unwrap();
+        let row = store
+            .read(|tx| tx.ip_get(ip("203.0.113.5")))
+            .unwrap()
+            .unwrap();
+        assert!(row.tags.is_empty());
+        assert_eq!(
+            store
+                .read(|tx| tx.pool_get("public"))
+                .unwrap()
+                .unwrap()
+                .description,
+            None
+        );
+        let tags = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        store
+            .write(|tx| tx.ip_tags_add(row.id, &tags(&["web", "blue", "web"])))
+            .unwrap();
+        let listed = store.read(|tx| tx.ip_list(&IpFilter::default())).unwrap();
+        assert_eq!(listed[0].tags, ["blue", "web"], "sorted, once each");
+        store
+            .write(|tx| tx.ip_tags_remove(row.id, Some(&tags(&["blue", "absent"]))))
+            .unwrap();
+        assert_eq!(
+            store
+                .read(|tx| tx.ip_get_by_id(row.id))
+                .unwrap()
+                .unwrap()
+                .tags,
+            ["web"]
+        );
+        store.write(|tx| tx.ip_delete(row.address)).unwrap();
+        let left: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM floating_ip_tags", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0, "deleting the address deletes its tags");
     }
 
     #[test]

@@ -209,8 +209,76 @@ const fn case(
 
 /// Error cases with the data plane attached. The state they run against:
 /// pool `public` 203.0.113.10-20 with .10 (project demo, quota 1, associated
-/// with inst1), .11 and .12 allocated; pool `small` 203.0.113.30-31, both allocated.
+/// with inst1, tagged `web`, described), .11 and .12 allocated; pool `small`
+/// 203.0.113.30-31, both allocated.
 const ATTACHED_CASES: &[Case] = &[
+    // editing: all of a command or nothing (the snapshot holds tags and descriptions)
+    case(
+        "set: a tag with a blank after a valid one",
+        &[
+            "ip",
+            "set",
+            "203.0.113.10",
+            "--tag",
+            "ok",
+            "--tag",
+            "two words",
+        ],
+        &["tag", "blanks"],
+    ),
+    case(
+        "set: a tag given twice, with a description",
+        &[
+            "ip",
+            "set",
+            "203.0.113.10",
+            "--description",
+            "new",
+            "--tag",
+            "t",
+            "--tag",
+            "t",
+        ],
+        &["given twice"],
+    ),
+    case(
+        "set: an unallocated floating IP",
+        &["ip", "set", "203.0.113.19", "--tag", "a"],
+        &["203.0.113.19", "not found"],
+    ),
+    case(
+        "set: another project's address",
+        &[
+            "ip",
+            "set",
+            "203.0.113.11",
+            "--tag",
+            "a",
+            "--project",
+            "demo",
+        ],
+        &["203.0.113.11", "not found"],
+    ),
+    case(
+        "unset: an unknown id",
+        &["ip", "unset", "999", "--all-tag"],
+        &["999", "not found"],
+    ),
+    case(
+        "pool set: an unknown pool",
+        &["pool", "set", "nope", "--description", "x"],
+        &["pool nope does not exist"],
+    ),
+    case(
+        "pool set: a control character",
+        &["pool", "set", "public", "--description", "a\u{1b}[31m"],
+        &["control"],
+    ),
+    case(
+        "list: a malformed --fixed-ip-address",
+        &["ip", "list", "--fixed-ip-address", "10.0.0.x"],
+        &["10.0.0.x"],
+    ),
     // malformed input
     case(
         "malformed --address",
@@ -543,6 +611,15 @@ fn errors_leave_state_unchanged() {
         lab.nat_pairs(),
         vec![("203.0.113.10".to_string(), INST1_IP.to_string())]
     );
+    lab.ok(&[
+        "ip",
+        "set",
+        "203.0.113.10",
+        "--tag",
+        "web",
+        "--description",
+        "web1's",
+    ]);
 
     let mut failures = run_cases(&lab, ATTACHED_CASES);
 
@@ -565,6 +642,84 @@ fn errors_leave_state_unchanged() {
         failures.len(),
         ATTACHED_CASES.len() + DETACHED_CASES.len(),
         failures.join("\n\n")
+    );
+}
+
+// ---------------------------------------------------------------- listing
+
+/// `ip list --fixed-ip-address/--floating-ip-address/--instance` on real associations; tags
+/// and descriptions are kept through moves and disassociation, and editing them leaves the
+/// maps alone.
+#[test]
+fn list_filters_by_association() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let lab = attached_lab();
+    lab.pool_create("public", "203.0.113.10-203.0.113.20");
+    for _ in 0..3 {
+        lab.ok(&["ip", "create", "public"]);
+    }
+    lab.ok(&["ip", "associate", FIP1, INST1_IP, "--instance", "web1"]);
+    lab.ok(&["ip", "associate", FIP2, INST2_IP, "--instance", "web2"]);
+    let listed = |filter: &[&str]| {
+        let args = [
+            &["ip", "list", "-f", "value", "-c", "floating_ip_address"][..],
+            filter,
+        ]
+        .concat();
+        let out = lab.floatip(&args);
+        assert!(out.success(), "{out}");
+        out.stdout
+    };
+    assert_eq!(
+        listed(&["--fixed-ip-address", INST2_IP]),
+        format!(
+            "{FIP2}
+"
+        )
+    );
+    assert_eq!(
+        listed(&["--instance", "web1"]),
+        format!(
+            "{FIP1}
+"
+        )
+    );
+    assert_eq!(
+        listed(&["--floating-ip-address", "203.0.113.12"]),
+        "203.0.113.12
+"
+    );
+    assert_eq!(listed(&["--instance", "web1", "--status", "DOWN"]), "");
+    assert_eq!(listed(&["--fixed-ip-address", "10.0.0.99"]), "");
+    assert_eq!(listed(&["--instance", "web3"]), "");
+
+    let pairs = lab.nat_pairs();
+    lab.ok(&["ip", "set", FIP1, "--tag", "web", "--description", "front"]);
+    assert_eq!(lab.nat_pairs(), pairs, "editing a record changed the maps");
+    // Moved and then disassociated, the record keeps its tags and description.
+    lab.ok(&["ip", "disassociate", FIP2]);
+    lab.ok(&[
+        "ip",
+        "associate",
+        FIP1,
+        INST2_IP,
+        "--instance",
+        "web2",
+        "--force",
+    ]);
+    assert_eq!(
+        listed(&["--instance", "web2", "--tags", "web"]),
+        format!(
+            "{FIP1}
+"
+        )
+    );
+    lab.ok(&["ip", "disassociate", FIP1]);
+    let shown = lab.json(&["ip", "show", FIP1, "-c", "tags", "-c", "description"]);
+    assert_eq!(
+        shown,
+        serde_json::json!({"tags": ["web"], "description": "front"})
     );
 }
 

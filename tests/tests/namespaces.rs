@@ -476,7 +476,8 @@ fn s_event_log(lab: &Lab) -> Result<()> {
     log.wait_for("following", Duration::from_secs(10))?;
     let out = lab.netprobe(&lab.ext, &["spoof", INST1_IP, FIP1, "5011", "3"]);
     ensure!(out.success(), "sending spoofed datagrams failed:\n{out}");
-    let want = format!("dropped, spoofed source: {INST1_IP} -> {FIP1}");
+    // Named by the interface it arrived on, not its ifindex.
+    let want = format!("gw-ext: dropped, spoofed source: {INST1_IP} -> {FIP1}");
     let seen = log.wait_for(&want, Duration::from_secs(5));
     // Ctrl-C: the log switches the programs' logging off and exits 0.
     log.signal(libc::SIGINT);

@@ -65,7 +65,7 @@ fn view(s: &FloatingIpState) -> Value {
         "project_id": project, "tenant_id": project,
         "description": ip.description.clone().unwrap_or_default(),
         "created_at": ip.created_at, "updated_at": ip.created_at,
-        "revision_number": 0, "tags": [], "dns_domain": "", "dns_name": "",
+        "revision_number": 0, "tags": ip.tags, "dns_domain": "", "dns_name": "",
         "port_forwardings": [], "qos_policy_id": null,
     })
 }
@@ -108,7 +108,7 @@ async fn list(
             c.ip_list_states(&IpQuery {
                 pool: pool.as_deref(),
                 project: project.as_deref(),
-                status: None,
+                ..Default::default()
             })
         })
         .await?;

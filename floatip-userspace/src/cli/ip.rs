@@ -7,7 +7,7 @@ use clap::{Subcommand, ValueEnum};
 
 use crate::{
     addr::{parse_bulk, parse_ipv4},
-    control::{Associate, Control, IpQuery, IpStatus},
+    control::{Associate, Control, IpChange, IpQuery, IpStatus},
     error::{fail, invalid},
     output,
 };
@@ -44,6 +44,21 @@ pub enum IpCmd {
         project: Option<String>,
         #[arg(long, value_enum, ignore_case = true)]
         status: Option<StatusArg>,
+        /// Only this floating IP.
+        #[arg(long, value_name = "IP")]
+        floating_ip_address: Option<String>,
+        /// Only the floating IP associated with this fixed IP.
+        #[arg(long, value_name = "IP")]
+        fixed_ip_address: Option<String>,
+        /// Only floating IPs associated with this instance.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// Only floating IPs that have all of these tags.
+        #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Only floating IPs that have at least one of these tags.
+        #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
+        any_tags: Vec<String>,
     },
     /// Show one floating IP.
     Show {
@@ -71,6 +86,42 @@ pub enum IpCmd {
         /// Associate every `FLOATING FIXED [INSTANCE]` line of FILE in one transaction.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["floating", "fixed", "instance", "force"])]
         from_file: Option<PathBuf>,
+    },
+    /// Change a floating IP's description or add tags; prints the record.
+    #[command(arg_required_else_help = true)]
+    Set {
+        /// The floating IP's address or its id.
+        floating: String,
+        /// Set the description (at most 255 characters).
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Add this tag (repeatable); one the address has already is kept.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Remove every tag first (with --tag: replace them).
+        #[arg(long)]
+        no_tag: bool,
+        /// Act for this project: other projects' addresses are not found.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Remove tags or the description of a floating IP; prints the record.
+    #[command(arg_required_else_help = true)]
+    Unset {
+        /// The floating IP's address or its id.
+        floating: String,
+        /// Remove this tag (repeatable); one the address does not have is ignored.
+        #[arg(long = "tag", value_name = "TAG", conflicts_with = "all_tag")]
+        tags: Vec<String>,
+        /// Remove every tag.
+        #[arg(long)]
+        all_tag: bool,
+        /// Clear the description.
+        #[arg(long)]
+        description: bool,
+        /// Act for this project: other projects' addresses are not found.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Remove the association of a floating IP.
     Disassociate {
@@ -115,6 +166,11 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             pool,
             project,
             status,
+            floating_ip_address,
+            fixed_ip_address,
+            instance,
+            tags,
+            any_tags,
         } => {
             let query = IpQuery {
                 pool: pool.as_deref(),
@@ -123,8 +179,43 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
                     StatusArg::Active => IpStatus::Active,
                     StatusArg::Down => IpStatus::Down,
                 }),
+                floating_ip: ip(floating_ip_address)?,
+                fixed_ip: ip(fixed_ip_address)?,
+                instance: instance.as_deref(),
+                tags,
+                any_tags,
             };
             output::print_list(fmt, &open()?.ip_list(&query)?)
+        }
+        IpCmd::Set {
+            floating,
+            description,
+            tags,
+            no_tag,
+            project,
+        } => {
+            let change = IpChange {
+                description: description.as_deref().map(Some),
+                clear_tags: *no_tag,
+                add_tags: tags,
+                ..Default::default()
+            };
+            update(fmt, open()?, floating, project.as_deref(), &change)
+        }
+        IpCmd::Unset {
+            floating,
+            tags,
+            all_tag,
+            description,
+            project,
+        } => {
+            let change = IpChange {
+                description: description.then_some(None),
+                clear_tags: *all_tag,
+                remove_tags: tags,
+                ..Default::default()
+            };
+            update(fmt, open()?, floating, project.as_deref(), &change)
         }
         IpCmd::Show { floating, project } => {
             let mut control = open()?;
@@ -198,6 +289,20 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             )
         }
     }
+}
+
+/// `ip set`/`ip unset`: the record named by `key` (address or id), changed and printed.
+fn update(
+    fmt: &output::Format,
+    mut control: Control,
+    key: &str,
+    project: Option<&str>,
+    change: &IpChange<'_>,
+) -> Result<()> {
+    let floating = control.ip_resolve(key, project)?;
+    let id = control.ip_show(floating, project)?.id;
+    control.ip_update(id, project, change)?;
+    output::print_one(fmt, &control.ip_show(floating, project)?)
 }
 
 /// Most bytes `--from-file` reads: a million lines of the longest form fit.

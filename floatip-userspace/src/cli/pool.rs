@@ -26,6 +26,13 @@ pub enum PoolCmd {
     List,
     /// Show one pool with its address counts.
     Show { name: String },
+    /// Change a pool's description; prints the pool.
+    Set {
+        name: String,
+        /// The new description ("" leaves it empty).
+        #[arg(long, value_name = "TEXT", required = true)]
+        description: String,
+    },
     /// Delete a pool that has no allocated floating IPs.
     Delete { name: String },
 }
@@ -49,6 +56,10 @@ pub fn run(cli: &super::Cli, cmd: &PoolCmd) -> Result<()> {
         }
         PoolCmd::List => output::print_list(&cli.format, &control.pool_list()?),
         PoolCmd::Show { name } => output::print_one(&cli.format, &control.pool_show(name)?),
+        PoolCmd::Set { name, description } => output::print_one(
+            &cli.format,
+            &control.pool_set_description(name, Some(description))?,
+        ),
         PoolCmd::Delete { name } => control.pool_delete(name),
     }
 }

@@ -1,18 +1,19 @@
 //! Floating IPs: allocation, association (one, or a file in one transaction),
 //! disassociation and release.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context, Result};
 
 use super::{
-    Associate, Control, FloatingIp, IpQuery, IpStatus,
+    Associate, Control, FloatingIp, IpChange, IpQuery, IpStatus,
     gateway::announce,
     ports::internal_networks,
     sync::{finish, sync_maps, update_maps},
     validate::{
         check_fixed_outside_pools, check_not_gateway_addr, check_reachable, get_ip, get_pool,
-        load_pools, owned_ip, stored_ranges, validate_fixed, validate_name, validate_text,
+        load_pools, owned_ip, stored_ranges, validate_fixed, validate_name, validate_tags,
+        validate_text,
     },
 };
 use crate::{
@@ -22,6 +23,9 @@ use crate::{
     iface,
     store::IpFilter,
 };
+
+/// Most tags one floating IP may have: they are labels, not storage.
+pub const MAX_TAGS: usize = 64;
 
 impl Control {
     /// `ip create`: the lowest free address of `pool`, or `address`.
@@ -84,11 +88,19 @@ impl Control {
                     pool: query.pool,
                     project: query.project,
                     associated: query.status.map(|s| s == IpStatus::Active),
+                    address: query.floating_ip,
+                    fixed_ip: query.fixed_ip,
+                    instance: query.instance,
                 };
+                let has = |r: &FloatingIp, t: &String| r.tags.binary_search(t).is_ok();
                 Ok(tx
                     .ip_list(&filter)?
                     .into_iter()
                     .map(FloatingIp::from)
+                    .filter(|r| query.tags.iter().all(|t| has(r, t)))
+                    .filter(|r| {
+                        query.any_tags.is_empty() || query.any_tags.iter().any(|t| has(r, t))
+                    })
                     .collect())
             })
             .map(|records| self.as_served(records))
@@ -99,6 +111,49 @@ impl Control {
             .store
             .read(|tx| Ok(owned_ip(tx, floating, project)?.into()))?;
         Ok(self.as_served(vec![record]).remove(0))
+    }
+
+    /// `ip set`/`ip unset` of the floating IP with row id `id` (the API's update shares it):
+    /// all of `change` or, on any error, nothing.
+    pub fn ip_update(
+        &mut self,
+        id: i64,
+        project: Option<&str>,
+        change: &IpChange<'_>,
+    ) -> Result<FloatingIp> {
+        if let Some(Some(d)) = change.description {
+            validate_text("description", d, 255)?;
+        }
+        validate_tags(change.add_tags)?;
+        validate_tags(change.remove_tags)?;
+        self.store.write(|tx| {
+            let row = match tx.ip_get_by_id(id)? {
+                Some(row) if project.is_none_or(|p| row.project.as_deref() == Some(p)) => row,
+                _ => fail!(NotFound, "floating IP {id} not found"),
+            };
+            if let Some(description) = change.description {
+                tx.ip_set_description(id, description)?;
+            }
+            let mut tags: BTreeSet<&String> = row.tags.iter().collect();
+            if change.clear_tags {
+                tx.ip_tags_remove(id, None)?;
+                tags.clear();
+            } else if !change.remove_tags.is_empty() {
+                tx.ip_tags_remove(id, Some(change.remove_tags))?;
+                tags.retain(|t| !change.remove_tags.contains(t));
+            }
+            tags.extend(change.add_tags);
+            if tags.len() > MAX_TAGS {
+                fail!(
+                    Invalid,
+                    "floating IP {} would have {} tags; at most {MAX_TAGS} are allowed",
+                    row.address,
+                    tags.len()
+                );
+            }
+            tx.ip_tags_add(id, change.add_tags)?;
+            get_ip(tx, row.address)
+        })
     }
 
     /// The address `key` names: an address, or the record's id (as `ip list` shows it).

@@ -8,10 +8,10 @@ use super::{
     sync::{pool_nic, trie_add, trie_del},
     validate::{
         check_external_nic, check_no_gateway_addr, check_not_internal, check_not_reserved,
-        get_pool, pool_info, stored_ranges, validate_iface, validate_name,
+        get_pool, pool_info, stored_ranges, validate_iface, validate_name, validate_text,
     },
 };
-use crate::{addr::PoolRanges, error::fail, iface};
+use crate::{addr::PoolRanges, error::fail, iface, store::PoolRow};
 
 impl Control {
     /// `pool create`. Adds the pool's trie entries when the data plane is attached (otherwise
@@ -83,6 +83,24 @@ impl Control {
 
     pub fn pool_show(&mut self, name: &str) -> Result<Pool> {
         self.store.read(|tx| pool_info(tx, get_pool(tx, name)?))
+    }
+
+    /// `pool set NAME --description TEXT` (`None` clears it).
+    pub fn pool_set_description(&mut self, name: &str, description: Option<&str>) -> Result<Pool> {
+        if let Some(d) = description {
+            validate_text("description", d, 255)?;
+        }
+        self.store.write(|tx| {
+            let pool = get_pool(tx, name)?;
+            tx.pool_set_description(name, description)?;
+            pool_info(
+                tx,
+                PoolRow {
+                    description: description.map(str::to_owned),
+                    ..pool
+                },
+            )
+        })
     }
 
     /// `pool delete`: only once no address is allocated from it.

@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{
-    Associate, Control, FloatingIp, IpQuery,
+    Associate, Control, FloatingIp, IpChange, IpQuery,
     validate::{owned_ip, validate_name, validate_text},
 };
 use crate::{
@@ -432,22 +432,18 @@ impl Control {
         self.ip_by_id(created.id, project)
     }
 
-    /// Sets (or with `None` clears) the description.
+    /// Sets (or with `None` clears) the description: [`Control::ip_update`], as `ip set`.
     pub fn ip_set_description(
         &mut self,
         id: i64,
         project: Option<&str>,
         description: Option<&str>,
     ) -> Result<FloatingIpState> {
-        if let Some(d) = description {
-            validate_text("description", d, 255)
-                .map_err(|e| error(ErrorKind::Invalid, format!("{e:#}")))?;
-        }
-        self.store.write(|tx| {
-            let row = tx.ip_get_by_id(id)?.ok_or_else(|| floating_not_found(id))?;
-            owned_ip(tx, row.address, project).map_err(|_| floating_not_found(id))?;
-            tx.ip_set_description(id, description)
-        })?;
+        let change = IpChange {
+            description: Some(description),
+            ..Default::default()
+        };
+        self.ip_update(id, project, &change)?;
         self.ip_by_id(id, project)
     }
 

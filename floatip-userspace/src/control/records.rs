@@ -37,6 +37,8 @@ pub struct FloatingIp {
     pub instance: Option<String>,
     pub status: IpStatus,
     pub description: Option<String>,
+    /// Sorted.
+    pub tags: Vec<String>,
     pub created_at: String,
 }
 
@@ -55,6 +57,7 @@ impl From<FloatingIpRow> for FloatingIp {
             project: r.project,
             instance: r.instance,
             description: r.description,
+            tags: r.tags,
             created_at: r.created_at,
         }
     }
@@ -67,6 +70,7 @@ pub struct Pool {
     pub ranges: Vec<String>,
     pub excludes: Vec<String>,
     pub external_interface: Option<String>,
+    pub description: Option<String>,
     pub total: u64,
     pub allocated: u64,
     pub free: u64,
@@ -91,12 +95,30 @@ impl From<QuotaRow> for Quota {
     }
 }
 
-/// Filter of [`Control::ip_list`]; `None` matches everything.
+/// Filter of [`Control::ip_list`]; `None` (and an empty list) matches everything.
 #[derive(Clone, Debug, Default)]
 pub struct IpQuery<'a> {
     pub pool: Option<&'a str>,
     pub project: Option<&'a str>,
     pub status: Option<IpStatus>,
+    pub floating_ip: Option<Ipv4Addr>,
+    pub fixed_ip: Option<Ipv4Addr>,
+    pub instance: Option<&'a str>,
+    /// Only addresses that have every one of these tags.
+    pub tags: &'a [String],
+    /// Only addresses that have at least one of these tags.
+    pub any_tags: &'a [String],
+}
+
+/// Changes of `ip set`/`ip unset` (and the API's update); applied in this order: clear the
+/// description or set it, remove tags (all with `clear_tags`), add tags.
+#[derive(Clone, Debug, Default)]
+pub struct IpChange<'a> {
+    /// `Some(None)` clears it.
+    pub description: Option<Option<&'a str>>,
+    pub clear_tags: bool,
+    pub remove_tags: &'a [String],
+    pub add_tags: &'a [String],
 }
 
 /// One `ip associate`.

@@ -751,11 +751,12 @@ fn json_keys_are_stable() {
         instance: None,
         status: IpStatus::Down,
         description: None,
+        tags: vec!["web".into()],
         created_at: "2024-01-01T00:00:00Z".into(),
     };
     assert_eq!(
         serde_json::to_string(&f).unwrap(),
-        r#"{"id":1,"floating_ip_address":"203.0.113.1","fixed_ip_address":null,"pool":"public","project":"demo","instance":null,"status":"DOWN","description":null,"created_at":"2024-01-01T00:00:00Z"}"#
+        r#"{"id":1,"floating_ip_address":"203.0.113.1","fixed_ip_address":null,"pool":"public","project":"demo","instance":null,"status":"DOWN","description":null,"tags":["web"],"created_at":"2024-01-01T00:00:00Z"}"#
     );
 }
 

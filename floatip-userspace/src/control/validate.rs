@@ -43,6 +43,7 @@ pub(super) fn pool_info(tx: &Tx<'_>, row: PoolRow) -> Result<Pool> {
         excludes: ranges.excludes().iter().map(ToString::to_string).collect(),
         name: row.name,
         external_interface: row.external_iface,
+        description: row.description,
         total,
         allocated,
         free: total.saturating_sub(allocated),
@@ -125,6 +126,21 @@ pub(super) fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
             Invalid,
             "{what} {name:?} must not start with '-' or contain blanks, control or format characters"
         );
+    }
+    Ok(())
+}
+
+/// Tags as `ip list --tags A,B` takes them: names (see [`validate_name`]) without commas,
+/// each given once.
+pub(super) fn validate_tags(tags: &[String]) -> Result<()> {
+    for (i, tag) in tags.iter().enumerate() {
+        validate_name("tag", tag, 255)?;
+        if tag.contains(',') {
+            fail!(Invalid, "tag {tag:?} must not contain ','");
+        }
+        if tags[..i].contains(tag) {
+            fail!(Invalid, "tag {tag:?} is given twice");
+        }
     }
     Ok(())
 }

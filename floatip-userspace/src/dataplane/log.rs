@@ -1,9 +1,11 @@
 //! Following the programs' aya-log event log (drops, malformed frames,
 //! translated packets left to the kernel). The programs only log while
 //! `META.log_enabled` is set, which [`follow`] does for as long as it runs.
+//! Each record starts with `if IFINDEX:` (floatip-ebpf's log.rs), which is
+//! shown as the interface's name.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     os::fd::{AsFd, AsRawFd},
     path::Path,
     time::{Duration, Instant},
@@ -22,8 +24,12 @@ use super::Dataplane;
 /// The aya-log ring buffer's map name (aya-log-ebpf declares it).
 const LOG_MAP: &str = "AYA_LOGS";
 
-/// Hands each record's text to the caller.
-struct Sink<'a>(std::sync::Mutex<&'a mut (dyn FnMut(String) + Send)>);
+/// Hands each record's text to the caller, the interface named.
+struct Sink<'a> {
+    out: std::sync::Mutex<&'a mut (dyn FnMut(String) + Send)>,
+    /// Names of the attached interfaces by ifindex.
+    names: HashMap<u32, String>,
+}
 
 impl Log for Sink<'_> {
     fn enabled(&self, _: &Metadata) -> bool {
@@ -31,12 +37,24 @@ impl Log for Sink<'_> {
     }
 
     fn log(&self, record: &Record) {
-        if let Ok(mut out) = self.0.lock() {
-            (out)(record.args().to_string());
+        if let Ok(mut out) = self.out.lock() {
+            (out)(named(record.args().to_string(), &self.names));
         }
     }
 
     fn flush(&self) {}
+}
+
+/// `line` with its leading `if IFINDEX:` replaced by the interface's name, when known.
+fn named(line: String, names: &HashMap<u32, String>) -> String {
+    let name = line
+        .strip_prefix("if ")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(index, rest)| Some((names.get(&index.parse().ok()?)?, rest)));
+    match name {
+        Some((name, rest)) => format!("{name}:{rest}"),
+        None => line,
+    }
 }
 
 /// One program id per distinct log ring buffer among the attached
@@ -92,7 +110,16 @@ pub fn follow(
 ) -> Result<()> {
     let mut dp = Dataplane::open(bpffs)?;
     let ids = log_programs(&dp)?;
-    let sink = Sink(std::sync::Mutex::new(out));
+    let names = dp
+        .status()?
+        .interfaces
+        .into_iter()
+        .map(|i| (i.ifindex, i.name))
+        .collect();
+    let sink = Sink {
+        out: std::sync::Mutex::new(out),
+        names,
+    };
     let mut loggers = Vec::new();
     for id in ids {
         loggers.push(
@@ -132,4 +159,26 @@ pub fn follow(
         l.flush();
     }
     result.and(off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_name_their_interface() {
+        let names = HashMap::from([(7, "gw-ext".to_owned())]);
+        let n = |l: &str| named(l.to_owned(), &names);
+        assert_eq!(
+            n("if 7: dropped, spoofed source: 10.0.0.11 -> 203.0.113.10"),
+            "gw-ext: dropped, spoofed source: 10.0.0.11 -> 203.0.113.10"
+        );
+        // An interface that is gone (or anything else) is shown as it came.
+        assert_eq!(
+            n("if 8: handed to the kernel: x"),
+            "if 8: handed to the kernel: x"
+        );
+        assert_eq!(n("if x: y"), "if x: y");
+        assert_eq!(n("other"), "other");
+    }
 }

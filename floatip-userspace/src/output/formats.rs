@@ -72,10 +72,12 @@ fn write_yaml(v: &Value, indent: usize, out: &mut String) {
     }
 }
 
-/// The text of `v` in a `value` or `csv` cell: like a table cell, but an absent value is empty.
+/// The text of `v` in a `value` or `csv` cell: like a table cell, but an absent value (or an
+/// empty list) is empty.
 pub fn plain(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
+        Value::Array(a) if a.is_empty() => String::new(),
         other => cell(other),
     }
 }
