@@ -5,7 +5,7 @@
 //! the stale next hop.
 //!
 //! - the instance's NIC is re-created with a new MAC (same IP; it announces
-//!   itself with a gratuitous ARP, `arp_notify`), inbound stream;
+//!   itself with a gratuitous ARP), inbound stream;
 //! - the gateway's default route moves to a second router (a macvlan with
 //!   its own MAC on the router's link), outbound stream, and a capture on
 //!   the first router shows what still reached it;
@@ -146,8 +146,10 @@ fn wait_handled(follower: &Spawned, since: u64, marker: &str) -> (u64, u64) {
             return h;
         }
         if Instant::now() > deadline {
+            let pid = follower.pid();
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
             panic!(
-                "the follower never handled {marker:?} after {since}:\n{}",
+                "the follower never handled {marker:?} after {since}:\n{}\nits stack:\n{stack}",
                 follower.stderr_so_far()
             );
         }
@@ -241,6 +243,24 @@ fn staleness(mode: Mode) {
             &["ip", "route", "add", "default", "via", "10.0.0.1"],
         );
         let new_mac = lab.mac(&inst1, "eth0").expect("mac");
+        // The instance announces itself (gratuitous ARP) until the gateway's
+        // kernel has taken the new MAC: the kernel accepts a new MAC for a
+        // neighbour only once its ARP locktime (1 s) has passed since the
+        // entry's last update, so the first announcement may go unheeded.
+        let netprobe = lab.netprobe_bin.to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            sh(&inst1, &[&netprobe, "garp", "eth0", INST1_IP]);
+            let neigh = exec(&lab.gw, &["ip", "neigh", "show", INST1_IP, "dev", "gw-int"]);
+            if neigh.stdout.contains(&new_mac) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{m}] the gateway never took the new MAC {new_mac}: {neigh}"
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
         let (handled, notified) = wait_handled(&follower, t0, &format!("neighbour {INST1_IP} on"));
         let handled_new = handled_after(&follower, t0, &new_mac);
         thread::sleep(Duration::from_millis(700));

@@ -112,11 +112,12 @@ fn main() -> ExitCode {
         Some("udp-ask") => udp_ask(&args),
         Some("udp-refused") => udp_refused(&args),
         Some("spoof") => spoof(&args),
+        Some("garp") => garp(&args),
         Some("udp-stream") => udp_stream(&args),
         Some("udp-sink") => udp_sink(&args),
         Some("tcx-count") => tcx_count(&args),
         Some("xdp-pass") => xdp_pass(&args),
-        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|udp-stream|udp-sink|tcx-count|xdp-pass ...".into()),
+        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|garp|udp-stream|udp-sink|tcx-count|xdp-pass ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -449,6 +450,67 @@ fn spoof(args: &[String]) -> Res<()> {
         libc::close(fd);
     }
     println!("sent {count} UDP datagrams {src} -> {dst}:{port}");
+    Ok(())
+}
+
+/// `garp IFACE IP`: a gratuitous ARP request (sender = target = IP, from
+/// IFACE's MAC) broadcast out of IFACE, as a host announces a new MAC.
+fn garp(args: &[String]) -> Res<()> {
+    use std::ffi::CString;
+    let ifname: String = arg(args, 1, "IFACE")?;
+    let ip: Ipv4Addr = arg(args, 2, "IP")?;
+    let name = CString::new(ifname.clone()).map_err(|e| e.to_string())?;
+    // SAFETY: plain socket and ioctl syscalls on buffers this function owns.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        if ifindex == 0 {
+            return Err(os_err(&ifname));
+        }
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(os_err("packet socket"));
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr) < 0 {
+            libc::close(fd);
+            return Err(os_err("SIOCGIFHWADDR"));
+        }
+        let mac: [u8; 6] = std::array::from_fn(|i| ifr.ifr_ifru.ifru_hwaddr.sa_data[i] as u8);
+        let mut f = vec![0xffu8; 6];
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&ip.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&ip.octets());
+        f.resize(60, 0);
+        let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_ifindex = ifindex as i32;
+        sa.sll_halen = 6;
+        sa.sll_addr[..6].fill(0xff);
+        for _ in 0..3 {
+            let n = libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            if n < 0 {
+                let e = os_err("sendto");
+                libc::close(fd);
+                return Err(e);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        libc::close(fd);
+    }
+    println!("announced {ip} on {ifname}");
     Ok(())
 }
 
