@@ -510,8 +510,8 @@ fn steps(d: &Demo) -> Result<()> {
     Ok(())
 }
 
-/// 10. The same life cycle through `floatip agent` and the unmodified `openstack` CLI; web1's
-/// fixed IP is free again since its floating IP moved to web2.
+/// Part 10: the same life cycle through `floatip agent` and the unmodified `openstack` CLI;
+/// web1's fixed IP is free again since its floating IP moved to web2.
 fn openstack_part(d: &Demo, fip1: &str) -> Result<()> {
     let bin = agent::openstack_bin();
     if !bin.is_file() {
