@@ -7,7 +7,10 @@ fn main() {
     // verifier allows it for packet data on every arch with efficient
     // unaligned access, which is where XDP runs natively).
     println!("cargo:rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
-    println!("cargo:rerun-if-env-changed=PATH");
+    // Not rerun when PATH changes: `cargo build` by hand and `cargo xtask` (which puts the
+    // cargo bin directory first) would otherwise rebuild the objects every time one follows
+    // the other. A missing bpf-linker fails the link, which is retried until it works.
+    println!("cargo:rerun-if-changed=build.rs");
     if which::which("bpf-linker").is_err() {
         println!(
             "cargo:warning=bpf-linker not found on PATH; run `cargo xtask setup` (it builds bpf-linker 0.13 against the nightly toolchain's LLVM)"

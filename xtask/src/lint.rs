@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::{setup, util};
 
 pub fn lint() -> Result<()> {
-    // clippy runs floatip-userspace's build script, which needs bpf-linker.
+    // clippy runs floatip-object's build script, which needs bpf-linker.
     setup::setup()?;
     // Nightly rustfmt: rustfmt.toml uses unstable options (import grouping).
     util::run(util::nightly_cargo().args(["fmt", "--all", "--", "--check"]))?;

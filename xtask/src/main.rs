@@ -26,6 +26,9 @@ enum Command {
     Setup,
     /// Setup, then build the userspace daemon (and, via its build script, the eBPF object)
     Build,
+    /// Setup, then the Debian package (cargo-deb): binary, man pages, completions, systemd
+    /// unit, default configuration; prints its path (target/debian/floatip_*.deb)
+    Dist,
     /// Setup, then run the workspace tests as root; extra args go to the test binaries
     Test {
         /// Test only these packages instead of the whole workspace
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Setup => setup::setup(),
         Command::Build => build::build(),
+        Command::Dist => build::dist(),
         Command::Test { packages, args } => test::test(&packages, &args),
         Command::Lint => lint::lint(),
         Command::Demo(bin) => run::run_tests_bin("demo", &bin.args),

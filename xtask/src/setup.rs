@@ -41,6 +41,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "curl",
     "openssl",
+    // The packaging test: `man -w` finds the installed pages, `systemd-analyze verify` checks
+    // the installed unit, dpkg-shlibdeps (dpkg-dev) gives cargo-deb the library dependencies.
+    "man-db",
+    "systemd",
+    "dpkg-dev",
 ];
 
 /// The openstack CLI the agent's tests drive, pinned so that what was tried is what runs.
@@ -55,6 +60,9 @@ const OPENSTACK_CLIENT_VERSION: &str = "10.5.0";
 /// feature and the library glob must name the same LLVM major version.
 const LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
+/// Builds the Debian package (`cargo xtask dist`, and the packaging test); pinned so that
+/// `--locked` builds what was tried.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Drives the coverage-guided parser fuzz; pinned so that `--locked` builds what was tried.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
@@ -63,6 +71,7 @@ pub fn setup() -> Result<()> {
     debian_packages()?;
     let llvm_prefix = llvm_prefix()?;
     bpf_linker(&llvm_prefix)?;
+    cargo_deb()?;
     openstack_client()
 }
 
@@ -275,21 +284,30 @@ fn installed_version(name: &str) -> Result<Option<String>> {
 }
 
 fn cargo_fuzz() -> Result<()> {
-    let version = installed_version("cargo-fuzz")?;
-    if version.as_deref() == Some(CARGO_FUZZ_VERSION) {
-        println!("ok: cargo-fuzz {CARGO_FUZZ_VERSION} present");
+    cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, "about a minute")
+}
+
+fn cargo_deb() -> Result<()> {
+    cargo_tool("cargo-deb", CARGO_DEB_VERSION, "a few minutes")
+}
+
+/// `cargo install NAME --version =VERSION --locked`, unless that version answers already.
+fn cargo_tool(name: &str, version: &str, takes: &str) -> Result<()> {
+    let found = installed_version(name)?;
+    if found.as_deref() == Some(version) {
+        println!("ok: {name} {version} present");
         return Ok(());
     }
     println!(
-        "installing: cargo-fuzz {CARGO_FUZZ_VERSION} (found: {}; cargo install takes about a minute)",
-        version.as_deref().unwrap_or("none/broken")
+        "installing: {name} {version} (found: {}; cargo install takes {takes})",
+        found.as_deref().unwrap_or("none/broken")
     );
     util::run(
         util::cargo()
             // Outside the workspace so its .cargo/config.toml cannot interfere.
             .current_dir(util::home()?)
-            .args(["install", "cargo-fuzz", "--locked", "--force", "--version"])
-            .arg(format!("={CARGO_FUZZ_VERSION}")),
+            .args(["install", name, "--locked", "--force", "--version"])
+            .arg(format!("={version}")),
     )
 }
 

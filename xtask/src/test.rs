@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::{setup, util};
+use crate::{build, setup, util};
 
 pub fn test(packages: &[String], args: &[String]) -> Result<()> {
     // Checked first so a non-root run fails immediately with one clear line
@@ -13,6 +13,9 @@ pub fn test(packages: &[String], args: &[String]) -> Result<()> {
         );
     }
     setup::setup()?;
+    // The packaging test installs the .deb; built first, because it leaves the release
+    // binary without test features in target/release, which the build below replaces.
+    build::deb()?;
     // The namespace and control-plane tests drive the real `floatip` binary,
     // which `cargo test` does not build for another package's tests. Built
     // for the whole workspace so it carries the same features (failpoints,

@@ -17,6 +17,14 @@ pub fn workspace_root() -> &'static Path {
         .expect("xtask lives inside the workspace")
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` of the workspace).
+pub fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
 pub fn home() -> Result<PathBuf> {
     env::var_os("HOME")
         .filter(|h| !h.is_empty())
@@ -50,7 +58,28 @@ fn child_path() -> &'static OsString {
 pub fn cmd(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.env("PATH", child_path());
+    // What `cargo run` set for xtask itself would reach the builds below, where build scripts
+    // that track them (ring's tracks CARGO_MANIFEST_DIR) would see them change from a
+    // `cargo build` by hand and rebuild rustls, axum-server and floatip every other time.
+    for (name, _) in env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_run) {
+            cmd.env_remove(name);
+        }
+    }
     cmd
+}
+
+/// Variables `cargo run` sets for the program it runs (`CARGO`, kept on purpose, aside).
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+        )
 }
 
 /// `cargo` of the toolchain running xtask (cargo sets $CARGO), so a

@@ -5,6 +5,7 @@
 mod agent;
 mod bench;
 mod dataplane_cmds;
+mod docs;
 mod ip;
 mod pool;
 mod quota;
@@ -84,6 +85,9 @@ pub enum Command {
     /// Benchmark tools: `bench gen`, the traffic generator.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Write the man pages (DIR/man) and shell completions (DIR/completions); for packaging.
+    #[command(hide = true)]
+    GenDocs { dir: PathBuf },
 }
 
 /// Parses the command line, runs the command and turns any error into one line on stderr.
@@ -104,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::User(cmd) => user::run(&cli, cmd),
         Command::Agent(args) => agent::run(&cli, args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::GenDocs { dir } => docs::generate(dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

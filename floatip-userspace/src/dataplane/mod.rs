@@ -36,11 +36,10 @@ pub use self::{
     status::{Attached, DataplaneStatus, PairStats},
 };
 
-/// The data-plane object, built by `build.rs` from `floatip-ebpf`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floatip"));
+/// The data-plane object, built from `floatip-ebpf` by `floatip-object`.
+pub static EBPF_OBJECT: &[u8] = floatip_object::FLOATIP;
 /// Benchmark-only programs (XDP_PASS floor, redirect-only, drop sink, generator).
-pub static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floatip-bench"));
+pub static BENCH_OBJECT: &[u8] = floatip_object::BENCH;
 
 /// How the programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

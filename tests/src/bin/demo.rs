@@ -213,6 +213,26 @@ impl Demo {
         Ok(out)
     }
 
+    /// Prints `$ floatip ARGS`, runs it, prints its output and exit status; fails unless it
+    /// failed as a user's mistake does: one line on stderr, a non-zero exit.
+    fn floatip_fails(&self, args: &[&str]) -> Result<Output> {
+        println!("$ floatip {}", shell_words(args));
+        let out = self.floatip_quiet(args);
+        show_text(&out);
+        let code = out.status.and_then(|s| s.code());
+        println!(
+            "(exit status {})\n",
+            code.map_or("-".to_owned(), |c| c.to_string())
+        );
+        check_interrupt()?;
+        ensure!(
+            !out.success() && code.is_some() && out.stderr.trim().lines().count() == 1,
+            "`floatip {}` should have failed with one line:\n{out}",
+            args.join(" ")
+        );
+        Ok(out)
+    }
+
     /// Prints `[host]$ ARGV`, runs it in `ns`, prints its output.
     fn host(&self, host: &str, ns: &str, argv: &[&str]) -> Result<Output> {
         println!("[{host}]$ {}", shell_words(argv));
@@ -452,7 +472,25 @@ fn steps(d: &Demo) -> Result<()> {
     d.host_ok("client", ext, &["ping", "-c", "1", "-W", "2", &fip1])?;
 
     say(&format!(
-        "8. Delete {fip2}: it goes back to the pool (free 9 -> 10)."
+        "8. Move {fip1} from web1 to web2. Without --force that is refused, in one\n\
+         line, and nothing changes:"
+    ));
+    let move_args = ["ip", "associate", &fip1, INST2_IP, "--instance", "web2"];
+    d.floatip_fails(&move_args)?;
+    say(
+        "With --force it moves: the maps change in one update, so the very next packet\nto it reaches web2.",
+    );
+    d.floatip(&[&move_args[..], &["--force"]].concat())?;
+    let url = format!("http://{fip1}/");
+    let out = d.host_ok("client", ext, &["demo", "http-get", &url])?;
+    ensure!(
+        out.stdout.contains("hello from web2"),
+        "after the move, {url} should answer from web2: {}",
+        out.stdout
+    );
+
+    say(&format!(
+        "9. Delete {fip2}: it goes back to the pool (free 9 -> 10)."
     ));
     d.floatip(&["ip", "delete", &fip2])?;
     let out = d.floatip(&["pool", "show", "public"])?;
@@ -472,18 +510,19 @@ fn steps(d: &Demo) -> Result<()> {
     Ok(())
 }
 
-/// 9. The same life cycle through `floatip agent` and the unmodified `openstack` CLI.
+/// Part 10: the same life cycle through `floatip agent` and the unmodified `openstack` CLI;
+/// web1's fixed IP is free again since its floating IP moved to web2.
 fn openstack_part(d: &Demo, fip1: &str) -> Result<()> {
     let bin = agent::openstack_bin();
     if !bin.is_file() {
         say(&format!(
-            "9. (skipped: no openstack CLI at {}; `cargo xtask setup` installs it)",
+            "10. (skipped: no openstack CLI at {}; `cargo xtask setup` installs it)",
             bin.display()
         ));
         return Ok(());
     }
     say(
-        "9. The gateway agent serves the same state through a Neutron-compatible API.\n\
+        "10. The gateway agent serves the same state through a Neutron-compatible API.\n\
          A member of project demo gets a user (password on stdin); the agent listens on\n\
          the gateway's loopback, and the openstack CLI talks to it with http_basic auth.",
     );
@@ -513,8 +552,8 @@ fn openstack_part(d: &Demo, fip1: &str) -> Result<()> {
         "--network",
         "gw-int",
         "--fixed-ip",
-        &format!("ip-address={INST2_IP}"),
-        "web2",
+        &format!("ip-address={INST1_IP}"),
+        "web1",
         "-c",
         "id",
         "-c",
@@ -535,7 +574,7 @@ fn openstack_part(d: &Demo, fip1: &str) -> Result<()> {
         fip.parse::<Ipv4Addr>().is_ok(),
         "no address from floating ip create: {out}"
     );
-    os(&["floating", "ip", "set", "--port", "web2", &fip])?;
+    os(&["floating", "ip", "set", "--port", "web1", &fip])?;
     os(&[
         "floating",
         "ip",
@@ -551,7 +590,7 @@ fn openstack_part(d: &Demo, fip1: &str) -> Result<()> {
     let url = format!("http://{fip}/");
     let out = d.host_ok("client", &d.lab.ext, &["demo", "http-get", &url])?;
     ensure!(
-        out.stdout.contains("hello from web2"),
+        out.stdout.contains("hello from web1"),
         "unexpected answer from {url}: {}",
         out.stdout
     );
