@@ -81,6 +81,7 @@ pub mod programs {
     pub const BENCH_GEN: &str = "bench_gen";
     pub const BENCH_LOOKUP: &str = "bench_lookup";
     pub const BENCH_FIB: &str = "bench_fib";
+    pub const BENCH_MIN_NAT: &str = "bench_min_nat";
     /// Test helper in the `floatip-bench` object (see the packet tests).
     pub const TEST_TC_VLAN: &str = "test_tc_vlan";
 }
@@ -246,6 +247,15 @@ pub const fn csum_fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// New Internet checksum after a 32-bit field changed from `old` to `new`
+/// (RFC 1624, eqn. 3), words as they lie in memory. For the benchmark
+/// object, which cannot link the data plane's library (see [`csum_fold`]).
+#[inline(always)]
+pub const fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
+    let sum = (!check) as u32 + (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16);
+    !csum_fold(sum)
+}
+
 /// Indices into the `OUTCOMES` per-CPU array.
 pub mod outcome {
     /// Address rewritten (counted once per translated packet).
@@ -284,28 +294,99 @@ pub mod outcome {
     ];
 }
 
-/// What the benchmark programs `bench_gen` and `bench_cost` write, read from
-/// their config array. Addresses and ports are host-order numbers so the
-/// programs can spread them by adding an index: frame `n` is sent from
-/// `src_ip + n % src_count`, port `sport + n % flows`, to
-/// `dst_ip + (n + dst_offset) % dst_count` (an offset makes a hairpin
-/// frame's destination belong to another pair than its source).
+/// What the benchmark programs `bench_gen` and `bench_cost` write into each
+/// frame, read from their config array. Everything else in the frame comes
+/// from the template the test run starts from: the kernel initialises a
+/// live frame's page from the test run's input only when it creates the page
+/// and recycles pages as they come back, so the programs write only what
+/// changes between frames and what a device under test may have rewritten in
+/// a page that came back (both MACs, TTL, addresses, port, checksums).
+///
+/// Addresses and ports are host-order numbers. Frame `n` (counted per CPU
+/// since [`GenState`] was last reset) uses the pair index `p = n`, or with
+/// `zipf_mask` non-zero `p = GEN_ZIPF[n & zipf_mask]` (a table of draws); it
+/// is sent from `src_ip + p % src_count`, port `sport + n % flows`, to
+/// `dst_ip + (p + dst_offset) % dst_count` (an offset makes a hairpin frame's
+/// destination belong to another pair than its source). `dst_offset` must be
+/// below `dst_count`, and every entry of a table below each count above 1.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GenConfig {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
+    /// Bytes 0..8 and 8..12 of the template (destination and source MAC),
+    /// read as native integers, so restoring them is two stores.
+    pub eth_lo: u64,
+    pub eth_hi: u32,
+    /// Bytes 22..24 of the template (TTL, protocol), read as a native u16.
+    pub ttl_proto: u16,
     pub sport: u16,
-    pub dport: u16,
     pub src_ip: u32,
     pub dst_ip: u32,
     pub src_count: u32,
     pub dst_count: u32,
     pub dst_offset: u32,
     pub flows: u32,
+    /// One's-complement sums (unfolded) of what the checksums cover that is
+    /// the same in every frame: the IPv4 header without its checksum and
+    /// addresses; the UDP pseudo-header's protocol and length, the UDP
+    /// header without source port and checksum, and the payload.
+    pub ip_sum: u32,
+    pub udp_sum: u32,
+    /// 0: pairs in turn; else the `GEN_ZIPF` table's length minus one (a
+    /// power of two).
+    pub zipf_mask: u32,
     /// XDP action `bench_gen` returns (XDP_TX in the generator).
     pub action: u32,
+}
+
+/// Per-CPU position of the generator (`GEN_STATE`), all zero at the start:
+/// the frame number and the indices it implies, kept as wrapping counters
+/// so the programs never divide.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenState {
+    pub seq: u64,
+    /// `seq % src_count`, `seq % dst_count`, `seq % flows`.
+    pub src_i: u32,
+    pub dst_i: u32,
+    pub port_i: u32,
     pub _pad: u32,
+}
+
+/// Value of the benchmark's `MIN_NAT` map (key: destination address as it
+/// lies in the frame): everything the minimal NAT needs for a hit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MinNatEntry {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The new destination address, network order.
+    pub addr: u32,
+    /// Egress interface (a key of the program's devmap).
+    pub ifindex: u32,
+}
+
+/// The benchmark sink keeps every `1 << SINK_SAMPLE_SHIFT`-th frame it
+/// counts (per CPU) in `SINK_SAMPLES`, the last [`SINK_SAMPLE_SLOTS`] of them.
+pub const SINK_SAMPLE_SHIFT: u32 = 12;
+pub const SINK_SAMPLE_SLOTS: u32 = 8;
+
+/// One frame as the sink saw it: its length and its first 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameSample {
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; 64],
+}
+
+impl Default for FrameSample {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            _pad: 0,
+            data: [0; 64],
+        }
+    }
 }
 
 // The layouts both sides rely on, checked when either side compiles: a
@@ -319,7 +400,10 @@ const _: () = {
     assert!(size_of::<AssocStats>() == 32 && align_of::<AssocStats>() == 8);
     assert!(size_of::<IfaceInfo>() == 8 && align_of::<IfaceInfo>() == 1);
     assert!(size_of::<Meta>() == 24 && align_of::<Meta>() == 8);
-    assert!(size_of::<GenConfig>() == 48 && align_of::<GenConfig>() == 4);
+    assert!(size_of::<GenConfig>() == 56 && align_of::<GenConfig>() == 8);
+    assert!(size_of::<GenState>() == 24 && align_of::<GenState>() == 8);
+    assert!(size_of::<MinNatEntry>() == 20 && align_of::<MinNatEntry>() == 4);
+    assert!(size_of::<FrameSample>() == 72 && align_of::<FrameSample>() == 4);
 };
 
 #[cfg(feature = "user")]
@@ -335,4 +419,7 @@ mod pod {
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for GenConfig {}
+    unsafe impl aya::Pod for GenState {}
+    unsafe impl aya::Pod for MinNatEntry {}
+    unsafe impl aya::Pod for FrameSample {}
 }

@@ -3,14 +3,20 @@
 //! - `bench_pass`: returns XDP_PASS, the floor every program cost is measured against.
 //! - `bench_redirect`: redirects every frame through `BENCH_TX[0]`, no translation: the
 //!   ceiling of any XDP forwarder on a machine.
-//! - `bench_drop`: the sink, counts frames in `BENCH_COUNT` and drops them.
-//! - `bench_gen`: the traffic generator, run through `BPF_PROG_TEST_RUN` with live frames.
-//! - `bench_cost`: writes the same kind of frame, then tail-calls the program under test
-//!   in `BENCH_JUMP[0]`, so every repetition of a test run sees a fresh packet.
+//! - `bench_drop`: the sink, counts frames in `BENCH_COUNT`, keeps every 4096th of them
+//!   in `SINK_SAMPLES` (so the benchmark can check what arrived) and drops them.
+//! - `bench_gen`: the traffic generator, run through `BPF_PROG_TEST_RUN` with live frames:
+//!   it turns the test run's template frame into the next one (see `GenConfig`).
+//! - `bench_cost`: does the same to the test run's frame, then tail-calls the program
+//!   under test in `BENCH_JUMP[0]`, so every repetition of a test run sees a fresh packet.
 //! - `bench_lookup`, `bench_fib`: floors for the program cost, run behind `bench_cost`:
 //!   one hash-map lookup of the destination address, and one `bpf_fib_lookup` of the
 //!   frame, each then XDP_PASS. What one such step costs on the machine bounds what
 //!   any design built on them can reach.
+//! - `bench_min_nat`: the minimal NAT, the floor any NAT can reach: one hash lookup of
+//!   the destination (`MIN_NAT`) whose value holds the new address, both MACs and the
+//!   egress; rewrites the destination and both checksums incrementally, sets the MACs
+//!   and redirects through `MIN_NAT_TX`. Nothing else: no TTL, counters or checks.
 //! - `test_tc_vlan` (TC): puts an 802.1Q tag (VID 100) into the skb's metadata, where TC
 //!   ingress finds a frame's outer tag, then tail-calls the program under test in
 //!   `TEST_TC_JUMP[0]`: `BPF_PROG_TEST_RUN` cannot set that metadata itself.
@@ -25,17 +31,16 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, bpf_fib_lookup as FibParams, xdp_action},
     helpers::generated::{bpf_fib_lookup, bpf_skb_vlan_push},
     macros::{classifier, map, xdp},
-    maps::{Array, DevMap, HashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
-use floatip_common::{GenConfig, csum_fold as fold};
+use floatip_common::{
+    FrameSample, GenConfig, GenState, MinNatEntry, SINK_SAMPLE_SHIFT, SINK_SAMPLE_SLOTS,
+    csum_fold as fold, csum_replace4,
+};
 
 /// Length of every generated frame: a 64-byte Ethernet frame without its FCS.
 const FRAME_LEN: usize = 60;
-const IP_TOT_LEN: u16 = 46;
-const UDP_LEN: u16 = 26;
-const TTL: u16 = 64;
-const IPPROTO_UDP: u16 = 17;
 
 #[map(name = "BENCH_TX")]
 static BENCH_TX: DevMap = DevMap::with_max_entries(1, 0);
@@ -46,9 +51,23 @@ static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "GEN_CONFIG")]
 static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU frame sequence number; spreads flows without atomics.
-#[map(name = "GEN_SEQ")]
-static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU position in the sequence of frames; spreads flows without atomics.
+#[map(name = "GEN_STATE")]
+static GEN_STATE: PerCpuArray<GenState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Pair indices drawn from a popularity distribution; the loader sizes it.
+#[map(name = "GEN_ZIPF")]
+static GEN_ZIPF: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "SINK_SAMPLES")]
+static SINK_SAMPLES: PerCpuArray<FrameSample> = PerCpuArray::with_max_entries(SINK_SAMPLE_SLOTS, 0);
+
+/// Destination address as it lies in the frame -> the minimal NAT's answer.
+#[map(name = "MIN_NAT")]
+static MIN_NAT: HashMap<u32, MinNatEntry> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "MIN_NAT_TX")]
+static MIN_NAT_TX: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 #[map(name = "BENCH_JUMP")]
 static BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -82,19 +101,43 @@ pub fn bench_redirect(_ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
-pub fn bench_drop(_ctx: XdpContext) -> u32 {
+pub fn bench_drop(ctx: XdpContext) -> u32 {
     if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
-        unsafe { *c += 1 };
+        let n = unsafe { *c };
+        unsafe { *c = n + 1 };
+        if n & ((1 << SINK_SAMPLE_SHIFT) - 1) == 0 {
+            sample(&ctx, (n >> SINK_SAMPLE_SHIFT) as u32 % SINK_SAMPLE_SLOTS);
+        }
     }
     xdp_action::XDP_DROP
 }
 
+/// Keeps the frame's length and first 60 bytes (all of a generated frame) in `slot`.
+#[inline(always)]
+fn sample(ctx: &XdpContext, slot: u32) {
+    let Some(s) = SINK_SAMPLES.get_ptr_mut(slot) else {
+        return;
+    };
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let s = unsafe { &mut *s };
+    s.len = (end - data) as u32;
+    if data + FRAME_LEN > end {
+        return;
+    }
+    let out = s.data.as_mut_ptr();
+    unsafe {
+        for i in 0..7 {
+            let w = core::ptr::read_unaligned((data + 8 * i) as *const u64);
+            core::ptr::write_unaligned(out.add(8 * i).cast::<u64>(), w);
+        }
+        let w = core::ptr::read_unaligned((data + 56) as *const u32);
+        core::ptr::write_unaligned(out.add(56).cast::<u32>(), w);
+    }
+}
+
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
-    match write_frame(&ctx) {
-        Some(cfg) => cfg.action,
-        None => xdp_action::XDP_ABORTED,
-    }
+    write_frame(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 #[xdp]
@@ -162,79 +205,127 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The minimal NAT (see the module doc); XDP_PASS for whatever it does not translate.
+#[xdp]
+pub fn bench_min_nat(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 34 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // IPv4 without options: EtherType, then version and header length.
+    let (ethertype, vihl) = unsafe {
+        (
+            core::ptr::read_unaligned((data + 12) as *const u16),
+            *((data + 14) as *const u8),
+        )
+    };
+    if ethertype != 0x0800u16.to_be() || vihl != 0x45 {
+        return xdp_action::XDP_PASS;
+    }
+    let old = unsafe { core::ptr::read_unaligned((data + 30) as *const u32) };
+    let Some(e) = MIN_NAT.get_ptr(&old) else {
+        return xdp_action::XDP_PASS;
+    };
+    let e = unsafe { &*e };
+    let new = e.addr;
+    unsafe {
+        put(data, 30, new);
+        let check = core::ptr::read_unaligned((data + 24) as *const u16);
+        put(data, 24, csum_replace4(check, old, new));
+        match *((data + 23) as *const u8) {
+            // UDP: a zero checksum means none and stays zero.
+            17 if data + 42 <= end => {
+                let check = core::ptr::read_unaligned((data + 40) as *const u16);
+                if check != 0 {
+                    let c = csum_replace4(check, old, new);
+                    put(data, 40, if c == 0 { 0xffff } else { c });
+                }
+            }
+            6 if data + 52 <= end => {
+                let check = core::ptr::read_unaligned((data + 50) as *const u16);
+                put(data, 50, csum_replace4(check, old, new));
+            }
+            _ => {}
+        }
+        let macs = e.dst_mac.as_ptr();
+        put(data, 0, core::ptr::read_unaligned(macs.cast::<u64>()));
+        put(
+            data,
+            8,
+            core::ptr::read_unaligned(macs.add(8).cast::<u32>()),
+        );
+    }
+    MIN_NAT_TX
+        .redirect(e.ifindex, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED)
+}
+
 #[inline(always)]
 unsafe fn put<T>(base: usize, off: usize, v: T) {
     unsafe { core::ptr::write_unaligned((base + off) as *mut T, v) }
 }
 
-/// Writes every byte of a UDP/IPv4 frame for the next sequence number:
-/// with live frames the kernel recycles pages without resetting them, so
-/// nothing of what a previous run (or the device under test) left may
-/// survive. Checksums are computed from scratch.
+/// Turns the frame into the next one of the sequence (see `GenConfig`):
+/// restores what a device under test may have rewritten in a recycled page
+/// (both MACs, TTL) and writes the addresses, the source port and both
+/// checksums, the latter from the config's sums of everything else. Nothing
+/// else of the template changes. Returns the configured action.
 #[inline(always)]
-fn write_frame(ctx: &XdpContext) -> Option<GenConfig> {
-    let cfg = *GEN_CONFIG.get(0)?;
-    let seq_ptr = GEN_SEQ.get_ptr_mut(0)?;
-    let seq = unsafe {
-        let s = *seq_ptr;
-        *seq_ptr = s + 1;
-        s
-    };
+fn write_frame(ctx: &XdpContext) -> Option<u32> {
+    let cfg = unsafe { &*GEN_CONFIG.get_ptr(0)? };
+    let st = unsafe { &mut *GEN_STATE.get_ptr_mut(0)? };
     let data = ctx.data();
     if data + FRAME_LEN > ctx.data_end() {
         return None;
     }
-    // `max(1)` also proves the divisors non-zero, so no panic path is emitted.
-    let src = cfg
-        .src_ip
-        .wrapping_add((seq % cfg.src_count.max(1) as u64) as u32);
-    let dst = cfg
-        .dst_ip
-        .wrapping_add(((seq + cfg.dst_offset as u64) % cfg.dst_count.max(1) as u64) as u32);
-    let sport = cfg
-        .sport
-        .wrapping_add((seq % cfg.flows.max(1) as u64) as u16);
-    let id = seq as u16;
+    let (s, d) = if cfg.zipf_mask == 0 {
+        (st.src_i, st.dst_i)
+    } else {
+        let p = GEN_ZIPF
+            .get(st.seq as u32 & cfg.zipf_mask)
+            .copied()
+            .unwrap_or(0);
+        (p, p)
+    };
+    // No-ops unless a table entry exceeds a count of 1.
+    let s = if s < cfg.src_count { s } else { 0 };
+    let d = if d < cfg.dst_count { d } else { 0 };
+    let d = d + cfg.dst_offset;
+    let d = if d >= cfg.dst_count {
+        d - cfg.dst_count
+    } else {
+        d
+    };
+    let sport = cfg.sport.wrapping_add(st.port_i as u16);
+    st.seq += 1;
+    st.src_i = next(st.src_i, cfg.src_count);
+    st.dst_i = next(st.dst_i, cfg.dst_count);
+    st.port_i = next(st.port_i, cfg.flows);
+    let src = cfg.src_ip.wrapping_add(s);
+    let dst = cfg.dst_ip.wrapping_add(d);
     let addr_sum = (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff);
-    let ip_sum = 0x4500
-        + IP_TOT_LEN as u32
-        + id as u32
-        + 0x4000
-        + ((TTL << 8) | IPPROTO_UDP) as u32
-        + addr_sum;
-    let ip_check = !fold(ip_sum);
-    // Pseudo-header (addresses, protocol, length) + header; the payload is zeros.
-    let udp_sum = addr_sum
-        + IPPROTO_UDP as u32
-        + UDP_LEN as u32
-        + sport as u32
-        + cfg.dport as u32
-        + UDP_LEN as u32;
-    let mut udp_check = !fold(udp_sum);
-    if udp_check == 0 {
-        udp_check = 0xffff;
-    }
+    let ip_check = !fold(cfg.ip_sum + addr_sum);
+    let udp_check = match !fold(cfg.udp_sum + addr_sum + sport as u32) {
+        0 => 0xffff,
+        c => c,
+    };
     unsafe {
-        put(data, 0, cfg.dst_mac);
-        put(data, 6, cfg.src_mac);
-        put(data, 12, 0x0800u16.to_be());
-        put(data, 14, 0x4500u16.to_be());
-        put(data, 16, IP_TOT_LEN.to_be());
-        put(data, 18, id.to_be());
-        put(data, 20, 0x4000u16.to_be());
-        put(data, 22, ((TTL << 8) | IPPROTO_UDP).to_be());
+        put(data, 0, cfg.eth_lo);
+        put(data, 8, cfg.eth_hi);
+        put(data, 22, cfg.ttl_proto);
         put(data, 24, ip_check.to_be());
         put(data, 26, src.to_be());
         put(data, 30, dst.to_be());
         put(data, 34, sport.to_be());
-        put(data, 36, cfg.dport.to_be());
-        put(data, 38, UDP_LEN.to_be());
         put(data, 40, udp_check.to_be());
-        put(data, 42, 0u64);
-        put(data, 50, 0u64);
-        put(data, 58, 0u16);
     }
-    Some(cfg)
+    Some(cfg.action)
+}
+
+/// `i + 1` wrapped at `count` (a count of 0 counts as 1).
+#[inline(always)]
+fn next(i: u32, count: u32) -> u32 {
+    if i + 1 >= count { 0 } else { i + 1 }
 }
 
 #[cfg(not(test))]

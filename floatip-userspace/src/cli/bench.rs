@@ -3,17 +3,14 @@
 //! through `BPF_PROG_TEST_RUN` with live frames and sent out of `--dev`
 //! with XDP_TX (the device's `ndo_xdp_xmit`).
 
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::{
     addr::parse_ipv4,
-    dataplane::bench::{BenchObject, GenConfig, XDP_TX, pin_thread},
+    dataplane::bench::{BenchObject, GenSpec, XDP_TX, pin_thread},
     iface,
 };
 
@@ -86,26 +83,25 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
         Some(m) => parse_mac(m)?,
         None => iface::mac(&a.dev)?,
     };
-    let cfg = GenConfig {
+    let spec = GenSpec {
         dst_mac: parse_mac(&a.dst_mac)?,
         src_mac,
-        sport: a.sport,
-        dport: a.dport,
-        src_ip: u32::from(parse_ipv4(&a.src)?),
-        dst_ip: u32::from(parse_ipv4(&a.dst)?),
+        src_ip: parse_ipv4(&a.src)?,
         src_count: 1,
+        dst_ip: parse_ipv4(&a.dst)?,
         dst_count: a.dst_count,
         dst_offset: 0,
+        sport: a.sport,
         flows: a.flows,
+        dport: a.dport,
         action: XDP_TX,
-        _pad: 0,
     };
     if let Some(cpu) = a.cpu {
         pin_thread(cpu)?;
     }
     super::signals::catch_stop();
     let mut g = BenchObject::load()?;
-    g.set_gen_config(&cfg)?;
+    g.set_gen(&spec, false)?;
     let deadline = a
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
@@ -117,8 +113,8 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     eprintln!(
         "sending from {} ({}) to {}..+{} port {}, {} source ports; Ctrl-C stops",
         a.dev,
-        Ipv4Addr::from(cfg.src_ip),
-        Ipv4Addr::from(cfg.dst_ip),
+        spec.src_ip,
+        spec.dst_ip,
         a.dst_count - 1,
         a.dport,
         a.flows

@@ -2,11 +2,15 @@
 //! `BPF_PROG_TEST_RUN` (repeat ≥ 1,000,000), with 1, 10,000 and 1,000,000
 //! associations in maps of exactly that size.
 //!
-//! Every repetition runs `bench_cost`, which writes a fresh frame for the
-//! next address of the associated set (uniformly spread: frame n uses pair
-//! n mod N) and tail-calls the program under test. The wrapper's own cost
-//! is measured the same way with `bench_pass` behind it, and the figures
-//! that matter are the differences to that floor.
+//! Every repetition runs `bench_cost`, which turns the test run's frame
+//! into the one for the next address of the associated set and tail-calls
+//! the program under test. Addresses are spread uniformly (frame n uses pair
+//! n mod N) or, in the `zipf` cases, by popularity: frame n uses the pair of
+//! the n-th of 2^20 draws from Zipf(1.0) over the N pairs (rank r drawn with
+//! probability ∝ 1/r; ranks are given to pairs in a fixed random order), a
+//! table the wrapper reads in turn. The wrapper's own cost is measured the
+//! same way with `bench_pass` behind it, and the figures that matter are
+//! the differences to that floor.
 //!
 //! The runs happen in a namespace of their own where the FIB lookup of a
 //! translated packet succeeds (routes and static neighbours behind two
@@ -24,10 +28,14 @@ use anyhow::{Context as _, Result, bail};
 use floatip::{
     dataplane::{
         Pair, Role,
-        bench::{CostRig, CostTarget, GenConfig, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread},
+        bench::{
+            CostRig, CostTarget, GenSpec, MinNatEntry, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread,
+        },
     },
     iface,
 };
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use rand_distr::{Distribution, Zipf};
 use tests::netns::Topology;
 
 use super::env::{self, check_stop, in_ns, link_up, median, netns_path, sh};
@@ -37,6 +45,9 @@ const FIXED_BASE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// Neither associated nor in a pool: the miss case.
 const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
+/// Draws in the popularity table (a power of two): more than the repetitions
+/// of a quick run, so a run walks the draws rather than a short loop of them.
+const ZIPF_DRAWS: u32 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {
@@ -49,10 +60,16 @@ pub enum Case {
     LookupFloor,
     /// The wrapper + one successful `bpf_fib_lookup` of a translated frame.
     FibFloor,
+    /// The wrapper + `bench_min_nat` (a hit): the floor of any NAT.
+    MinimalNat,
     Miss,
     Dnat,
     Snat,
     Hairpin,
+    /// The same with destinations (sources) drawn by popularity.
+    MinimalNatZipf,
+    DnatZipf,
+    SnatZipf,
 }
 
 impl Case {
@@ -62,17 +79,25 @@ impl Case {
             Case::Pass => "xdp-pass",
             Case::LookupFloor => "one hash lookup",
             Case::FibFloor => "one fib lookup",
+            Case::MinimalNat => "minimal-nat hit",
             Case::Miss => "miss",
             Case::Dnat => "dnat-hit",
             Case::Snat => "snat-hit",
             Case::Hairpin => "hairpin-hit",
+            Case::MinimalNatZipf => "minimal-nat hit, zipf",
+            Case::DnatZipf => "dnat-hit, zipf",
+            Case::SnatZipf => "snat-hit, zipf",
         }
+    }
+
+    fn zipf(self) -> bool {
+        matches!(self, Case::MinimalNatZipf | Case::DnatZipf | Case::SnatZipf)
     }
 }
 
 /// Every case in report order: the two floors of the wrapper, then [`DELTA_CASES`].
-pub const CASES: [Case; 8] = {
-    let mut all = [Case::BarePass; 8];
+pub const CASES: [Case; 2 + DELTA_CASES.len()] = {
+    let mut all = [Case::BarePass; 2 + DELTA_CASES.len()];
     all[1] = Case::Pass;
     let mut i = 0;
     while i < DELTA_CASES.len() {
@@ -84,13 +109,17 @@ pub const CASES: [Case; 8] = {
 
 /// The cases reported as a difference to [`Case::Pass`]: everything behind
 /// the same wrapper.
-pub const DELTA_CASES: [Case; 6] = [
+pub const DELTA_CASES: [Case; 10] = [
     Case::LookupFloor,
     Case::FibFloor,
+    Case::MinimalNat,
     Case::Miss,
     Case::Dnat,
     Case::Snat,
     Case::Hairpin,
+    Case::MinimalNatZipf,
+    Case::DnatZipf,
+    Case::SnatZipf,
 ];
 
 /// The medians of one association count.
@@ -209,21 +238,36 @@ impl Drop for PinGuard {
 }
 
 /// The frames of a case; `run_case` sets the destination MAC.
-fn config(src: Ipv4Addr, src_count: u32, dst: Ipv4Addr, dst_count: u32, offset: u32) -> GenConfig {
-    GenConfig {
+fn spec(src: Ipv4Addr, src_count: u32, dst: Ipv4Addr, dst_count: u32, offset: u32) -> GenSpec {
+    GenSpec {
         dst_mac: [0; 6],
         src_mac: [0x02, 0, 0, 0, 0, 0x0b],
-        sport: 40_000,
-        dport: 53,
-        src_ip: u32::from(src),
-        dst_ip: u32::from(dst),
+        src_ip: src,
         src_count,
+        dst_ip: dst,
         dst_count,
         dst_offset: offset,
+        sport: 40_000,
         flows: 1024,
+        dport: 53,
         action: XDP_PASS,
-        _pad: 0,
     }
+}
+
+/// [`ZIPF_DRAWS`] pair indices below `n`, Zipf(1.0) by rank, ranks given to
+/// pairs in a random order (so popular pairs are not neighbours in the
+/// maps); fixed seed, so every run draws the same.
+pub fn zipf_table(n: u32) -> Result<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut pair_of_rank: Vec<u32> = (0..n).collect();
+    pair_of_rank.shuffle(&mut rng);
+    let zipf = Zipf::new(f64::from(n), 1.0)?;
+    Ok((0..ZIPF_DRAWS)
+        .map(|_| {
+            let rank = zipf.sample(&mut rng) as u32;
+            pair_of_rank[(rank.clamp(1, n) - 1) as usize]
+        })
+        .collect())
 }
 
 /// Runs inside the cost namespace.
@@ -234,7 +278,7 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
         (ext, iface::mac("cx")?, Role::External),
         (int, iface::mac("ci")?, Role::Internal),
     ];
-    let mut rig = CostRig::load(bpffs, n, &nics)?;
+    let mut rig = CostRig::load(bpffs, n, &nics, ZIPF_DRAWS)?;
     rig.add_lookup_key(FLOATING_BASE)?;
     let result = (|| {
         let pairs: Vec<Pair> = (0..n)
@@ -246,6 +290,24 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
         let t = Instant::now();
         rig.dataplane()?.nat_add_bulk(&pairs)?;
         let load_time = t.elapsed();
+        // The minimal NAT's entries: the same translation, the egress and
+        // the MACs the FIB lookup finds (the next hop is the peer of `ci`).
+        let (int, int_mac) = (nics[1].0, nics[1].1);
+        let next_hop = iface::mac("cip")?;
+        let entries: Vec<(Ipv4Addr, MinNatEntry)> = pairs
+            .iter()
+            .map(|p| {
+                let entry = MinNatEntry {
+                    dst_mac: next_hop,
+                    src_mac: int_mac,
+                    addr: u32::from_ne_bytes(p.fixed.octets()),
+                    ifindex: int,
+                };
+                (p.floating, entry)
+            })
+            .collect();
+        rig.add_min_nat(&entries)?;
+        rig.set_zipf(&zipf_table(n)?)?;
         let map_memory = rig.map_memory()?;
         let mut samples: Vec<(Case, Vec<f64>)> = CASES.iter().map(|c| (*c, Vec::new())).collect();
         for _ in 0..rounds {
@@ -276,24 +338,20 @@ fn run_case(
 ) -> Result<f64> {
     let (ext, int) = (nics[0].0, nics[1].0);
     let half = n / 2;
-    let (target, cfg, ingress, action, translated) = match case {
+    let dnat = spec(REMOTE, 1, FLOATING_BASE, n, 0);
+    let snat = spec(FIXED_BASE, n, REMOTE, 1, 0);
+    let (target, spec, ingress, action, translated) = match case {
         Case::BarePass => {
-            let r = rig.run_bare_pass(ext, repeat)?;
+            let r = rig.run_bare_pass(&dnat.template(), ext, repeat)?;
             if r.action != XDP_PASS {
                 bail!("bench_pass returned {}", r.action);
             }
             return Ok(r.ns_per_packet);
         }
-        Case::Pass => (
-            CostTarget::Pass,
-            config(REMOTE, 1, FLOATING_BASE, n, 0),
-            ext,
-            XDP_PASS,
-            false,
-        ),
+        Case::Pass => (CostTarget::Pass, dnat, ext, XDP_PASS, false),
         Case::LookupFloor => (
             CostTarget::Lookup,
-            config(REMOTE, 1, FLOATING_BASE, 1, 0),
+            spec(REMOTE, 1, FLOATING_BASE, 1, 0),
             ext,
             XDP_PASS,
             false,
@@ -301,36 +359,27 @@ fn run_case(
         // The SNAT frame's destination has a route and a permanent neighbour.
         Case::FibFloor => (
             CostTarget::Fib,
-            config(FIXED_BASE, 1, REMOTE, 1, 0),
+            spec(FIXED_BASE, 1, REMOTE, 1, 0),
             int,
             XDP_PASS,
             false,
         ),
+        Case::MinimalNat | Case::MinimalNatZipf => {
+            (CostTarget::MinNat, dnat, ext, XDP_REDIRECT, false)
+        }
         Case::Miss => (
             CostTarget::External,
-            config(REMOTE, 1, STRANGER, 1, 0),
+            spec(REMOTE, 1, STRANGER, 1, 0),
             ext,
             XDP_PASS,
             false,
         ),
-        Case::Dnat => (
-            CostTarget::External,
-            config(REMOTE, 1, FLOATING_BASE, n, 0),
-            ext,
-            XDP_REDIRECT,
-            true,
-        ),
-        Case::Snat => (
-            CostTarget::Internal,
-            config(FIXED_BASE, n, REMOTE, 1, 0),
-            int,
-            XDP_REDIRECT,
-            true,
-        ),
+        Case::Dnat | Case::DnatZipf => (CostTarget::External, dnat, ext, XDP_REDIRECT, true),
+        Case::Snat | Case::SnatZipf => (CostTarget::Internal, snat, int, XDP_REDIRECT, true),
         // Source pair i, destination pair i + n/2: another instance's floating IP.
         Case::Hairpin => (
             CostTarget::Internal,
-            config(FIXED_BASE, n, FLOATING_BASE, n, half),
+            spec(FIXED_BASE, n, FLOATING_BASE, n, half),
             int,
             XDP_REDIRECT,
             true,
@@ -338,9 +387,9 @@ fn run_case(
     };
     // Addressed to the ingress NIC, as a router's neighbour sends it: the
     // programs translate nothing else.
-    let mut cfg = cfg;
-    cfg.dst_mac = if ingress == ext { nics[0].1 } else { nics[1].1 };
-    let r = rig.run(target, &cfg, ingress, repeat)?;
+    let mut spec = spec;
+    spec.dst_mac = if ingress == ext { nics[0].1 } else { nics[1].1 };
+    let r = rig.run(target, &spec, case.zipf(), ingress, repeat)?;
     if r.action != action {
         bail!(
             "{}: the last repetition returned action {} instead of {action}",

@@ -27,10 +27,16 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use floatip::{
-    dataplane::bench::{BenchObject, GenConfig, XDP_TX, in_netns, pin_thread},
+    dataplane::bench::{
+        BenchObject, FRAME_LEN, GenSpec, MinNatEntry, XDP_TX, in_netns, pin_thread,
+    },
     iface,
 };
-use tests::netns::{self, Topology};
+use floatip_common::{SINK_SAMPLE_SHIFT, SINK_SAMPLE_SLOTS};
+use tests::{
+    netns::{self, Topology},
+    pkt,
+};
 
 use super::env::{
     self, check_stop, fmt_mac, in_ns, link_up, median, netns_path, ns_sysfs_write, sh,
@@ -53,6 +59,8 @@ pub enum Mode {
     NftablesNat(u32),
     LinuxForward,
     XdpRedirect,
+    /// `bench_min_nat`: one lookup, MACs in the entry, redirect.
+    MinimalNat,
     SinkOnly,
 }
 
@@ -66,7 +74,21 @@ impl Mode {
             Mode::NftablesNat(n) => format!("nftables-nat-{n}-rules"),
             Mode::LinuxForward => "linux-forward".into(),
             Mode::XdpRedirect => "xdp-redirect".into(),
+            Mode::MinimalNat => "minimal-nat".into(),
             Mode::SinkOnly => "sink-only".into(),
+        }
+    }
+
+    /// How a generated frame looks at the sink after this mode: (destination
+    /// address, TTL, translated and forwarded by the gateway).
+    fn at_sink(self) -> (&'static str, u8, bool) {
+        match self {
+            Mode::SinkOnly | Mode::XdpRedirect => (FLOATING, 64, false),
+            Mode::MinimalNat => (FIXED, 64, true),
+            Mode::LinuxForward => (FLOATING, 63, true),
+            Mode::FloatipXdp | Mode::FloatipXdpGeneric | Mode::FloatipTc | Mode::NftablesNat(_) => {
+                (FIXED, 63, true)
+            }
         }
     }
 
@@ -80,13 +102,14 @@ impl Mode {
     }
 }
 
-pub const MODES: [Mode; 7] = [
+pub const MODES: [Mode; 8] = [
     Mode::FloatipXdp,
     Mode::FloatipXdpGeneric,
     Mode::FloatipTc,
     Mode::NftablesNat(1),
     Mode::LinuxForward,
     Mode::XdpRedirect,
+    Mode::MinimalNat,
     Mode::SinkOnly,
 ];
 
@@ -140,6 +163,10 @@ pub struct Sample {
     pub mpps: f64,
     /// What the generator sent over its whole run (XDP generator only).
     pub offered_mpps: Option<f64>,
+    /// The XDP generator's test runs as the kernel timed them, ns per frame
+    /// (with one CPU, that includes the gateway and the sink, which run in
+    /// the generator's softirq; time the thread was not running is left out).
+    pub gen_ns: Option<f64>,
     /// Why there is no figure (trafgen may give up, see `run_placement`).
     pub error: Option<String>,
 }
@@ -153,12 +180,21 @@ pub struct PlacementResult {
 
 impl PlacementResult {
     pub fn median(&self, mode: Mode) -> Option<f64> {
+        self.median_of(mode, |x| Some(x.mpps))
+    }
+
+    /// Median of the generator's kernel-timed ns per frame.
+    pub fn median_gen_ns(&self, mode: Mode) -> Option<f64> {
+        self.median_of(mode, |x| x.gen_ns)
+    }
+
+    fn median_of(&self, mode: Mode, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
         self.samples
             .iter()
             .find(|(m, _)| *m == mode)
             .map(|(_, s)| {
                 s.iter()
-                    .map(|x| x.mpps)
+                    .filter_map(&f)
                     .filter(|v| v.is_finite())
                     .collect::<Vec<_>>()
             })
@@ -190,20 +226,27 @@ pub struct Rig {
     gwi: String,
     gen_mac: [u8; 6],
     gwx_mac: [u8; 6],
+    gwi_mac: [u8; 6],
+    sink_mac: [u8; 6],
     floatip: PathBuf,
     bpffs: PathBuf,
     state: PathBuf,
     workdir: PathBuf,
     flows: u32,
+    /// Frames per kernel batch of the XDP generator.
+    batch: u32,
     sink: Option<BenchObject>,
     // Last: dropped after the sink program is gone.
     _topo: Topology,
 }
 
 impl Rig {
-    pub fn build(floatip: &Path, flows: u32) -> Result<Rig> {
+    pub fn build(floatip: &Path, flows: u32, batch: u32) -> Result<Rig> {
         if !(1..=64_512).contains(&flows) {
             bail!("--flows must be between 1 and 64512 (source ports 1024..65535)");
+        }
+        if !(1..=256).contains(&batch) {
+            bail!("--batch must be between 1 and 256");
         }
         let mut topo = Topology::new();
         let workdir = topo.temp_dir("bench")?;
@@ -283,6 +326,7 @@ impl Rig {
         }
         let gen_mac = env::mac(&gen_ns, &gen_if)?;
         let gwx_mac = env::mac(&gw_ns, &gwx)?;
+        let gwi_mac = env::mac(&gw_ns, &gwi)?;
         let sink_mac = env::mac(&sink_ns, &sink_if)?;
         for (ip, dev, mac) in [
             (FIXED, &gwi, sink_mac),
@@ -317,11 +361,14 @@ impl Rig {
             gwi,
             gen_mac,
             gwx_mac,
+            gwi_mac,
+            sink_mac,
             floatip: floatip.to_path_buf(),
             state: workdir.join("state.db"),
             bpffs,
             workdir,
             flows,
+            batch,
             sink: Some(sink),
             _topo: topo,
         })
@@ -352,21 +399,60 @@ impl Rig {
             .ok_or_else(|| anyhow!("floatip status has no counter {name}"))
     }
 
-    fn gen_config(&self) -> GenConfig {
-        GenConfig {
+    fn gen_spec(&self) -> GenSpec {
+        GenSpec {
             dst_mac: self.gwx_mac,
             src_mac: self.gen_mac,
-            sport: FIRST_PORT,
-            dport: DPORT,
-            src_ip: u32::from(GEN_IP.parse::<std::net::Ipv4Addr>().unwrap()),
-            dst_ip: u32::from(FLOATING.parse::<std::net::Ipv4Addr>().unwrap()),
+            src_ip: GEN_IP.parse().unwrap(),
             src_count: 1,
+            dst_ip: FLOATING.parse().unwrap(),
             dst_count: 1,
             dst_offset: 0,
+            sport: FIRST_PORT,
             flows: self.flows,
+            dport: DPORT,
             action: XDP_TX,
-            _pad: 0,
         }
+    }
+
+    /// Checks the frames the sink of `active` kept against what `mode`
+    /// makes of a generated frame, byte for byte (built here from scratch,
+    /// with the packet tests' builder). Frames that are not the generator's
+    /// (the gateway's own IPv6 chatter) are skipped; returns how many were checked.
+    fn check_samples(&self, active: &Active) -> Result<usize> {
+        let sink = self.sink_of(active)?;
+        let (dst, ttl, forwarded) = active.mode.at_sink();
+        let (dst_mac, src_mac) = if forwarded {
+            (self.sink_mac, self.gwi_mac)
+        } else {
+            (self.gwx_mac, self.gen_mac)
+        };
+        let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+            (GEN_IP.parse().unwrap(), dst.parse().unwrap());
+        let mut checked = 0;
+        for (len, f) in sink.samples()? {
+            let ours = f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[26..30] == src.octets();
+            if !ours {
+                continue;
+            }
+            let sport = u16::from_be_bytes([f[34], f[35]]);
+            let mut ip = pkt::Ip::new(src, dst, 17);
+            ip.ttl = ttl;
+            ip.id = 0;
+            let udp = pkt::udp(src, dst, sport, DPORT, &[0; FRAME_LEN - 42], true);
+            let want = pkt::eth(dst_mac, src_mac, None, 0x0800, &ip.packet(&udp));
+            let ports = FIRST_PORT..FIRST_PORT + (self.flows - 1) as u16 + 1;
+            if len as usize != FRAME_LEN || f != want || !ports.contains(&sport) {
+                bail!(
+                    "{}: a frame at the sink is not what the generator and this mode make of it\n  got  {}\n  want {}",
+                    active.mode.name(),
+                    hex(&f),
+                    hex(&want)
+                );
+            }
+            checked += 1;
+        }
+        Ok(checked)
     }
 
     /// The trafgen configuration of the same traffic as [`Self::gen_config`].
@@ -464,6 +550,24 @@ impl Rig {
                     Ok(o)
                 })?);
             }
+            Mode::MinimalNat => {
+                let (gwx, gwi) = (&self.gwx, &self.gwi);
+                let entry = MinNatEntry {
+                    dst_mac: self.sink_mac,
+                    src_mac: self.gwi_mac,
+                    addr: u32::from_ne_bytes(FIXED.parse::<std::net::Ipv4Addr>()?.octets()),
+                    ifindex: 0,
+                };
+                active.object = Some(in_netns(&netns_path(&self.gw_ns), || {
+                    let mut o = BenchObject::load()?;
+                    let entry = MinNatEntry {
+                        ifindex: iface::index(gwi)?,
+                        ..entry
+                    };
+                    o.attach_min_nat(iface::index(gwx)?, &[(FLOATING.parse()?, entry)])?;
+                    Ok(o)
+                })?);
+            }
             Mode::SinkOnly => {
                 let gwx = &self.gwx;
                 active.object = Some(in_netns(&netns_path(&self.gw_ns), || {
@@ -511,22 +615,23 @@ impl Rig {
         }
     }
 
+    /// The sink of `mode`.
+    fn sink_of<'a>(&'a self, active: &'a Active) -> Result<&'a BenchObject> {
+        match &active.object {
+            Some(o) if active.mode == Mode::SinkOnly => Ok(o),
+            _ => self.sink.as_ref().ok_or_else(|| anyhow!("no sink")),
+        }
+    }
+
     /// The counter the sink of `mode` keeps.
     fn delivered(&self, active: &Active) -> Result<u64> {
-        match &active.object {
-            Some(o) if active.mode == Mode::SinkOnly => o.sink_count(),
-            _ => self
-                .sink
-                .as_ref()
-                .ok_or_else(|| anyhow!("no sink"))?
-                .sink_count(),
-        }
+        self.sink_of(active)?.sink_count()
     }
 
     /// Measures `mode` once: start the generator, wait out the warm-up,
     /// count delivered frames over the window, stop the generator.
     pub fn measure(
-        &self,
+        &mut self,
         mode: Mode,
         placement: Placement,
         generator: GeneratorKind,
@@ -543,7 +648,7 @@ impl Rig {
     }
 
     fn measure_active(
-        &self,
+        &mut self,
         active: &Active,
         placement: Placement,
         generator: GeneratorKind,
@@ -552,10 +657,17 @@ impl Rig {
         if placement == Placement::TwoCpus && self.pin_napi_threads(1)? == 0 {
             bail!("no threaded NAPI thread of {} to pin", self.gwx);
         }
+        if active.mode != Mode::SinkOnly {
+            self.sink
+                .as_mut()
+                .ok_or_else(|| anyhow!("no sink"))?
+                .clear_samples()?;
+        }
         let translated_before = match active.mode.floatip_mode() {
             Some(_) => Some(self.floatip_counter("translated")?),
             None => None,
         };
+        let delivered_before = self.delivered(active)?;
         let mut source = match generator {
             GeneratorKind::Xdp => Generator::start_xdp(self)?,
             GeneratorKind::Trafgen => Generator::start_trafgen(self)?,
@@ -569,29 +681,40 @@ impl Rig {
             source.check()?;
             Ok(((c1 - c0) as f64 / (t1 - t0).as_secs_f64()) / 1e6)
         })();
-        let offered = source.stop()?;
+        let (offered, gen_ns) = source.stop()?;
         let mpps = result?;
+        let delivered = self.delivered(active)? - delivered_before;
         if let Some(before) = translated_before {
             // The sink counts whatever arrives: make sure floatip really
-            // translated it rather than the kernel forwarding something.
+            // translated all of it rather than the kernel forwarding some
+            // (read last, so it can only have grown since the sink's count).
             let translated = self.floatip_counter("translated")? - before;
-            if mpps > 0.0 && translated == 0 {
+            if delivered > translated + translated / 1000 + 100 {
                 bail!(
-                    "{}: the sink counted frames but floatip translated none",
+                    "{}: the sink counted {delivered} frames but floatip translated only {translated}",
                     active.mode.name()
                 );
             }
         }
+        let checked = self.check_samples(active)?;
+        let kept = u64::from(SINK_SAMPLE_SLOTS) << SINK_SAMPLE_SHIFT;
+        if delivered >= kept && checked == 0 {
+            bail!(
+                "{}: the sink counted {delivered} frames but kept none of the generator's",
+                active.mode.name()
+            );
+        }
         Ok(Sample {
             mpps,
             offered_mpps: offered,
+            gen_ns,
             error: None,
         })
     }
 
     /// Runs the whole matrix of `modes` × `rounds` for one placement.
     pub fn run_placement(
-        &self,
+        &mut self,
         placement: Placement,
         modes: &[Mode],
         generator: GeneratorKind,
@@ -611,6 +734,7 @@ impl Rig {
                         Sample {
                             mpps: f64::NAN,
                             offered_mpps: None,
+                            gen_ns: None,
                             error: Some(format!("{e:#}")),
                         }
                     }
@@ -624,7 +748,7 @@ impl Rig {
                     }
                 };
                 eprintln!(
-                    "  {:<8} round {}/{}  {:<28} {:>7.3} Mpps{}",
+                    "  {:<8} round {}/{}  {:<28} {:>7.3} Mpps{}{}",
                     placement.name(),
                     round + 1,
                     timing.rounds,
@@ -632,6 +756,9 @@ impl Rig {
                     s.mpps,
                     s.offered_mpps
                         .map(|o| format!("  (offered {o:.3})"))
+                        .unwrap_or_default(),
+                    s.gen_ns
+                        .map(|n| format!("  generator {n:.0} ns/frame"))
                         .unwrap_or_default()
                 );
                 list.push(s);
@@ -678,6 +805,8 @@ enum Generator {
     Xdp {
         stop: Arc<AtomicBool>,
         sent: Arc<AtomicU64>,
+        /// Kernel-timed ns of all test runs so far.
+        busy_ns: Arc<AtomicU64>,
         started: Instant,
         thread: Option<JoinHandle<Result<()>>>,
     },
@@ -690,27 +819,32 @@ enum Generator {
 /// Frames per BPF_PROG_TEST_RUN call: a few tens of ms at the rates seen
 /// here, so a stop request is honoured quickly.
 const GEN_CHUNK: u32 = 1 << 18;
-const GEN_BATCH: u32 = 64;
 
 impl Generator {
     fn start_xdp(rig: &Rig) -> Result<Generator> {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let (ns, ifname, cfg) = (
+        let (ns, ifname, spec, batch) = (
             netns_path(&rig.gen_ns),
             rig.gen_if.clone(),
-            rig.gen_config(),
+            rig.gen_spec(),
+            rig.batch,
         );
-        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let busy_ns = Arc::new(AtomicU64::new(0));
+        let (stop2, sent2, busy2) = (stop.clone(), sent.clone(), busy_ns.clone());
         let thread = thread::spawn(move || {
             in_netns(&ns, || {
                 pin_thread(0)?;
                 let mut g = BenchObject::load()?;
-                g.set_gen_config(&cfg)?;
+                g.set_gen(&spec, false)?;
                 let idx = iface::index(&ifname)?;
                 while !stop2.load(Ordering::Relaxed) {
-                    g.gen_run(idx, GEN_CHUNK, GEN_BATCH)?;
+                    let per_frame = g.gen_run(idx, GEN_CHUNK, batch)?;
                     sent2.fetch_add(GEN_CHUNK as u64, Ordering::Relaxed);
+                    busy2.fetch_add(
+                        per_frame.as_nanos() as u64 * u64::from(GEN_CHUNK),
+                        Ordering::Relaxed,
+                    );
                 }
                 Ok(())
             })
@@ -718,6 +852,7 @@ impl Generator {
         Ok(Generator::Xdp {
             stop,
             sent,
+            busy_ns,
             started: Instant::now(),
             thread: Some(thread),
         })
@@ -789,12 +924,14 @@ impl Generator {
         }
     }
 
-    /// Stops the generator; returns the offered rate when known.
-    fn stop(&mut self) -> Result<Option<f64>> {
+    /// Stops the generator; returns the offered rate and the kernel-timed
+    /// ns per frame when known.
+    fn stop(&mut self) -> Result<(Option<f64>, Option<f64>)> {
         match self {
             Generator::Xdp {
                 stop,
                 sent,
+                busy_ns,
                 started,
                 thread,
             } => {
@@ -803,7 +940,12 @@ impl Generator {
                     t.join().map_err(|_| anyhow!("the generator panicked"))??;
                 }
                 let secs = started.elapsed().as_secs_f64();
-                Ok(Some(sent.load(Ordering::Relaxed) as f64 / secs / 1e6))
+                let frames = sent.load(Ordering::Relaxed) as f64;
+                let ns = busy_ns.load(Ordering::Relaxed) as f64;
+                Ok((
+                    Some(frames / secs / 1e6),
+                    (frames > 0.0).then(|| ns / frames),
+                ))
             }
             Generator::Trafgen { child, .. } => {
                 if let Some(mut c) = child.take() {
@@ -820,10 +962,14 @@ impl Generator {
                     unsafe { libc::kill(-pgid, libc::SIGKILL) };
                     let _ = c.wait();
                 }
-                Ok(None)
+                Ok((None, None))
             }
         }
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Drop for Generator {
