@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use floatip_common::{
     AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry,
-    NextHop, POOL_ANY_NIC, POOL_MEMBER, PoolValue, ROUTE_FILTER_WORDS, Routing, SPOOF_FILTER_BUCKETS,
-    outcome, route_filter_bit, spoof_filter_bucket, stats_slots,
+    NextHop, POOL_ANY_NIC, POOL_MEMBER, PoolValue, ROUTE_FILTER_WORDS, Routing,
+    SPOOF_FILTER_BUCKETS, outcome, route_filter_bit, spoof_filter_bucket, stats_slots,
 };
 
 use crate::frame::mac_bits;

@@ -79,6 +79,13 @@ fn wall_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// A neighbour: egress ifindex and address.
+type NeighbourKey = (u32, Ipv4Addr);
+
+/// What the follower wrote for a pair: its fixed IP, the hop, the neighbour
+/// the hop goes through.
+type Written = (Ipv4Addr, NextHop, Option<NeighbourKey>);
+
 pub struct Follower {
     dp: Dataplane,
     cache: HopCache,
@@ -86,11 +93,11 @@ pub struct Follower {
     epoch: u32,
     generation: u64,
     /// floating -> (fixed, the hop written, the neighbour it goes through).
-    pairs: HashMap<Ipv4Addr, (Ipv4Addr, NextHop, Option<(u32, Ipv4Addr)>)>,
+    pairs: HashMap<Ipv4Addr, Written>,
     /// neighbour -> the floating IPs whose packets go to it.
-    by_via: HashMap<(u32, Ipv4Addr), HashSet<Ipv4Addr>>,
+    by_via: HashMap<NeighbourKey, HashSet<Ipv4Addr>>,
     /// Neighbours asked to be probed, and when.
-    probed: HashMap<(u32, Ipv4Addr), Instant>,
+    probed: HashMap<NeighbourKey, Instant>,
     last_flip: Instant,
     /// The default hop last written (None: write it whatever it is).
     default: Option<NextHop>,
@@ -465,7 +472,7 @@ fn use_neighbour(ifindex: u32, addr: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-fn neighbour(m: &NeighbourMessage, deleted: bool) -> Option<((u32, Ipv4Addr), Option<Neighbour>)> {
+fn neighbour(m: &NeighbourMessage, deleted: bool) -> Option<(NeighbourKey, Option<Neighbour>)> {
     if m.header.family != AddressFamily::Inet {
         return None;
     }

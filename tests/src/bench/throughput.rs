@@ -383,6 +383,36 @@ impl Rig {
         in_ns(&self.gw_ns, &argv).map(drop)
     }
 
+    /// Waits until the follower has cached the pair's next hop (static
+    /// neighbours: at once), so the measurement is of the cached path.
+    fn wait_cached(&self) -> Result<()> {
+        let (bin, bpffs, state) = (
+            self.floatip.to_string_lossy(),
+            self.bpffs.to_string_lossy(),
+            self.state.to_string_lossy(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = in_ns(
+                &self.gw_ns,
+                &[
+                    &bin, "--bpffs", &bpffs, "--state", &state, "status", "-f", "json",
+                ],
+            )?;
+            let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+            if v["next_hops"]["cached"].as_u64() == Some(1) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "floatip follow never cached the pair's next hop: {}",
+                    v["next_hops"]
+                );
+            }
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     fn floatip_counter(&self, name: &str) -> Result<u64> {
         let bin = self.floatip.to_string_lossy();
         let bpffs = self.bpffs.to_string_lossy();
@@ -510,7 +540,11 @@ impl Rig {
 
     /// Puts the gateway in `mode`; the returned guard undoes it.
     fn setup(&self, mode: Mode) -> Result<Active> {
-        let mut active = Active { mode, object: None };
+        let mut active = Active {
+            mode,
+            object: None,
+            follower: None,
+        };
         if let Some(m) = mode.floatip_mode() {
             self.floatip(&[
                 "attach",
@@ -522,6 +556,16 @@ impl Rig {
                 m,
             ])?;
             self.floatip(&["nat", "add", FLOATING, FIXED])?;
+            let (bin, bpffs, state) = (
+                self.floatip.to_string_lossy(),
+                self.bpffs.to_string_lossy(),
+                self.state.to_string_lossy(),
+            );
+            active.follower = Some(netns::spawn(
+                &self.gw_ns,
+                &[&bin, "--bpffs", &bpffs, "--state", &state, "follow"],
+            )?);
+            self.wait_cached()?;
             return Ok(active);
         }
         match mode {
@@ -780,6 +824,19 @@ impl Drop for Rig {
 struct Active {
     mode: Mode,
     object: Option<BenchObject>,
+    /// `floatip follow` for the floatip modes: the next-hop cache in use,
+    /// as on a gateway running the agent. Stopped (and the cache
+    /// withdrawn) on drop, before the teardown's detach.
+    follower: Option<netns::Spawned>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.follower.take() {
+            f.signal(libc::SIGTERM);
+            let _ = f.finish(std::time::Duration::from_secs(10));
+        }
+    }
 }
 
 /// nftables NAT the way the Neutron L3 agent does floating IPs: one DNAT
