@@ -105,8 +105,8 @@ impl Miss {
 }
 
 /// The cached answer of `hop` for a packet of `tot_len` bytes, when it is
-/// current (its epoch is the follower's, `epoch`) and the packet fits the
-/// egress MTU; `None`: ask the FIB.
+/// current (its epoch is the follower's live `epoch`, never 0) and the
+/// packet fits the egress MTU; `None`: ask the FIB.
 #[inline(always)]
 pub fn cached(hop: &NextHop, epoch: u32, tot_len: usize) -> Option<Route> {
     if epoch == 0 || hop.epoch != epoch || tot_len > hop.mtu as usize {

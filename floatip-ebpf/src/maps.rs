@@ -58,27 +58,25 @@ pub static DEFAULT_HOP: Array<NextHop> = Array::pinned(2, 0);
 #[map(name = "ROUTE_FILTER")]
 pub static ROUTE_FILTER: Array<u64> = Array::pinned(ROUTE_FILTER_WORDS, 0);
 
-/// The current next-hop epoch; 0 when nothing is cached: no follower, or
-/// its lease ran out.
+/// The next-hop cache's record, if a follower's lease on it is current
+/// (`None`: nothing is cached, every packet asks the FIB). Read once per
+/// packet, and only for a packet that has a candidate hop.
 #[inline(always)]
-pub fn epoch() -> u32 {
-    match ROUTING.get(0) {
-        Some(r) if r.epoch != 0 && unsafe { bpf_ktime_get_coarse_ns() } < r.lease_ns => r.epoch,
-        _ => 0,
-    }
+pub fn routing() -> Option<Routing> {
+    let r = ROUTING.get(0)?;
+    (r.epoch != 0 && unsafe { bpf_ktime_get_coarse_ns() } < r.lease_ns).then_some(*r)
 }
 
-/// The default route's cached next hop, if the follower has one and no
-/// other route overlaps `dst`'s /16 (so the FIB would answer with the
+/// The default route's cached next hop (of `routing`'s current entry), if
+/// no other route overlaps `dst`'s /16 (so the FIB would answer with the
 /// default route too).
 #[inline(always)]
-pub fn default_hop(dst: u32) -> Option<NextHop> {
+pub fn default_hop(routing: &Routing, dst: u32) -> Option<NextHop> {
     let (word, bit) = route_filter_bit(dst);
     if ROUTE_FILTER.get(word).is_none_or(|w| (*w >> bit) & 1 != 0) {
         return None;
     }
-    let r = ROUTING.get(0)?;
-    DEFAULT_HOP.get(r.default_index & 1).copied()
+    DEFAULT_HOP.get(routing.default_index & 1).copied()
 }
 
 /// Floating IP -> its fixed IP and counter slot.

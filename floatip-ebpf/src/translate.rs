@@ -1,7 +1,7 @@
 //! Translation: the 1:1 NAT decision for each side, and the rewrite of an
 //! address together with every checksum and ICMP quote that carries it.
 
-use floatip_common::{NatEntry, NextHop, outcome};
+use floatip_common::{NatEntry, NextHop, Routing, outcome};
 
 use crate::{
     arp, checksum,
@@ -172,11 +172,11 @@ fn route_via<F: Frame>(
     ip: &Ipv4,
     ifindex: u32,
     (src, dst): (u32, u32),
-    hop: Option<NextHop>,
+    hop: Option<(NextHop, Routing)>,
 ) -> Result<Route, Miss> {
     if !l2.vlan
-        && let Some(hop) = hop
-        && let Some(cached) = forward::cached(&hop, maps::epoch(), ip.tot_len)
+        && let Some((hop, routing)) = hop
+        && let Some(cached) = forward::cached(&hop, routing.epoch, ip.tot_len)
     {
         return Ok(cached);
     }
@@ -242,7 +242,8 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
                     why: Miss::TTL_EXPIRES,
                 });
             }
-            let route = route_via(f, &l2, &ip, ifindex, (ip.src, fixed.addr), Some(fixed.hop));
+            let hop = maps::routing().map(|r| (fixed.hop, r));
+            let route = route_via(f, &l2, &ip, ifindex, (ip.src, fixed.addr), hop);
             if let Some(error) = unforwardable(f, &l2, &ip, &route)? {
                 return Ok(error);
             }
@@ -291,10 +292,10 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     // A translated destination leaves by its fixed IP's next hop; a
     // translated source alone by the default route's, unless another route
     // may cover the destination.
-    let hop = match dst_fixed {
-        Some(e) => Some(e.hop),
-        None => maps::default_hop(ip.dst),
-    };
+    let hop = maps::routing().and_then(|r| match dst_fixed {
+        Some(e) => Some((e.hop, r)),
+        None => maps::default_hop(&r, ip.dst).map(|h| (h, r)),
+    });
     let route = route_via(f, &l2, &ip, ifindex, (src, dst), hop);
     // When only the source would change, the FIB's miss may say the
     // packet never leaves through an external NIC. Traffic for the gateway

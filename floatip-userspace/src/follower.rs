@@ -42,7 +42,7 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::{
-    dataplane::{Dataplane, HopCache, Role},
+    dataplane::{Dataplane, HopCache, Role, coarse_now_ns},
     iface,
     nexthop::{Kind, Link, Managed, NeighState, Neighbour, Route, Topology, Uncached},
 };
@@ -114,7 +114,8 @@ impl Follower {
             cache,
             topo: Topology::default(),
             epoch,
-            generation: u64::MAX - 1,
+            // Set by the first sync, which `run` starts with.
+            generation: 0,
             pairs: HashMap::new(),
             by_via: HashMap::new(),
             probed: HashMap::new(),
@@ -197,6 +198,7 @@ impl Follower {
         Ok(())
     }
 
+    /// Writes the current epoch with a fresh lease.
     fn renew(&mut self) -> Result<()> {
         let r = Routing {
             epoch: self.epoch,
@@ -212,12 +214,7 @@ impl Follower {
             0 => 1,
             e => e,
         };
-        let r = Routing {
-            epoch: self.epoch,
-            lease_ns: coarse_now_ns() + LEASE.as_nanos() as u64,
-            ..self.cache.routing()?
-        };
-        self.cache.set_routing(r)?;
+        self.renew()?;
         report(self.verbose, format_args!("epoch {} ({why})", self.epoch));
         self.topo = snapshot(&self.dp)?;
         self.cache.set_filter(&self.topo.route_filter())?;
@@ -225,7 +222,6 @@ impl Follower {
         self.write_default()?;
         self.pairs.clear();
         self.by_via.clear();
-        self.generation = u64::MAX - 1;
         self.sync_pairs()
     }
 
@@ -365,15 +361,6 @@ impl Follower {
     }
 }
 
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn subscribe() -> Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE).context("cannot open an rtnetlink socket")?;
     s.bind(&SocketAddr::new(0, 0))?;
@@ -385,8 +372,9 @@ fn subscribe() -> Result<Socket> {
     Ok(s)
 }
 
-/// The messages in one datagram (`None`: one that does not parse).
-fn messages(mut buf: &[u8]) -> Vec<Option<RouteNetlinkMessage>> {
+/// The payloads of the netlink messages in one datagram (`None`: one that
+/// does not parse).
+fn payloads(mut buf: &[u8]) -> Vec<Option<NetlinkPayload<RouteNetlinkMessage>>> {
     let mut out = Vec::new();
     while buf.len() >= 16 {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -394,17 +382,24 @@ fn messages(mut buf: &[u8]) -> Vec<Option<RouteNetlinkMessage>> {
             break;
         }
         out.push(
-            match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len]) {
-                Ok(m) => match m.payload {
-                    NetlinkPayload::InnerMessage(i) => Some(i),
-                    _ => None,
-                },
-                Err(_) => None,
-            },
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len])
+                .ok()
+                .map(|m| m.payload),
         );
-        buf = &buf[(len + 3) & !3..];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
     }
     out
+}
+
+/// The rtnetlink messages in one datagram of notifications.
+fn messages(buf: &[u8]) -> Vec<Option<RouteNetlinkMessage>> {
+    payloads(buf)
+        .into_iter()
+        .map(|p| match p {
+            Some(NetlinkPayload::InnerMessage(i)) => Some(i),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Sends one request and collects the inner messages of the reply (a dump
@@ -424,24 +419,17 @@ fn request(msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessa
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = s.recv(&mut &mut buf[..], 0)?;
-        let mut rest = &buf[..n];
-        while rest.len() >= 16 {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len < 16 || len > rest.len() {
-                break;
-            }
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len]);
-            rest = &rest[(len + 3) & !3..];
-            match m.map(|m| m.payload) {
-                Ok(NetlinkPayload::Done(_)) => return Ok(result),
-                Ok(NetlinkPayload::Error(e)) => match e.code {
+        for p in payloads(&buf[..n]) {
+            match p {
+                Some(NetlinkPayload::Done(_)) => return Ok(result),
+                Some(NetlinkPayload::Error(e)) => match e.code {
                     None => return Ok(result),
                     Some(code) => bail!(
                         "rtnetlink: {}",
                         std::io::Error::from_raw_os_error(-code.get())
                     ),
                 },
-                Ok(NetlinkPayload::InnerMessage(i)) => result.push(i),
+                Some(NetlinkPayload::InnerMessage(i)) => result.push(i),
                 _ => {}
             }
         }

@@ -145,6 +145,8 @@ impl Topology {
         {
             return Err(Uncached::NoRoute);
         }
+        // Longest prefix first, then the lowest metric; a tie is not cached.
+        let rank = |r: &Route| (r.len, std::cmp::Reverse(r.priority));
         let mut best: Option<&Route> = None;
         let mut tie = false;
         for r in self
@@ -152,20 +154,10 @@ impl Topology {
             .iter()
             .filter(|r| r.table == RT_TABLE_MAIN && r.covers(dst))
         {
-            match best {
-                Some(b)
-                    if (r.len, std::cmp::Reverse(r.priority))
-                        == (b.len, std::cmp::Reverse(b.priority)) =>
-                {
-                    tie = true
-                }
-                Some(b)
-                    if (r.len, std::cmp::Reverse(r.priority))
-                        < (b.len, std::cmp::Reverse(b.priority)) => {}
-                _ => {
-                    best = Some(r);
-                    tie = false;
-                }
+            match best.map(|b| rank(r).cmp(&rank(b))) {
+                Some(std::cmp::Ordering::Equal) => tie = true,
+                Some(std::cmp::Ordering::Less) => {}
+                _ => (best, tie) = (Some(r), false),
             }
         }
         match best {

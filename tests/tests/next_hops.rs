@@ -287,7 +287,7 @@ fn staleness(mode: Mode) {
                 received.len()
             ));
         }
-        if mode.is_xdp() && redirected(&lab) <= before {
+        if redirected(&lab) <= before {
             failures.push("MAC change: nothing was redirected during the stream".into());
         }
         // The follower has the kernel confirm the new neighbour, and the

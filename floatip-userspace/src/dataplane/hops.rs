@@ -14,6 +14,17 @@ use super::{Dataplane, from_key, pins::open_map, to_key};
 
 const BPF_EXIST: u64 = 2;
 
+/// The clock of [`Routing::lease_ns`]: what `bpf_ktime_get_coarse_ns`
+/// reads in the programs (CLOCK_MONOTONIC_COARSE).
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// An exclusive `flock` on the bpffs directory, held while pairs are written.
 pub struct PairLock(#[allow(dead_code)] File);
 
@@ -72,13 +83,7 @@ impl Dataplane {
     pub fn next_hop_status(&self) -> Result<super::status::NextHopStatus> {
         let cache = self.hop_cache()?;
         let r = cache.routing()?;
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        let live = r.epoch != 0 && now < r.lease_ns;
+        let live = r.epoch != 0 && coarse_now_ns() < r.lease_ns;
         let current = |h: &NextHop| live && h.epoch == r.epoch;
         let cached = self.hops()?.iter().filter(|(_, _, h)| current(h)).count();
         let default = cache.default.get(&(r.default_index & 1), 0)?;

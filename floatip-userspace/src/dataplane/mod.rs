@@ -30,7 +30,7 @@ use floatip_common::{ROLE_EXTERNAL, ROLE_INTERNAL};
 #[cfg(any(test, feature = "test-harness"))]
 pub use self::testrun::{TestProgram, TestPrograms, TestRunOutput};
 pub use self::{
-    hops::{HopCache, PairLock},
+    hops::{HopCache, PairLock, coarse_now_ns},
     maps::Dataplane,
     pins::not_attached,
     status::{Attached, DataplaneStatus, PairStats},
