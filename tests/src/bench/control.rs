@@ -30,11 +30,11 @@ const FIXED_BASE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 0);
 const POOL: &str = "bench";
 
 /// Floating IP number `i` (from 1) of the pool.
-fn floating(i: u32) -> Ipv4Addr {
+pub(super) fn floating(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(POOL_BASE) + i)
 }
 
-fn fixed(i: u32) -> Ipv4Addr {
+pub(super) fn fixed(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(FIXED_BASE) + i)
 }
 
@@ -88,17 +88,17 @@ impl Cli {
 }
 
 /// One gateway namespace with floatip attached, a pool, and addresses.
-struct Ctl {
+pub(super) struct Ctl {
     // Last use is its drop: removes the namespace after detaching.
     _topo: Topology,
-    ns: String,
-    bin: PathBuf,
-    bpffs: PathBuf,
-    state: PathBuf,
+    pub(super) ns: String,
+    pub(super) bin: PathBuf,
+    pub(super) bpffs: PathBuf,
+    pub(super) state: PathBuf,
 }
 
 impl Ctl {
-    fn build(bin: &Path, tag: &str) -> Result<Ctl> {
+    pub(super) fn build(bin: &Path, tag: &str) -> Result<Ctl> {
         let mut topo = Topology::new();
         let ns = topo.namespace(tag)?;
         let dir = topo.temp_dir(tag)?;
@@ -155,7 +155,7 @@ impl Ctl {
         Ok(ctl)
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(super) fn cmd(&self, args: &[&str]) -> Command {
         self.cli().cmd(args)
     }
 
@@ -167,13 +167,13 @@ impl Ctl {
         }
     }
 
-    fn floatip(&self, args: &[&str]) -> Result<()> {
+    pub(super) fn floatip(&self, args: &[&str]) -> Result<()> {
         let c = self.cmd(args);
         in_netns(&netns_path(&self.ns), || run_quiet(c))
     }
 
     /// Times `args` (one process each) in the namespace; `after` runs untimed after each.
-    fn time_each(
+    pub(super) fn time_each(
         &self,
         runs: usize,
         args: impl Fn(usize) -> Vec<String> + Send + Sync,
@@ -203,7 +203,7 @@ impl Ctl {
     /// Adds addresses `first..=last` of the pool as rows directly with
     /// sqlite3: one `floatip ip create` process per address would take
     /// minutes for 100,000 and measure nothing this benchmark is about.
-    fn allocate_rows(&self, first: u32, last: u32) -> Result<()> {
+    pub(super) fn allocate_rows(&self, first: u32, last: u32) -> Result<()> {
         let sql = format!(
             "WITH RECURSIVE seq(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM seq WHERE i < {last}) \
              INSERT OR IGNORE INTO floating_ips (address, pool) SELECT {} + i, '{POOL}' FROM seq;",
@@ -224,7 +224,7 @@ impl Ctl {
     }
 
     /// Associates pairs `first..first+count` through `ip associate --from-file`; returns seconds.
-    fn bulk(&self, first: u32, count: u32) -> Result<f64> {
+    pub(super) fn bulk(&self, first: u32, count: u32) -> Result<f64> {
         let path = self
             .state
             .with_file_name(format!("bulk-{first}-{count}.txt"));

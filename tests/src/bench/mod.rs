@@ -1,7 +1,9 @@
 //! The benchmark driver behind `cargo xtask bench`: parses the flags, runs
 //! the parts (program cost, data-plane throughput, control plane and
-//! memory), prints one Markdown report, and writes `--json` and `--plot`.
+//! memory, the agent's API), prints one Markdown report, and writes `--json`
+//! and `--plot`.
 
+mod api;
 mod control;
 mod cost;
 mod env;
@@ -21,6 +23,7 @@ use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 
 use self::{
+    api::ApiResult,
     control::ControlResult,
     cost::{Case, CostResult},
     memory::MemoryResult,
@@ -41,6 +44,8 @@ enum Part {
     Throughput,
     Control,
     Memory,
+    /// The agent's API against the CLI.
+    Api,
 }
 
 #[derive(Debug, Parser)]
@@ -129,6 +134,7 @@ struct Results {
     timing: Option<Timing>,
     control: Option<ControlResult>,
     memory: Option<MemoryResult>,
+    api: Option<ApiResult>,
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -232,6 +238,16 @@ fn run(args: &Args) -> Result<()> {
             (&[0, 10_000, 100_000], 200, &[1_000, 10_000, 100_000])
         };
         res.control = Some(control::run(&floatip, levels, runs, nft)?);
+    }
+
+    if want(Part::Api) {
+        eprintln!("the agent's API");
+        let (levels, runs, window): (&[u32], usize, Duration) = if args.quick {
+            (&[0, 10_000], 30, Duration::from_secs(3))
+        } else {
+            (&[0, 10_000, 100_000], 200, Duration::from_secs(10))
+        };
+        res.api = Some(api::run(&floatip, levels, runs, window)?);
     }
 
     let m = Machine {
@@ -497,6 +513,9 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
         }
         s.push('\n');
     }
+    if let Some(a) = &res.api {
+        api_markdown(&mut s, a);
+    }
     let big = res.cost.iter().max_by_key(|c| c.associations);
     if big.is_some() || res.control.as_ref().and_then(|c| c.db_bytes).is_some() {
         let _ = writeln!(s, "## Memory\n");
@@ -639,6 +658,78 @@ fn memory_section(s: &mut String, mem: &MemoryResult) {
                 mb(mem.total(cpus))
             );
         }
+    }
+    s.push('\n');
+}
+
+fn api_markdown(s: &mut String, a: &ApiResult) {
+    let _ = writeln!(s, "## The agent's API\n");
+    let _ = writeln!(
+        s,
+        "| change | via | associations in place | runs | p50 ms | p99 ms |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    for l in &a.latency {
+        let via = match l.via {
+            "api" => "`PUT /v2.0/floatingips/{id}`",
+            _ => "one `floatip ip` process",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {via} | {} | {} | {:.2} | {:.2} |",
+            l.op,
+            thousands(l.associations as u64),
+            l.runs,
+            l.p50_ms,
+            l.p99_ms
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| clients | associations in place | seconds | requests | requests/s | p50 ms | p99 ms | errors | control thread busy |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for t in &a.sustained {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} % |",
+            t.clients,
+            thousands(t.associations as u64),
+            t.seconds,
+            thousands(t.ops),
+            t.ops as f64 / t.seconds,
+            t.p50_ms,
+            t.p99_ms,
+            t.errors,
+            t.control_busy * 100.0
+        );
+    }
+    s.push('\n');
+    let _ = writeln!(
+        s,
+        "- one 4 KiB overwrite + fdatasync in the state directory: {:.2} ms (p50 of 200); every commit pays at least one",
+        a.fsync_ms
+    );
+    if let Some((request, control)) = a.breakdown {
+        let _ = writeln!(
+            s,
+            "- the agent's own figures over the latency runs: a `PUT` takes {request:.2} ms from arrival to answer; the control thread works {control:.2} ms per request"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- the gratuitous ARP an association sends (`garp::announce`: three rounds 2 ms apart, the socket closed by a forked child), alone: p50 {:.2} ms, p99 {:.2} ms",
+        a.garp_ms.0, a.garp_ms.1
+    );
+    let top = a.latency.iter().map(|l| l.associations).max().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "- one `GET /metrics` with {} associations in place: {:.0} ms on the control thread (it reads every pair's counters)",
+        thousands(top as u64),
+        a.scrape_ms
+    );
+    for note in &a.notes {
+        let _ = writeln!(s, "- {note}");
     }
     s.push('\n');
 }
@@ -799,6 +890,19 @@ fn targets(res: &Results) -> Vec<Target> {
             );
         }
     }
+    if let Some(a) = &res.api {
+        for l in a.latency.iter().filter(|l| l.via == "api") {
+            let what = |q| {
+                format!(
+                    "API {} {q} with {} in place",
+                    l.op,
+                    thousands(l.associations as u64)
+                )
+            };
+            push(what("p50"), Some(l.p50_ms), 2.0, true, " ms");
+            push(what("p99"), Some(l.p99_ms), 10.0, true, " ms");
+        }
+    }
     if let Some(c) = res.cost.iter().find(|c| c.associations == 1_000_000) {
         let total: u64 = c.map_memory.iter().map(|(_, b)| b).sum();
         push(
@@ -900,6 +1004,25 @@ fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value 
             "notes": c.notes,
         })
     });
+    let api = res.api.as_ref().map(|a| {
+        json!({
+            "latency": a.latency.iter().map(|l| json!({
+                "via": l.via, "op": l.op, "associations_in_place": l.associations,
+                "runs": l.runs, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms,
+            })).collect::<Vec<_>>(),
+            "sustained": a.sustained.iter().map(|t| json!({
+                "clients": t.clients, "associations_in_place": t.associations,
+                "seconds": t.seconds, "requests": t.ops, "per_second": t.ops as f64 / t.seconds,
+                "p50_ms": t.p50_ms, "p99_ms": t.p99_ms, "errors": t.errors,
+                "control_thread_busy": t.control_busy,
+            })).collect::<Vec<_>>(),
+            "fsync_ms": a.fsync_ms,
+            "put_ms_and_control_ms_per_request": a.breakdown,
+            "metrics_scrape_ms": a.scrape_ms,
+            "garp_p50_p99_ms": [a.garp_ms.0, a.garp_ms.1],
+            "notes": a.notes,
+        })
+    });
     json!({
         "machine": {"cpu": m.cpu, "cores": m.cores, "kernel": m.kernel, "load_average_at_start": m.load, "load_average_at_end": m.load_end},
         "command": std::env::args().collect::<Vec<_>>(),
@@ -921,6 +1044,7 @@ fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value 
         },
         "control_plane": control,
         "memory_at_scale": res.memory.as_ref().map(memory_json),
+        "api": api,
         "targets": targets(res).iter().map(Target::json).collect::<Vec<_>>(),
     })
 }
