@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -49,9 +49,15 @@ pub mod maps {
     /// some route other than the default one (a connected subnet, a local
     /// or broadcast address, a more specific route) overlaps the /16 `n`.
     pub const ROUTE_FILTER: &str = "ROUTE_FILTER";
+    /// program id -> per-CPU u64: frames that program (a NIC's) redirected
+    /// which the kernel then refused to send (into a veth whose peer runs no
+    /// NAPI, a driver without XDP transmit) and dropped, counted nowhere else.
+    /// Keyed by program id, not ifindex: the tracepoint sees every network
+    /// namespace, where ifindexes repeat. Fed by a tracepoint program.
+    pub const SEND_DROPS: &str = "SEND_DROPS";
 
     /// Every pinned map, in the order `detach` removes them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         FIP_TO_FIXED,
         FIXED_TO_FIP,
         SPOOF_FILTER,
@@ -64,8 +70,19 @@ pub mod maps {
         ROUTING,
         DEFAULT_HOP,
         ROUTE_FILTER,
+        SEND_DROPS,
         META,
     ];
+}
+
+/// Where the send-drop program reads the fields of the kernel's `xdp:xdp_redirect_err`
+/// record (byte offsets, each field an `int`). The loader checks them against the event's
+/// `format` file before it attaches, so a kernel that lays the record out otherwise gets no
+/// counter rather than a wrong one.
+pub mod send_drops {
+    pub const EVENT: (&str, &str) = ("xdp", "xdp_redirect_err");
+    /// The id of the program that redirected.
+    pub const PROG_ID: (&str, usize) = ("prog_id", 8);
 }
 
 /// Program names (the function names in `floatip-ebpf`).
@@ -74,6 +91,9 @@ pub mod programs {
     pub const XDP_INTERNAL: &str = "floatip_xdp_int";
     pub const TC_EXTERNAL: &str = "floatip_tc_ext";
     pub const TC_INTERNAL: &str = "floatip_tc_int";
+    /// Tracepoint program counting the redirects the kernel refused
+    /// (`xdp:xdp_redirect_err`).
+    pub const SEND_DROPS: &str = "floatip_send_drops";
     /// Benchmark helpers in the `floatip-bench` object.
     pub const BENCH_PASS: &str = "bench_pass";
     pub const BENCH_REDIRECT: &str = "bench_redirect";

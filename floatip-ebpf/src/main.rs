@@ -7,16 +7,16 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::generated::bpf_redirect,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, tracepoint, xdp},
+    programs::{TcContext, TracePointContext, XdpContext},
 };
-use floatip_common::outcome;
+use floatip_common::{outcome, send_drops};
 use floatip_ebpf::{
     forward,
     frame::{Frame, Tc, Xdp},
     log,
     maps::{self, REDIRECT},
-    stats::count,
+    stats::{count, count_send_drop},
     translate,
     verdict::Verdict,
 };
@@ -49,6 +49,15 @@ pub fn floatip_tc_int(ctx: TcContext) -> i32 {
     pull(&ctx);
     let verdict = translate::internal(&mut Tc(&ctx), ifindex);
     tc_action(&ctx, ifindex, verdict)
+}
+
+/// A redirect the kernel refused after the program returned (the frame is dropped).
+#[tracepoint]
+pub fn floatip_send_drops(ctx: TracePointContext) -> u32 {
+    // Checked against the event's format by the loader.
+    let prog = unsafe { ctx.read_at::<u32>(send_drops::PROG_ID.1) }.unwrap_or(0);
+    count_send_drop(prog);
+    0
 }
 
 #[inline(always)]

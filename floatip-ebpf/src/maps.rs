@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use floatip_common::{
     AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry,
@@ -57,6 +57,10 @@ pub static DEFAULT_HOP: Array<NextHop> = Array::pinned(2, 0);
 
 #[map(name = "ROUTE_FILTER")]
 pub static ROUTE_FILTER: Array<u64> = Array::pinned(ROUTE_FILTER_WORDS, 0);
+
+// Entries only for the NICs' programs, created by the loader; the programs only add.
+#[map(name = "SEND_DROPS")]
+pub static SEND_DROPS: PerCpuHashMap<u32, u64> = PerCpuHashMap::pinned(MAX_IFACES, 0);
 
 /// The next-hop cache's record, if a follower's lease on it is current
 /// (`None`: nothing is cached, every packet asks the FIB). Read once per

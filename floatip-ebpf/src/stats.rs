@@ -1,8 +1,9 @@
-//! Per-CPU counters: per outcome, and per association.
+//! Per-CPU counters: per outcome, per association, and per NIC program the redirects
+//! the kernel refused.
 
 use floatip_common::AssocStats;
 
-use crate::maps::{ASSOC_STATS, OUTCOMES};
+use crate::maps::{ASSOC_STATS, OUTCOMES, SEND_DROPS};
 
 #[inline(always)]
 pub fn count(outcome: u32) {
@@ -24,5 +25,14 @@ pub fn count_assoc(slot: u32, inbound: bool, bytes: u64) {
             s.out_packets += 1;
             s.out_bytes += bytes;
         }
+    }
+}
+
+/// Counts a frame that program `prog` redirected and the kernel dropped instead of sending
+/// (the send-drop tracepoint). Only floatip's programs have entries (the loader's).
+#[inline(always)]
+pub fn count_send_drop(prog: u32) {
+    if let Some(c) = SEND_DROPS.get_ptr_mut(&prog) {
+        unsafe { *c += 1 };
     }
 }

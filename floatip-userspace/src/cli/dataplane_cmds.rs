@@ -148,6 +148,8 @@ pub fn status(cli: &Cli) -> Result<()> {
                 i.tx_errors.to_string(),
                 i.xdp_errors
                     .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                i.send_drops
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             ]
         })
         .collect();
@@ -161,6 +163,7 @@ pub fn status(cli: &Cli) -> Result<()> {
         "tx_dropped",
         "tx_errors",
         "xdp_errors",
+        "send_drops",
     ];
     output::print_table(&cli.format, &head, &rows, st)?;
     let sync = match (&full.sync, &full.sync_error) {
@@ -184,8 +187,19 @@ pub fn status(cli: &Cli) -> Result<()> {
     } else {
         "no follower: every packet asks the FIB (run `floatip follow` or the agent)".to_owned()
     };
+    let mut drops = String::new();
+    for i in &st.interfaces {
+        if let Some(n) = i.send_drops.filter(|n| *n > 0) {
+            drops.push_str(&format!(
+                "send drops: the kernel refused to send {n} frames that {}'s program \
+                 redirected (into a veth whose peer runs neither XDP nor GRO, or a NIC without \
+                 XDP transmit)\n",
+                i.name
+            ));
+        }
+    }
     output::print_text(&format!(
-        "\nassociations: {} of {} (layout v{}, generation {})\ndatabase: {} ({}): {sync}\nnext hops: {next_hops}\n\n",
+        "\nassociations: {} of {} (layout v{}, generation {})\ndatabase: {} ({}): {sync}\nnext hops: {next_hops}\n{drops}\n",
         st.associations,
         st.max_associations,
         st.layout_version,

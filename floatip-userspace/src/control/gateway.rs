@@ -84,10 +84,11 @@ impl Gateway {
                 );
             }
         }
-        Dataplane::attach(&self.bpffs, opts)?;
+        let attach_warnings = Dataplane::attach(&self.bpffs, opts)?;
         let mut control = Control::open_adopting(state, &self.bpffs)?;
         let restored = control.resync()?;
         let mut warnings = unanswered_pools(&mut control)?;
+        warnings.extend(attach_warnings);
         if opts.mode == Mode::Xdp {
             for nic in opts.external.iter().chain(&opts.internal) {
                 if iface::driver(nic).is_ok_and(|d| d == "veth") {

@@ -6,7 +6,7 @@ use std::{fs, io::ErrorKind, path::Path};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
@@ -23,8 +23,9 @@ use super::{
     AttachOptions, Dataplane, EBPF_OBJECT, Mode, Role,
     pins::{
         ensure_bpffs, find_link, is_mount_point, layout_mismatch, links_dir, maps_dir,
-        not_attached, open_map, pinned_layout, remove_pins, unmount,
+        not_attached, open_map, pinned_layout, program_id, remove_pins, unmount,
     },
+    send_drops,
 };
 use crate::{
     error::{self, error, fail},
@@ -201,8 +202,8 @@ fn attach_one(
 
 impl Dataplane {
     /// Loads, attaches and pins; safe to run again (replaces programs
-    /// atomically, keeps maps and their entries).
-    pub fn attach(bpffs: &Path, opts: &AttachOptions) -> Result<()> {
+    /// atomically, keeps maps and their entries). Returns warnings: what works but not fully.
+    pub fn attach(bpffs: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
         let mut nics = Vec::new();
         for (names_, role) in [
             (&opts.external, Role::External),
@@ -244,7 +245,7 @@ impl Dataplane {
         bpffs: &Path,
         opts: &AttachOptions,
         nics: &[(String, u32, Role, [u8; 6])],
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let size = opts.max_associations.unwrap_or(DEFAULT_MAX_ASSOCIATIONS);
         let mut ebpf = load(bpffs, size)?;
         {
@@ -273,7 +274,23 @@ impl Dataplane {
         for (name, idx, role, _) in nics {
             attach_one(&mut ebpf, bpffs, name, *idx, *role, opts.mode)?;
         }
-        Ok(())
+        let mut warnings = Vec::new();
+        if opts.mode.is_xdp() {
+            // Every NIC's program, also of NICs attached before this call.
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(links_dir(bpffs))?.flatten() {
+                let name = entry.file_name();
+                if name.to_str().is_some_and(|n| n.contains('_')) {
+                    ids.push(program_id(&entry.path()));
+                }
+            }
+            if let Err(e) = send_drops::count(&mut ebpf, bpffs, &ids) {
+                warnings.push(format!(
+                    "redirects the kernel refuses will not be counted: {e:#}"
+                ));
+            }
+        }
+        Ok(warnings)
     }
 
     /// Removes the programs of `only` (every interface when empty), and
@@ -292,6 +309,10 @@ impl Dataplane {
         }
         let mut dp = Self::open_any_layout(bpffs)?;
         let mut devmap: DevMapHash<_> = DevMapHash::try_from(open_map(bpffs, names::REDIRECT)?)?;
+        // Absent from older layouts, which detach must still remove.
+        let mut drops: Option<PerCpuHashMap<_, u32, u64>> = open_map(bpffs, names::SEND_DROPS)
+            .ok()
+            .and_then(|m| PerCpuHashMap::try_from(m).ok());
         let links = links_dir(bpffs);
         if let Ok(entries) = fs::read_dir(&links) {
             for entry in entries {
@@ -304,6 +325,7 @@ impl Dataplane {
                 if !indexes.is_empty() && !idx.is_some_and(|i| indexes.contains(&i)) {
                     continue;
                 }
+                let prog = program_id(&path);
                 // Dropping the last reference to a bpf_link detaches it.
                 match PinnedLink::from_pin(&path) {
                     Ok(link) => drop(link.unpin()?),
@@ -312,13 +334,16 @@ impl Dataplane {
                 if let Some(i) = idx {
                     let _ = dp.ifaces.remove(&i);
                     let _ = devmap.remove(i);
+                    if let Some(d) = drops.as_mut() {
+                        let _ = d.remove(&prog);
+                    }
                 }
             }
         }
         if !indexes.is_empty() {
             return Ok(());
         }
-        drop((dp, devmap));
+        drop((dp, devmap, drops));
         for name in names::ALL {
             match fs::remove_file(maps_dir(bpffs).join(name)) {
                 Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),

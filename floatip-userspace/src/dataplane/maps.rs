@@ -27,7 +27,7 @@ use super::{
 };
 use crate::iface;
 
-const BPF_NOEXIST: u64 = 1;
+pub(super) const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
 /// Handle on the pinned maps of an attached data plane.

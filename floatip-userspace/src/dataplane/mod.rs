@@ -6,11 +6,13 @@
 //! - `maps/<NAME>`: every map, by the names in `floatip_common::maps`;
 //! - `links/<ifindex>_<mode>`: one bpf_link per interface (bpffs refuses
 //!   dots in names), which keeps the program attached after `floatip attach`
-//!   exits and lets a newer program replace it atomically (`BPF_LINK_UPDATE`).
+//!   exits and lets a newer program replace it atomically (`BPF_LINK_UPDATE`);
+//!   `links/send-drops-*`: the tracepoint programs of [`send_drops`].
 //!
 //! By concern: [`pins`] (the bpffs layout), [`attach`] (load, attach,
 //! detach), [`maps`] (the map handle with its slot allocator and
-//! anti-spoofing filter), [`status`] (what `floatip status` reads), plus the
+//! anti-spoofing filter), [`status`] (what `floatip status` reads),
+//! [`send_drops`] (counting what the kernel drops after a send), plus the
 //! event log, the benchmark rig and, for tests only, the test-run harness.
 
 mod attach;
@@ -19,6 +21,7 @@ mod hops;
 pub mod log;
 mod maps;
 mod pins;
+mod send_drops;
 mod status;
 #[cfg(any(test, feature = "test-harness"))]
 pub mod testrun;

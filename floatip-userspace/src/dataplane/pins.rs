@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, Map, MapData, MapError};
+use aya::{
+    maps::{Array, Map, MapData, MapError},
+    programs::links::{FdLink, PinnedLink},
+};
 use floatip_common::{MAP_LAYOUT_VERSION, Meta, maps as names};
 
 use super::Mode;
@@ -121,6 +124,15 @@ pub(super) fn find_link(bpffs: &Path, ifindex: u32) -> Result<Option<(PathBuf, M
         }
     }
     Ok(None)
+}
+
+/// The id of the program behind the pinned link at `path` (0 when it cannot be read).
+pub(super) fn program_id(path: &Path) -> u32 {
+    PinnedLink::from_pin(path)
+        .ok()
+        .and_then(|l| FdLink::from(l).info().ok())
+        .map(|i| i.program_id())
+        .unwrap_or(0)
 }
 
 /// Reads the layout version of already pinned maps, if any.

@@ -3,10 +3,13 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Result, anyhow};
-use aya::programs::links::{FdLink, PinnedLink};
-use floatip_common::outcome;
+use aya::maps::PerCpuHashMap;
+use floatip_common::{maps as names, outcome};
 
-use super::{Dataplane, Mode, Role, from_key, pins::find_link};
+use super::{
+    Dataplane, Mode, Role, from_key,
+    pins::{find_link, open_map, program_id},
+};
 use crate::iface;
 
 /// An attached interface, as `floatip status` shows it.
@@ -25,6 +28,9 @@ pub struct Attached {
     /// The driver's XDP transmit/redirect error and drop counters, summed (`ethtool -S`);
     /// `None` when it keeps none.
     pub xdp_errors: Option<u64>,
+    /// Frames this NIC's program redirected that the kernel then refused to send and dropped,
+    /// as floatip's own tracepoint program counts them; `None` where it does not run (tc).
+    pub send_drops: Option<u64>,
 }
 
 /// Everything `floatip status` prints.
@@ -119,17 +125,15 @@ impl Dataplane {
 
     /// Everything `floatip status` shows.
     pub fn status(&self) -> Result<DataplaneStatus> {
+        let drops: PerCpuHashMap<_, u32, u64> =
+            PerCpuHashMap::try_from(open_map(&self.bpffs, names::SEND_DROPS)?)?;
         let mut interfaces = Vec::new();
         for item in self.ifaces.iter() {
             let (idx, info) = item?;
             let Some((path, mode)) = find_link(&self.bpffs, idx)? else {
                 continue;
             };
-            let program_id = PinnedLink::from_pin(&path)
-                .ok()
-                .and_then(|l| FdLink::from(l).info().ok())
-                .map(|i| i.program_id())
-                .unwrap_or(0);
+            let program_id = program_id(&path);
             let link = iface::link_info(idx).ok().flatten().unwrap_or_default();
             interfaces.push(Attached {
                 ifindex: idx,
@@ -141,6 +145,7 @@ impl Dataplane {
                 tx_dropped: link.tx_dropped,
                 tx_errors: link.tx_errors,
                 xdp_errors: iface::name(idx).and_then(|n| iface::xdp_errors(&n).ok().flatten()),
+                send_drops: drops.get(&program_id, 0).ok().map(|v| v.iter().sum()),
             });
         }
         interfaces.sort_by_key(|a| a.ifindex);
