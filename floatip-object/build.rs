@@ -1,8 +1,8 @@
 //! Builds the eBPF objects of `floatip-ebpf` with aya-build so that the
 //! binary can embed them.
-use anyhow::{Context as _, anyhow};
 use std::{fs::File, path::PathBuf};
 
+use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
