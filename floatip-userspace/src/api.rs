@@ -12,6 +12,7 @@ mod networks;
 mod ports;
 mod query;
 mod quotas;
+mod tags;
 mod versions;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};

@@ -503,10 +503,12 @@ impl<'c> Tx<'c> {
         ranges: &str,
         excludes: &str,
         external_iface: Option<&str>,
+        description: Option<&str>,
     ) -> Result<PoolRow> {
         self.tx.execute(
-            "INSERT INTO pools (name, ranges, excludes, external_iface) VALUES (?1, ?2, ?3, ?4)",
-            params![name, ranges, excludes, external_iface],
+            "INSERT INTO pools (name, ranges, excludes, external_iface, description) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, ranges, excludes, external_iface, description],
         )?;
         Ok(self.pool_get(name)?.expect("just inserted"))
     }
@@ -778,7 +780,15 @@ mod tests {
     fn add_pool(store: &mut Store, name: &str, range: &str) -> PoolRanges {
         let ranges = PoolRanges::parse(&[range], &[]).unwrap();
         store
-            .write(|tx| tx.pool_insert(name, &ranges.ranges_text(), &ranges.excludes_text(), None))
+            .write(|tx| {
+                tx.pool_insert(
+                    name,
+                    &ranges.ranges_text(),
+                    &ranges.excludes_text(),
+                    None,
+                    None,
+                )
+            })
             .unwrap();
         ranges
     }
@@ -841,7 +851,7 @@ mod tests {
         assert!(pool.created_at.ends_with('Z'));
         assert!(
             store
-                .write(|tx| tx.pool_insert("public", "10.0.0.0/8", "", None))
+                .write(|tx| tx.pool_insert("public", "10.0.0.0/8", "", None, None))
                 .is_err()
         );
 

@@ -111,6 +111,7 @@ fn api() {
         assert!(out.success(), "attach: {out}");
         let net = networks(&c);
         ports_and_floating_ips(&c, &lab, &net);
+        tags(&c, &lab, &net);
         bad_input(&c, &lab, &net);
         quotas(&c, &lab, &net);
         prometheus(&c, &lab);
@@ -170,7 +171,9 @@ fn detached(c: &Client, lab: &Lab) {
         .map(|x| x["alias"].as_str().unwrap())
         .collect();
     assert!(
-        aliases.contains(&"external-net") && aliases.contains(&"quotas"),
+        aliases.contains(&"external-net")
+            && aliases.contains(&"quotas")
+            && aliases.contains(&"standard-attr-tag"),
         "{aliases:?}"
     );
     expect(
@@ -227,6 +230,190 @@ fn detached(c: &Client, lab: &Lab) {
         204,
         "release while detached",
     );
+}
+
+/// Neutron's tag extension on floating IPs: the `tags` sub-resource (replace, clear, check,
+/// add and remove one), the four list filters, scoping, and refusals that change nothing.
+fn tags(c: &Client, lab: &Lab, net: &Nets) {
+    let create = |user| {
+        let body = json!({"floatingip": {"floating_network_id": net.public}});
+        let r = c.call("POST", "/v2.0/floatingips", user, Some(&body));
+        expect(&r, 201, "allocate for tags");
+        r.body["floatingip"]["id"].as_str().unwrap().to_owned()
+    };
+    let (a, b, theirs) = (create(ALICE), create(ALICE), create(BOB));
+    let url = |id: &str, rest: &str| format!("/v2.0/floatingips/{id}/tags{rest}");
+    let tags_of = |id: &str| {
+        let r = c.call("GET", &url(id, ""), ALICE, None);
+        expect(&r, 200, "the tags");
+        r.body["tags"].clone()
+    };
+
+    let r = c.call(
+        "PUT",
+        &url(&a, ""),
+        ALICE,
+        Some(&json!({"tags": ["web", "blue"]})),
+    );
+    expect(&r, 200, "replace the tags");
+    assert_eq!(r.body, json!({"tags": ["blue", "web"]}));
+    for tag in ["web", "web", "db"] {
+        let r = c.call("PUT", &url(&b, &format!("/{tag}")), ALICE, None);
+        expect(&r, 201, "add a tag (again: no error)");
+    }
+    assert_eq!(tags_of(&b), json!(["db", "web"]));
+    expect(
+        &c.call("GET", &url(&b, "/db"), ALICE, None),
+        204,
+        "a tag it has",
+    );
+    let r = c.call("GET", &url(&b, "/blue"), ALICE, None);
+    expect(&r, 404, "a tag it does not have");
+    assert_eq!(r.error_type(), Some("TagNotFound"));
+    let shown = c.call("GET", &format!("/v2.0/floatingips/{a}"), ALICE, None);
+    assert_eq!(shown.body["floatingip"]["tags"], json!(["blue", "web"]));
+
+    // The filters (a: blue, web; b: db, web), over alice's other addresses too.
+    let listed = |q: &str| {
+        let r = c.call("GET", &format!("/v2.0/floatingips?{q}"), ALICE, None);
+        expect(&r, 200, q);
+        let found = ids(&r.body, "floatingips");
+        assert!(!found.contains(&theirs), "{q}: another project's");
+        [&a, &b]
+            .into_iter()
+            .filter(|id| found.contains(id))
+            .map(|id| if *id == a { "a" } else { "b" })
+            .collect::<Vec<_>>()
+    };
+    for (q, want) in [
+        ("tags=web", &["a", "b"][..]),
+        ("tags=web,blue", &["a"]),
+        ("tags=web&tags=blue", &["a"]),
+        ("tags-any=blue,db", &["a", "b"]),
+        ("tags-any=db", &["b"]),
+        ("not-tags=web,blue", &["b"]),
+        ("not-tags=web", &[]),
+        ("not-tags-any=blue", &["b"]),
+        ("not-tags-any=blue,db", &[]),
+        ("tags-any=web&not-tags=db,web", &["a"]),
+        ("tags=web&not-tags-any=db&fields=id&fields=tags", &["a"]),
+    ] {
+        assert_eq!(listed(q), want, "{q}");
+    }
+    let page = c.call("GET", "/v2.0/floatingips?tags=web&limit=1", ALICE, None);
+    let next = page.body["floatingips_links"][0]["href"].as_str().unwrap();
+    assert!(
+        next.contains("tags=web"),
+        "the next page keeps the filter: {next}"
+    );
+
+    // Refusals: one Neutron error each, nothing changed (a PUT of the whole set is all or
+    // nothing).
+    let put = |id: &str, user, body: Value| c.call("PUT", &url(id, ""), user, Some(&body));
+    let sixty_five: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+    for (what, status, kind, req) in [
+        (
+            "a tag with a comma",
+            400,
+            "InvalidInput",
+            Box::new(|| c.call("PUT", &url(&a, "/x%2Cy"), ALICE, None)) as Box<dyn Fn() -> Reply>,
+        ),
+        (
+            "a tag with a blank",
+            400,
+            "InvalidInput",
+            Box::new(|| put(&a, ALICE, json!({"tags": ["ok", "two words"]}))),
+        ),
+        (
+            "a tag twice",
+            400,
+            "InvalidInput",
+            Box::new(|| put(&a, ALICE, json!({"tags": ["d", "d"]}))),
+        ),
+        (
+            "not a list",
+            400,
+            "HTTPBadRequest",
+            Box::new(|| put(&a, ALICE, json!({"tags": "web"}))),
+        ),
+        (
+            "65 tags",
+            400,
+            "InvalidInput",
+            Box::new(|| put(&a, ALICE, json!({"tags": sixty_five}))),
+        ),
+        (
+            "removing a tag it does not have",
+            404,
+            "TagNotFound",
+            Box::new(|| c.call("DELETE", &url(&b, "/blue"), ALICE, None)),
+        ),
+        (
+            "another project's floating IP",
+            404,
+            "FloatingIPNotFound",
+            Box::new(|| c.call("PUT", &url(&a, "/x"), BOB, None)),
+        ),
+        (
+            "clearing another project's",
+            404,
+            "FloatingIPNotFound",
+            Box::new(|| c.call("DELETE", &url(&a, ""), BOB, None)),
+        ),
+        (
+            "reading another project's",
+            404,
+            "FloatingIPNotFound",
+            Box::new(|| c.call("GET", &url(&theirs, ""), ALICE, None)),
+        ),
+        (
+            "replacing another project's",
+            404,
+            "FloatingIPNotFound",
+            Box::new(|| put(&theirs, ALICE, json!({"tags": []}))),
+        ),
+        (
+            "no such floating IP",
+            404,
+            "FloatingIPNotFound",
+            Box::new(|| c.call("PUT", &url("nope", "/x"), ALICE, None)),
+        ),
+        (
+            "a misspelt filter",
+            400,
+            "HTTPBadRequest",
+            Box::new(|| c.call("GET", "/v2.0/floatingips?not-tag=x", ALICE, None)),
+        ),
+    ] {
+        let r = refused(c, lab, status, what, req);
+        assert_eq!(r.error_type(), Some(kind), "{what}: {}", r.text);
+    }
+    assert_eq!(tags_of(&a), json!(["blue", "web"]));
+
+    // The admin may tag any project's; removing one tag, then all.
+    expect(
+        &c.call("PUT", &url(&theirs, "/audited"), ADMIN, None),
+        201,
+        "admin tags",
+    );
+    let r = c.call("GET", &format!("/v2.0/floatingips/{theirs}"), BOB, None);
+    assert_eq!(r.body["floatingip"]["tags"], json!(["audited"]));
+    expect(
+        &c.call("DELETE", &url(&b, "/db"), ALICE, None),
+        204,
+        "remove a tag",
+    );
+    assert_eq!(tags_of(&b), json!(["web"]));
+    expect(
+        &c.call("DELETE", &url(&a, ""), ALICE, None),
+        204,
+        "remove every tag",
+    );
+    assert_eq!(tags_of(&a), json!([]));
+    for (id, user) in [(&a, ALICE), (&b, ALICE), (&theirs, BOB)] {
+        let r = c.call("DELETE", &format!("/v2.0/floatingips/{id}"), user, None);
+        expect(&r, 204, "release");
+    }
 }
 
 struct Nets {

@@ -96,6 +96,83 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
+/// Tags as the CLI drives Neutron's tag extension: `create --tag`, `set --tag/--no-tag`,
+/// `unset --tag/--all-tag` (each a PUT of the whole set), the four list filters, `show`.
+/// Leaves the floating IPs as it found them.
+fn tags(os: &Os) {
+    let third = os.json(
+        "alice",
+        &[
+            "floating", "ip", "create", "--tag", "web", "--tag", "blue", "public",
+        ],
+    );
+    let third = field(&third, "floating_ip_address").to_owned();
+    let tags_of = |ip: &str| os.json("alice", &["floating", "ip", "show", ip])["tags"].clone();
+    assert_eq!(tags_of(&third), serde_json::json!(["blue", "web"]));
+    os.ok("alice", &["floating", "ip", "set", "--tag", "db", FIP]);
+    os.ok("alice", &["floating", "ip", "set", "--tag", "web", FIP]);
+    assert_eq!(tags_of(FIP), serde_json::json!(["db", "web"]));
+    // 203.0.113.10: none; FIP: db, web; third: blue, web.
+    let listed = |filter: &[&str]| {
+        let args = [&["floating", "ip", "list"][..], filter].concat();
+        let mut found: Vec<String> = os
+            .json("alice", &args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| field(r, "Floating IP Address").to_owned())
+            .collect();
+        found.sort(); // as text: .10, .11 (third), .15
+        found
+    };
+    let (none, fip, third) = ("203.0.113.10", FIP, third.as_str());
+    assert_eq!(listed(&["--tags", "web,blue"]), [third]);
+    assert_eq!(listed(&["--any-tags", "db,blue"]), [third, fip]);
+    assert_eq!(listed(&["--not-tags", "web,blue"]), [none, fip]);
+    assert_eq!(listed(&["--not-any-tags", "db"]), [none, third]);
+    assert_eq!(
+        listed(&[
+            "--tags",
+            "web",
+            "--any-tags",
+            "db,blue",
+            "--not-tags",
+            "blue,db",
+            "--not-any-tags",
+            "blue",
+        ]),
+        [fip]
+    );
+    let long = os.json(
+        "alice",
+        &["floating", "ip", "list", "--long", "--tags", "db"],
+    );
+    assert_eq!(long[0]["Tags"], serde_json::json!(["db", "web"]), "{long}");
+
+    os.ok(
+        "alice",
+        &["floating", "ip", "set", "--no-tag", "--tag", "new", third],
+    );
+    assert_eq!(tags_of(third), serde_json::json!(["new"]));
+    os.ok("alice", &["floating", "ip", "unset", "--tag", "db", FIP]);
+    assert_eq!(tags_of(FIP), serde_json::json!(["web"]));
+    os.ok("alice", &["floating", "ip", "unset", "--all-tag", FIP]);
+    assert_eq!(tags_of(FIP), serde_json::json!([]));
+    // Refused in one line, with the server's reason; nothing changed.
+    os.fails(
+        "alice",
+        &["floating", "ip", "set", "--tag", "a,b", third],
+        "must not contain ','",
+    );
+    os.fails(
+        "bob",
+        &["floating", "ip", "set", "--tag", "mine", third],
+        "No FloatingIP found",
+    );
+    assert_eq!(tags_of(third), serde_json::json!(["new"]));
+    os.ok("alice", &["floating", "ip", "delete", third]);
+}
+
 #[test]
 fn openstack_cli() {
     netns::require_root();
@@ -186,6 +263,7 @@ fn openstack_cli() {
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     let shown = os.json("alice", &["floating", "ip", "show", FIP]);
     assert_eq!(field(&shown, "id"), field(&chosen, "id"));
+    tags(&os);
 
     // Associate with web1: ping and TCP reach inst1.
     os.ok("alice", &["floating", "ip", "set", "--port", "web1", FIP]);

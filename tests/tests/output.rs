@@ -252,6 +252,16 @@ fn tags_descriptions_and_pool_set() {
         Vec::<String>::new()
     );
     assert_eq!(listed(&["--floating-ip-address", "192.0.2.9"]), ["2"]);
+    // --not-tags: not all of them; --not-any-tags: none of them (Neutron's not-tags,
+    // not-tags-any).
+    assert_eq!(listed(&["--not-tags", "web,blue"]), ["2", "3", "4"]);
+    assert_eq!(listed(&["--not-tags", "web"]), ["3", "4"]);
+    assert_eq!(listed(&["--not-any-tags", "blue,db"]), ["2", "4"]);
+    assert_eq!(
+        listed(&["--tags", "web", "--not-any-tags", "blue"]),
+        ["2"],
+        "the filters combine"
+    );
     // The usual table keeps its columns; --long shows the tags.
     let long = ok(&["ip", "list", "--long", "--tags", "blue"]);
     assert!(long.lines().next().unwrap().contains("tags"), "{long}");
@@ -278,6 +288,20 @@ fn tags_descriptions_and_pool_set() {
     assert_eq!(
         ok(&["pool", "list", "-f", "value", "-c", "description"]),
         "the public range\n"
+    );
+    // `pool create --description`.
+    ok(&[
+        "pool",
+        "create",
+        "q",
+        "--range",
+        "198.51.100.8/30",
+        "--description",
+        "the second range",
+    ]);
+    assert_eq!(
+        ok(&["pool", "show", "q", "-f", "value", "-c", "description"]),
+        "the second range\n"
     );
 
     // Bad input: one line, its kind's exit code, nothing changed (not even the valid part).
@@ -360,6 +384,19 @@ fn tags_descriptions_and_pool_set() {
             "control",
         ),
         (&["ip", "list", "--fixed-ip-address", "10.0.0"], 2, "10.0.0"),
+        (
+            &[
+                "pool",
+                "create",
+                "r",
+                "--range",
+                "198.51.100.64/30",
+                "--description",
+                "nul\u{1}",
+            ],
+            2,
+            "control",
+        ),
     ] {
         let out = floatip(&dir, args);
         assert_eq!(

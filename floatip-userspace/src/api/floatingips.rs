@@ -19,6 +19,7 @@ use super::{
     networks::Topology,
     ports::acting_project,
     query::{ListQuery, select_fields},
+    tags,
 };
 use crate::{
     addr::parse_ipv4,
@@ -31,6 +32,14 @@ pub fn routes() -> Router<Shared> {
         .route(
             "/v2.0/floatingips/{id}",
             get(show).put(update).delete(delete),
+        )
+        .route(
+            "/v2.0/floatingips/{id}/tags",
+            get(tags::list).put(tags::replace).delete(tags::clear),
+        )
+        .route(
+            "/v2.0/floatingips/{id}/tags/{tag}",
+            get(tags::check).put(tags::add).delete(tags::remove),
         )
 }
 
@@ -47,9 +56,10 @@ const FIP_FIELDS: &[&str] = &[
     "router_id",
     "created_at",
     "updated_at",
+    "tags",
 ];
 
-const NOT_FOUND: &str = "FloatingIPNotFound";
+pub(super) const NOT_FOUND: &str = "FloatingIPNotFound";
 
 fn view(s: &FloatingIpState) -> Value {
     let ip = &s.ip;
@@ -71,7 +81,7 @@ fn view(s: &FloatingIpState) -> Value {
 }
 
 /// The row id in `id`; anything that is not a floating IP id is simply not found.
-fn row_id(id: &str) -> ApiResult<i64> {
+pub(super) fn row_id(id: &str) -> ApiResult<i64> {
     ids::parse_floating(id).ok_or_else(|| {
         ApiError::not_found(NOT_FOUND, format!("floating IP {id} could not be found"))
     })
@@ -82,7 +92,8 @@ async fn list(
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let query = ListQuery::parse(q.as_deref(), FIP_FIELDS)?;
+    let query = ListQuery::parse_with(q.as_deref(), FIP_FIELDS, &tags::FILTERS)?;
+    let [tags, any_tags, not_tags, not_any_tags] = tags::FILTERS.map(|k| query.list_param(k));
     // Narrowed in the database where a filter allows; the rest is filtered on the records.
     let project = caller.scope().or_else(|| {
         query
@@ -108,6 +119,10 @@ async fn list(
             c.ip_list_states(&IpQuery {
                 pool: pool.as_deref(),
                 project: project.as_deref(),
+                tags: &tags,
+                any_tags: &any_tags,
+                not_tags: &not_tags,
+                not_any_tags: &not_any_tags,
                 ..Default::default()
             })
         })
@@ -125,14 +140,18 @@ async fn show(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let row = row_id(&id)?;
-    let scope = caller.scope();
-    let state = api
-        .control(NOT_FOUND, move |c| c.ip_by_id(row, scope.as_deref()))
-        .await?;
+    let state = by_id(&api, &caller, &id).await?;
     Ok(Json(
         json!({"floatingip": select_fields(q.as_deref(), FIP_FIELDS, view(&state))?}),
     ))
+}
+
+/// The floating IP `id` as `caller` may see it.
+pub(super) async fn by_id(api: &Shared, caller: &Caller, id: &str) -> ApiResult<FloatingIpState> {
+    let row = row_id(id)?;
+    let scope = caller.scope();
+    api.control(NOT_FOUND, move |c| c.ip_by_id(row, scope.as_deref()))
+        .await
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,8 @@ pub struct ListQuery {
     sort: Vec<(String, bool)>,
     limit: Option<usize>,
     marker: Option<String>,
+    /// Values of the collection's own parameters (see [`Self::parse_with`]), in order.
+    params: Vec<(String, String)>,
     /// Everything but `marker`, to build the next link.
     carried: Vec<(String, String)>,
 }
@@ -32,6 +34,13 @@ impl ListQuery {
     /// Parses the query string; `filters` are the keys that may filter, sort and be chosen
     /// with `fields`.
     pub fn parse(raw: Option<&str>, filters: &[&str]) -> ApiResult<Self> {
+        Self::parse_with(raw, filters, &[])
+    }
+
+    /// [`Self::parse`] that also takes `params`, keys with a meaning of the collection's
+    /// own (Neutron's tag filters): their values are for [`Self::list_param`], and are
+    /// carried into the next link like filters.
+    pub fn parse_with(raw: Option<&str>, filters: &[&str], params: &[&str]) -> ApiResult<Self> {
         let mut q = Self::default();
         let mut sort_keys = Vec::new();
         let mut sort_dirs = Vec::new();
@@ -78,6 +87,7 @@ impl ListQuery {
                         return Err(ApiError::bad_request("page_reverse is not supported"));
                     }
                 }
+                key if params.contains(&key) => q.params.push((k, v)),
                 key if filters.contains(&key) => match q.filters.iter_mut().find(|(f, _)| f == key)
                 {
                     Some((_, values)) => values.push(v),
@@ -110,6 +120,18 @@ impl ListQuery {
             .iter()
             .find(|(k, _)| k == key)
             .and_then(|(_, v)| (v.len() == 1).then(|| v[0].as_str()))
+    }
+
+    /// The values of parameter `key` as a list: comma-separated, and repeatable (`a,b` and
+    /// `key=a&key=b` are the same); empty items are dropped.
+    pub fn list_param(&self, key: &str) -> Vec<String> {
+        self.params
+            .iter()
+            .filter(|(k, _)| k == key)
+            .flat_map(|(_, v)| v.split(','))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Filters, sorts, pages and trims `items`, and wraps them as `{collection: [...]}` (plus
@@ -286,6 +308,29 @@ mod tests {
         assert!(rest.get("things_links").is_none());
         let trimmed = q("fields=id&status=DOWN");
         assert_eq!(trimmed["things"], json!([{"id": "b"}]));
+    }
+
+    #[test]
+    fn list_params_split_repeat_and_carry() {
+        let q = ListQuery::parse_with(
+            Some("tags=a,b&limit=1&tags=c,&x-y=d"),
+            KEYS,
+            &["tags", "x-y"],
+        )
+        .unwrap();
+        assert_eq!(q.list_param("tags"), ["a", "b", "c"]);
+        assert_eq!(q.list_param("x-y"), ["d"]);
+        assert!(q.list_param("other").is_empty());
+        let page = q.apply("things", "/t", items()).unwrap();
+        assert_eq!(
+            page["things_links"][0]["href"],
+            "/t?tags=a%2Cb&limit=1&tags=c%2C&x-y=d&marker=a"
+        );
+        assert_eq!(
+            ListQuery::parse(Some("tags=a"), KEYS).unwrap_err().status,
+            400,
+            "only where the collection takes it"
+        );
     }
 
     #[test]

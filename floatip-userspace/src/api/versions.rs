@@ -99,6 +99,11 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "Adds created_at and updated_at fields to all Neutron resources.",
     ),
     (
+        "standard-attr-tag",
+        "Tag support for resources with standard attribute: floatingip",
+        "Enables to set tag on floating IPs, and to filter lists by them.",
+    ),
+    (
         "pagination",
         "Pagination support",
         "Extension that indicates that pagination is enabled.",

@@ -59,6 +59,12 @@ pub enum IpCmd {
         /// Only floating IPs that have at least one of these tags.
         #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
         any_tags: Vec<String>,
+        /// Leave out floating IPs that have all of these tags.
+        #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
+        not_tags: Vec<String>,
+        /// Leave out floating IPs that have any of these tags.
+        #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
+        not_any_tags: Vec<String>,
     },
     /// Show one floating IP.
     Show {
@@ -171,6 +177,8 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
             instance,
             tags,
             any_tags,
+            not_tags,
+            not_any_tags,
         } => {
             let query = IpQuery {
                 pool: pool.as_deref(),
@@ -184,6 +192,8 @@ pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
                 instance: instance.as_deref(),
                 tags,
                 any_tags,
+                not_tags,
+                not_any_tags,
             };
             output::print_list(fmt, &open()?.ip_list(&query)?)
         }

@@ -21,6 +21,9 @@ pub enum PoolCmd {
         /// External interface the pool's addresses arrive on.
         #[arg(long, value_name = "IFACE")]
         external: Option<String>,
+        /// A description (at most 255 characters).
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
     },
     /// List pools with their address counts.
     List,
@@ -47,11 +50,16 @@ pub fn run(cli: &super::Cli, cmd: &PoolCmd) -> Result<()> {
     };
     let mut control = Control::open(&cli.state, &cli.bpffs)?;
     match cmd {
-        PoolCmd::Create { name, external, .. } => {
+        PoolCmd::Create {
+            name,
+            external,
+            description,
+            ..
+        } => {
             let ranges = ranges.expect("parsed above");
             output::print_one(
                 &cli.format,
-                &control.pool_create(name, &ranges, external.as_deref())?,
+                &control.pool_create(name, &ranges, external.as_deref(), description.as_deref())?,
             )
         }
         PoolCmd::List => output::print_list(&cli.format, &control.pool_list()?),

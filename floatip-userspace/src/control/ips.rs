@@ -93,14 +93,17 @@ impl Control {
                     instance: query.instance,
                 };
                 let has = |r: &FloatingIp, t: &String| r.tags.binary_search(t).is_ok();
+                // Neutron's four: an empty list does not filter.
+                let all = |r: &FloatingIp, tags: &[String]| tags.iter().all(|t| has(r, t));
+                let any = |r: &FloatingIp, tags: &[String]| tags.iter().any(|t| has(r, t));
                 Ok(tx
                     .ip_list(&filter)?
                     .into_iter()
                     .map(FloatingIp::from)
-                    .filter(|r| query.tags.iter().all(|t| has(r, t)))
-                    .filter(|r| {
-                        query.any_tags.is_empty() || query.any_tags.iter().any(|t| has(r, t))
-                    })
+                    .filter(|r| all(r, query.tags))
+                    .filter(|r| query.any_tags.is_empty() || any(r, query.any_tags))
+                    .filter(|r| query.not_tags.is_empty() || !all(r, query.not_tags))
+                    .filter(|r| !any(r, query.not_any_tags))
                     .collect())
             })
             .map(|records| self.as_served(records))

@@ -21,8 +21,12 @@ impl Control {
         name: &str,
         ranges: &PoolRanges,
         external: Option<&str>,
+        description: Option<&str>,
     ) -> Result<Pool> {
         validate_name("pool name", name, 64)?;
+        if let Some(d) = description {
+            validate_text("description", d, 255)?;
+        }
         if let Some(iface) = external {
             validate_iface(iface)?;
         }
@@ -56,7 +60,13 @@ impl Control {
                     entries.len()
                 );
             }
-            let row = tx.pool_insert(name, &ranges.ranges_text(), &ranges.excludes_text(), external)?;
+            let row = tx.pool_insert(
+                name,
+                &ranges.ranges_text(),
+                &ranges.excludes_text(),
+                external,
+                description,
+            )?;
             if let Some(m) = maps.as_deref_mut() {
                 trie_add(m, &entries, nic)?;
                 added = true;

@@ -108,6 +108,10 @@ pub struct IpQuery<'a> {
     pub tags: &'a [String],
     /// Only addresses that have at least one of these tags.
     pub any_tags: &'a [String],
+    /// Not the addresses that have every one of these tags.
+    pub not_tags: &'a [String],
+    /// Not the addresses that have any of these tags.
+    pub not_any_tags: &'a [String],
 }
 
 /// Changes of `ip set`/`ip unset` (and the API's update); applied in this order: clear the

@@ -206,9 +206,14 @@ fn assoc<'a>(floating: &str, fixed: &str) -> Associate<'a> {
 /// A pool "public" on 203.0.113.0/29 (6 usable addresses) and one on 192.0.2.0/30.
 fn with_pools(env: &Env) -> Control {
     let mut c = env.attached();
-    c.pool_create("public", &ranges(&["203.0.113.0/29"], &[]), Some("eth0"))
-        .unwrap();
-    c.pool_create("small", &ranges(&["192.0.2.0/30"], &[]), None)
+    c.pool_create(
+        "public",
+        &ranges(&["203.0.113.0/29"], &[]),
+        Some("eth0"),
+        None,
+    )
+    .unwrap();
+    c.pool_create("small", &ranges(&["192.0.2.0/30"], &[]), None, None)
         .unwrap();
     c
 }
@@ -222,6 +227,7 @@ fn pool_lifecycle() {
             "public",
             &ranges(&["203.0.113.0/24"], &["203.0.113.9"]),
             Some("eth0"),
+            None,
         )
         .unwrap();
     assert_eq!((p.total, p.allocated, p.free), (253, 0, 253));
@@ -237,15 +243,20 @@ fn pool_lifecycle() {
     );
 
     assert_eq!(
-        err(c.pool_create("public", &ranges(&["192.0.2.0/24"], &[]), None)),
+        err(c.pool_create("public", &ranges(&["192.0.2.0/24"], &[]), None, None)),
         "pool public already exists"
     );
     assert_eq!(
-        err(c.pool_create("other", &ranges(&["203.0.113.128-203.0.114.5"], &[]), None)),
+        err(c.pool_create(
+            "other",
+            &ranges(&["203.0.113.128-203.0.114.5"], &[]),
+            None,
+            None
+        )),
         "pool other (203.0.113.128-203.0.114.5) overlaps pool public (203.0.113.0/24)"
     );
     assert_eq!(
-        err(c.pool_create("mine", &ranges(&["198.51.100.0/24"], &[]), None)),
+        err(c.pool_create("mine", &ranges(&["198.51.100.0/24"], &[]), None, None)),
         "pool mine contains 198.51.100.1, an address of the gateway's interface eth0; leave it out with \
          --exclude 198.51.100.1"
     );
@@ -253,10 +264,12 @@ fn pool_lifecycle() {
         "mine",
         &ranges(&["198.51.100.0/24"], &["198.51.100.1"]),
         None,
+        None,
     )
     .unwrap();
     assert!(
-        err(c.pool_create("bad name", &ranges(&["192.0.2.0/24"], &[]), None)).contains("blanks")
+        err(c.pool_create("bad name", &ranges(&["192.0.2.0/24"], &[]), None, None))
+            .contains("blanks")
     );
 
     c.ip_create("public", None, None, None).unwrap();
@@ -289,7 +302,7 @@ fn pool_lifecycle() {
 fn pools_work_without_the_data_plane() {
     let env = Env::new("ctl-pool-detached");
     let mut c = env.detached();
-    c.pool_create("public", &ranges(&["203.0.113.0/29"], &[]), None)
+    c.pool_create("public", &ranges(&["203.0.113.0/29"], &[]), None, None)
         .unwrap();
     let fip = c
         .ip_create("public", None, Some("demo"), Some("web"))
@@ -765,15 +778,16 @@ fn topology_is_validated() {
     let env = Env::new("ctl-topology");
     let mut c = with_pools(&env);
     assert_eq!(
-        err(c.pool_create("tenant", &ranges(&["10.1.0.0/24"], &[]), None)),
+        err(c.pool_create("tenant", &ranges(&["10.1.0.0/24"], &[]), None, None)),
         "pool tenant (10.1.0.0/24) overlaps 10.0.0.0/8, a subnet routed through the internal \
          interface int0"
     );
     assert!(
-        err(c.pool_create("lo", &ranges(&["127.1.0.0/24"], &[]), None)).contains("127.0.0.0/8")
+        err(c.pool_create("lo", &ranges(&["127.1.0.0/24"], &[]), None, None))
+            .contains("127.0.0.0/8")
     );
     assert_eq!(
-        err(c.pool_create("far", &ranges(&["192.0.2.64/28"], &[]), Some("int0"))),
+        err(c.pool_create("far", &ranges(&["192.0.2.64/28"], &[]), Some("int0"), None)),
         "int0 is not an external interface of this gateway (attached: eth0)"
     );
     c.ip_create("public", None, None, None).unwrap();
@@ -821,7 +835,7 @@ fn tenant_subnets_are_one_list() {
         ]
     );
     assert_eq!(
-        err(c.pool_create("behind", &ranges(&["172.16.5.0/24"], &[]), None)),
+        err(c.pool_create("behind", &ranges(&["172.16.5.0/24"], &[]), None, None)),
         "pool behind (172.16.5.0/24) overlaps 172.16.0.0/16, a subnet routed through the internal \
          interface int0"
     );
