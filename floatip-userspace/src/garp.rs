@@ -29,6 +29,7 @@ pub fn frame(mac: &[u8; 6], ip: Ipv4Addr, op: u16) -> [u8; 42] {
 
 /// Announces `ip` at `mac` out of the interface `ifindex`.
 pub fn announce(ifindex: u32, mac: &[u8; 6], ip: Ipv4Addr) -> Result<()> {
+    crate::failpoint::pause("garp");
     let fd = unsafe {
         libc::socket(
             libc::AF_PACKET,
