@@ -48,7 +48,8 @@ pub fn run(config: Config) -> Result<()> {
             opts.internal.join(",")
         );
     }
-    let announcer = Arc::new(Announcer::start().context("cannot open a socket for gratuitous ARP")?);
+    let announcer =
+        Arc::new(Announcer::start().context("cannot open a socket for gratuitous ARP")?);
     let worker = Worker::start(
         config.state.clone(),
         config.bpffs.clone(),

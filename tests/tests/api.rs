@@ -1398,7 +1398,11 @@ fn announcement_off_the_request_path() {
             let r = c.call("PUT", &path, ADMIN, Some(&body));
             answered.push(t.elapsed().as_millis());
             expect(&r, 200, "associate / move");
-            assert_eq!(r.body["floatingip"]["fixed_ip_address"], fixed, "{}", r.text);
+            assert_eq!(
+                r.body["floatingip"]["fixed_ip_address"], fixed,
+                "{}",
+                r.text
+            );
             assert_eq!(r.body["floatingip"]["status"], "ACTIVE", "{}", r.text);
         }
         answered
@@ -1458,8 +1462,9 @@ fn group_commit() {
         let c = Client::new();
         let nets = c.call("GET", "/v2.0/networks?name=gw-int", ADMIN, None);
         let internal = nets.body["networks"][0]["id"].as_str().unwrap().to_owned();
-        let public = c.call("GET", "/v2.0/networks?name=public", ADMIN, None).body["networks"]
-            [0]["id"]
+        let public = c
+            .call("GET", "/v2.0/networks?name=public", ADMIN, None)
+            .body["networks"][0]["id"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -1479,7 +1484,12 @@ fn group_commit() {
         }
         let body = json!({"floatingip": {"port_id": ports[0]}});
         let id = fips[0]["id"].as_str().unwrap();
-        let r = c.call("PUT", &format!("/v2.0/floatingips/{id}"), ADMIN, Some(&body));
+        let r = c.call(
+            "PUT",
+            &format!("/v2.0/floatingips/{id}"),
+            ADMIN,
+            Some(&body),
+        );
         expect(&r, 200, "associate the taken port");
         (fips, ports)
     });
@@ -1513,7 +1523,8 @@ fn group_commit() {
                         expect(&r, 409, "associate with the taken port");
                         let r = c.call("GET", &path, ADMIN, None);
                         assert_eq!(
-                            r.body["floatingip"]["fixed_ip_address"], fixed.as_str(),
+                            r.body["floatingip"]["fixed_ip_address"],
+                            fixed.as_str(),
                             "the failed move changed the floating IP: {}",
                             r.text
                         );
@@ -1533,7 +1544,10 @@ fn group_commit() {
     );
     // A fresh process sees every answered change committed, and the maps agree.
     let fip0 = fips[0]["floating_ip_address"].as_str().unwrap();
-    assert_eq!(lab.nat_pairs(), [(fip0.to_owned(), "10.0.0.100".to_owned())]);
+    assert_eq!(
+        lab.nat_pairs(),
+        [(fip0.to_owned(), "10.0.0.100".to_owned())]
+    );
     let sync = lab.json(&["status"])["sync"].clone();
     assert_eq!(sync["state"], "clean", "{sync}");
     let listed = lab.json(&["ip", "list"]);

@@ -200,9 +200,7 @@ impl Stats {
                 continue;
             }
             match run_job(control, job) {
-                Some(answer) if waiting.is_empty() && !control.batch_has_writes() => {
-                    answer(None)
-                }
+                Some(answer) if waiting.is_empty() && !control.batch_has_writes() => answer(None),
                 Some(answer) => waiting.push(answer),
                 None => panicked = true,
             }

@@ -688,7 +688,10 @@ fn api_markdown(s: &mut String, a: &ApiResult) {
         s,
         "\n| clients | associations in place | seconds | requests | requests/s | p50 ms | p99 ms | errors | control thread busy | batches/s | operations per batch |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for t in &a.sustained {
         let _ = writeln!(
             s,
