@@ -22,7 +22,7 @@ pub use self::{
     config::{AgentArgs, Config, DEFAULT_CONFIG, DEFAULT_LISTEN},
     worker::Worker,
 };
-use crate::{api, control::Gateway, dataplane::AttachOptions};
+use crate::{api, control::Gateway, dataplane::AttachOptions, garp::Announcer};
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<()> {
@@ -48,13 +48,22 @@ pub fn run(config: Config) -> Result<()> {
             opts.internal.join(",")
         );
     }
-    let worker = Worker::start(config.state.clone(), config.bpffs.clone())?;
-    tokio::runtime::Builder::new_multi_thread()
+    let announcer =
+        Arc::new(Announcer::start().context("cannot open a socket for gratuitous ARP")?);
+    let worker = Worker::start(
+        config.state.clone(),
+        config.bpffs.clone(),
+        announcer.clone(),
+    )?;
+    let served = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(config, worker))
+        .block_on(serve(config, worker));
+    // Associations answered just before the stop are still announced.
+    announcer.flush();
+    served
 }
 
 /// Runs the next-hop follower on a thread of its own until the returned flag

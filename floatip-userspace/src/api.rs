@@ -78,25 +78,20 @@ impl Api {
             .run(move |c| {
                 // Whatever an earlier job left (a change rolled back) is not this request's.
                 control::take_maps_written();
-                let result = f(c);
-                Ok((result, control::take_maps_written()))
+                let v = f(c)?;
+                Ok((v, control::take_maps_written()))
             })
             .await;
         self.metrics
             .control_seconds
             .observe(started.elapsed().as_secs_f64());
-        let result = match result {
-            Ok((Ok(v), written)) => {
-                if let Some(at) = written {
-                    self.metrics
-                        .write_to_maps_seconds
-                        .observe(at.saturating_duration_since(arrived).as_secs_f64());
-                }
-                Ok(v)
-            }
-            Ok((Err(e), _)) | Err(e) => Err(e),
-        };
-        result.map_err(|e| ApiError::from_control(&e, not_found))
+        let (v, written) = result.map_err(|e| ApiError::from_control(&e, not_found))?;
+        if let Some(at) = written {
+            self.metrics
+                .write_to_maps_seconds
+                .observe(at.saturating_duration_since(arrived).as_secs_f64());
+        }
+        Ok(v)
     }
 
     /// Reads a JSON body `{resource: {...}}` of at most `max_body` bytes and decodes the inner

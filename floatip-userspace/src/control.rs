@@ -14,6 +14,7 @@
 //! normal operation the check is one comparison, so the cost of an association does not grow
 //! with their number.
 
+mod batch;
 mod gateway;
 mod ips;
 mod pools;
@@ -27,7 +28,10 @@ mod tests;
 pub mod users;
 mod validate;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Result;
 
@@ -40,6 +44,7 @@ pub use self::{
 use crate::{
     dataplane::{self, Dataplane},
     error::{ErrorKind, error},
+    garp::Announcer,
     store::Store,
 };
 
@@ -54,6 +59,9 @@ pub struct Control {
     /// Opened on first use (most commands never need the maps): `None` until then, then
     /// `Some(None)` when the data plane is not attached.
     maps: Option<Option<Dataplane>>,
+    /// Where associations are announced from: `None` announces before the change returns (a
+    /// CLI process must before it exits), the agent's queues for its announcing thread.
+    announcer: Option<Arc<Announcer>>,
 }
 
 impl Control {
@@ -66,6 +74,7 @@ impl Control {
                 store: Store::open(state)?,
                 bpffs: bpffs.to_owned(),
                 maps: Some(None),
+                announcer: None,
             });
         }
         if !Dataplane::layout_matches(bpffs)? {
@@ -75,6 +84,7 @@ impl Control {
                 store: Store::open_existing(state)?,
                 bpffs: bpffs.to_owned(),
                 maps: None,
+                announcer: None,
             });
         }
         let maps = Dataplane::open(bpffs)?;
@@ -98,7 +108,13 @@ impl Control {
             store,
             bpffs: bpffs.to_owned(),
             maps: Some(maps),
+            announcer: None,
         }
+    }
+
+    /// Announces associations through `announcer` (off the caller's path) from now on.
+    pub fn set_announcer(&mut self, announcer: Arc<Announcer>) {
+        self.announcer = Some(announcer);
     }
 
     /// The maps, if attached and already opened.

@@ -20,3 +20,19 @@ pub fn hit(name: &str) {
     }
     let _ = name;
 }
+
+/// Makes the step named `name` slow: with `FLOATIP_PAUSE=NAME:MS` set, sleeps MS milliseconds
+/// here. For tests that show what does not wait for that step (the API's answer for the
+/// gratuitous ARP); compiled in only with the `failpoints` feature.
+#[inline]
+pub fn pause(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Ok(v) = std::env::var("FLOATIP_PAUSE")
+        && let Some((n, ms)) = v.split_once(':')
+        && n == name
+        && let Ok(ms) = ms.parse()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    let _ = name;
+}

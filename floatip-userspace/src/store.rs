@@ -4,6 +4,11 @@
 //! Every mutation runs in one `BEGIN IMMEDIATE` transaction ([`Store::write`]): the write lock is
 //! taken up front, so checks made inside the transaction still hold when it commits, even with
 //! several `floatip` processes running at once.
+//!
+//! The agent groups the requests queued at its control thread into one such transaction (a
+//! batch, [`Store::begin_batch`]): each of its reads and writes is then a savepoint, which a
+//! failing change rolls back alone, and the one commit at the end makes them all durable with
+//! one sync of the WAL.
 
 use std::{
     cell::Cell,
@@ -155,6 +160,35 @@ pub struct Store {
     path: PathBuf,
     /// On a read-only filesystem: [`Self::write`] refuses.
     read_only: bool,
+    /// While a batch is open: the writes made in it so far.
+    batch: Option<u64>,
+}
+
+/// What a [`Tx`] runs in: a transaction of its own, or a savepoint of the open batch.
+enum Scope<'c> {
+    Transaction(rusqlite::Transaction<'c>),
+    Savepoint(rusqlite::Savepoint<'c>),
+}
+
+impl std::ops::Deref for Scope<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Scope::Transaction(t) => t,
+            Scope::Savepoint(s) => s,
+        }
+    }
+}
+
+impl Scope<'_> {
+    /// Commits the transaction, or releases the savepoint into the batch.
+    fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            Scope::Transaction(t) => t.commit(),
+            Scope::Savepoint(s) => s.commit(),
+        }
+    }
 }
 
 fn ip_to_sql(ip: Ipv4Addr) -> i64 {
@@ -217,6 +251,7 @@ impl Store {
             conn,
             path: path.to_owned(),
             read_only: false,
+            batch: None,
         };
         store.migrate()?;
         Ok(store)
@@ -245,6 +280,7 @@ impl Store {
             conn,
             path: path.to_owned(),
             read_only: true,
+            batch: None,
         })
     }
 
@@ -298,14 +334,58 @@ impl Store {
         &self.path
     }
 
-    /// Runs `f` in a read transaction: a consistent snapshot, no lock held against writers.
+    /// Runs `f` in a read transaction: a consistent snapshot, no lock held against writers. In
+    /// a batch, a savepoint of it, which sees the batch's changes so far.
     pub fn read<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
-        let tx = Tx::new(
-            self.conn
-                .transaction_with_behavior(TransactionBehavior::Deferred)?,
-        );
-        f(&tx)
+        let scope = if self.batch.is_some() {
+            Scope::Savepoint(self.conn.savepoint()?)
+        } else {
+            Scope::Transaction(
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Deferred)?,
+            )
+        };
+        f(&Tx::new(scope))
         // Dropping the transaction ends it; nothing was written.
+    }
+
+    /// Opens a batch: one `BEGIN IMMEDIATE` transaction that every [`Self::read`] and
+    /// [`Self::write`] joins as a savepoint until [`Self::end_batch`]. What they change is
+    /// durable only once the batch commits.
+    pub fn begin_batch(&mut self) -> Result<()> {
+        if self.read_only {
+            bail!("the state database is read-only");
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .context("cannot lock the state database")?;
+        self.batch = Some(0);
+        Ok(())
+    }
+
+    /// Writes made in the open batch so far (a failed one counts): while none, nothing read
+    /// in it can be undone by its commit failing.
+    pub fn batch_writes(&self) -> u64 {
+        self.batch.unwrap_or(0)
+    }
+
+    /// Commits the open batch (with `commit`) or rolls it back; a failed commit rolls back.
+    pub fn end_batch(&mut self, commit: bool) -> Result<()> {
+        if self.batch.take().is_none() {
+            return Ok(());
+        }
+        let committed = if commit {
+            self.conn
+                .execute_batch("COMMIT")
+                .context("cannot commit to the state database")
+                .map_err(|e| disk_full(e, &self.path))
+        } else {
+            Ok(())
+        };
+        if (!commit || committed.is_err()) && !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        committed
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits only if `f` succeeds; any error
@@ -323,11 +403,17 @@ impl Store {
                 self.path.display()
             );
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("cannot lock the state database")?;
-        let tx = Tx::new(tx);
+        let scope = if let Some(writes) = &mut self.batch {
+            *writes += 1;
+            Scope::Savepoint(self.conn.savepoint()?)
+        } else {
+            Scope::Transaction(
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .context("cannot lock the state database")?,
+            )
+        };
+        let tx = Tx::new(scope);
         let value = f(&tx)?;
         tx.tx
             .commit()
@@ -420,7 +506,7 @@ fn check_schema(conn: &Connection) -> Result<()> {
 
 /// An open transaction: every query and mutation of the state.
 pub struct Tx<'c> {
-    tx: rusqlite::Transaction<'c>,
+    tx: Scope<'c>,
     /// Whether this transaction already bumped the generation: once is enough.
     bumped: Cell<bool>,
 }
@@ -459,7 +545,7 @@ fn pool_row(r: &Row<'_>) -> rusqlite::Result<PoolRow> {
 }
 
 impl<'c> Tx<'c> {
-    fn new(tx: rusqlite::Transaction<'c>) -> Self {
+    fn new(tx: Scope<'c>) -> Self {
         Self {
             tx,
             bumped: Cell::new(false),

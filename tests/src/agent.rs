@@ -66,9 +66,16 @@ pub fn user_create(
 /// Starts `floatip agent --listen 127.0.0.1:9696 ARGS` in the gateway namespace (with the
 /// lab's state and pins) and waits until it serves. Killed when the handle drops.
 pub fn start(lab: &Lab, args: &[&str]) -> Result<Spawned> {
+    start_with_env(lab, &[], args)
+}
+
+/// [`start`] with environment variables `env` (`NAME=VALUE`) set for the agent.
+pub fn start_with_env(lab: &Lab, env: &[&str], args: &[&str]) -> Result<Spawned> {
     let mut argv = vec!["agent", "--listen", LISTEN];
     argv.extend_from_slice(args);
-    let mut agent = lab.floatip_spawn(&argv)?;
+    let mut wrapper = vec!["env"];
+    wrapper.extend_from_slice(env);
+    let mut agent = lab.floatip_spawn_via(&wrapper, &argv)?;
     agent
         .wait_for("serving the API on", Duration::from_secs(20))
         .context("the agent did not start")?;

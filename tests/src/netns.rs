@@ -880,7 +880,12 @@ impl Lab {
 
     /// Starts `floatip ARGS...` in the gateway namespace without waiting.
     pub fn floatip_spawn(&self, args: &[&str]) -> Result<Spawned> {
-        let argv = self.floatip_argv(&[], args);
+        self.floatip_spawn_via(&[], args)
+    }
+
+    /// [`Self::floatip_spawn`] under `WRAPPER...` (e.g. `env VAR=VALUE`).
+    pub fn floatip_spawn_via(&self, wrapper: &[&str], args: &[&str]) -> Result<Spawned> {
+        let argv = self.floatip_argv(wrapper, args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         spawn(&self.gw, &argv)
     }

@@ -1524,3 +1524,225 @@ fn agent_listen_tls_and_config() {
         "plain HTTP must not be served on the TLS port: {out}"
     );
 }
+
+/// The gratuitous ARP of an association is sent off the request path: with every announcement
+/// made 1.5 s slow (`FLOATIP_PAUSE=garp:1500`), associating and moving a floating IP through the
+/// API still answer at once, and the announcement still reaches the external network
+/// afterwards, once for both changes (the move, queued while the first was pending, is
+/// coalesced with it).
+#[test]
+fn announcement_off_the_request_path() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let lab = Lab::build(
+        netns::mode_from_env(),
+        &netns::floatip_binary(),
+        Path::new(NETPROBE),
+    )
+    .unwrap_or_else(|e| panic!("cannot build the lab: {e:#}"));
+    agent::user_create(&lab, ADMIN.0, "admin", "admin", ADMIN.1).unwrap();
+    lab.pool_create("public", "203.0.113.10-203.0.113.20");
+    let out = lab.attach();
+    assert!(out.success(), "attach: {out}");
+    const PAUSE_MS: u128 = 1500;
+    let mut agent =
+        agent::start_with_env(&lab, &[&format!("FLOATIP_PAUSE=garp:{PAUSE_MS}")], &[]).unwrap();
+    // The router's side of the external link receives what the gateway announces.
+    let capture = lab.capture(&lab.rtr, "r-gw", "garp").unwrap();
+    let answered_ms = in_netns(&lab.gw, || {
+        let c = Client::new();
+        let nets = c.call("GET", "/v2.0/networks", ADMIN, None);
+        let find = |name: &str| {
+            nets.body["networks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == name)
+                .unwrap_or_else(|| panic!("no network {name}: {}", nets.text))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let (public, internal) = (find("public"), find("gw-int"));
+        let port = |name: &str, ip: &str| {
+            let body = json!({"port": {"network_id": internal, "name": name,
+                "fixed_ips": [{"ip_address": ip}]}});
+            let r = c.call("POST", "/v2.0/ports", ADMIN, Some(&body));
+            expect(&r, 201, "create port");
+            r.body["port"]["id"].as_str().unwrap().to_owned()
+        };
+        let (web1, web2) = (port("web1", INST1_IP), port("web2", INST2_IP));
+        let body = json!({"floatingip": {"floating_network_id": public,
+            "floating_ip_address": FIP1}});
+        let r = c.call("POST", "/v2.0/floatingips", ADMIN, Some(&body));
+        expect(&r, 201, "create floating IP");
+        let fip = r.body["floatingip"]["id"].as_str().unwrap().to_owned();
+        let path = format!("/v2.0/floatingips/{fip}");
+        let mut answered = Vec::new();
+        for (port, fixed) in [(&web1, INST1_IP), (&web2, INST2_IP)] {
+            let body = json!({"floatingip": {"port_id": port}});
+            let t = std::time::Instant::now();
+            let r = c.call("PUT", &path, ADMIN, Some(&body));
+            answered.push(t.elapsed().as_millis());
+            expect(&r, 200, "associate / move");
+            assert_eq!(
+                r.body["floatingip"]["fixed_ip_address"], fixed,
+                "{}",
+                r.text
+            );
+            assert_eq!(r.body["floatingip"]["status"], "ACTIVE", "{}", r.text);
+        }
+        answered
+    });
+    assert!(
+        answered_ms.iter().all(|&ms| ms < PAUSE_MS / 2),
+        "associate and move answered in {answered_ms:?} ms: they waited for the {PAUSE_MS} ms \
+         announcement"
+    );
+    assert_eq!(
+        lab.nat_pairs(),
+        [(FIP1.to_owned(), INST2_IP.to_owned())],
+        "the maps hold the moved pair before any announcement"
+    );
+    // The announcement (three rounds) follows once the pause is over.
+    std::thread::sleep(std::time::Duration::from_millis(PAUSE_MS as u64 + 1000));
+    let seen = capture.stop().unwrap();
+    // Nothing else in this test sends ARP naming the floating IP (no traffic is sent to it).
+    let arp = |op: &str| {
+        seen.lines()
+            .filter(|l| l.contains("ARP") && l.contains(op) && l.contains(FIP1))
+            .count()
+    };
+    let (requests, replies) = (arp("Request"), arp("Reply"));
+    assert_eq!(
+        (requests, replies),
+        (3, 3),
+        "one announcement (3 requests, 3 replies) for the association and the move:\n{seen}"
+    );
+    agent.signal(libc::SIGTERM);
+    let out = agent.finish(std::time::Duration::from_secs(10));
+    assert!(out.success(), "agent: {out}");
+}
+
+/// Group commit: concurrent writers' requests are committed in batches (the agent's
+/// `floatip_control_batches_total` counts them), every answer is what the database then holds,
+/// and a request that fails inside a batch (a port that already has a floating IP: 409)
+/// changes nothing and takes none of the others in its batch down.
+#[test]
+fn group_commit() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let lab = Lab::build(
+        netns::mode_from_env(),
+        &netns::floatip_binary(),
+        Path::new(NETPROBE),
+    )
+    .unwrap_or_else(|e| panic!("cannot build the lab: {e:#}"));
+    agent::user_create(&lab, ADMIN.0, "admin", "admin", ADMIN.1).unwrap();
+    lab.pool_create("public", "203.0.113.10-203.0.113.40");
+    let out = lab.attach();
+    assert!(out.success(), "attach: {out}");
+    let _agent = agent::start(&lab, &[]).unwrap();
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 15;
+    let (fips, ports) = in_netns(&lab.gw, || {
+        let c = Client::new();
+        let nets = c.call("GET", "/v2.0/networks?name=gw-int", ADMIN, None);
+        let internal = nets.body["networks"][0]["id"].as_str().unwrap().to_owned();
+        let public = c
+            .call("GET", "/v2.0/networks?name=public", ADMIN, None)
+            .body["networks"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Slot 0 is the taken port every client also tries (and fails) to take.
+        let mut fips = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..=CLIENTS {
+            let body = json!({"port": {"network_id": internal, "name": format!("p{i}"),
+                "fixed_ips": [{"ip_address": format!("10.0.0.{}", 100 + i)}]}});
+            let r = c.call("POST", "/v2.0/ports", ADMIN, Some(&body));
+            expect(&r, 201, "create port");
+            ports.push(r.body["port"]["id"].as_str().unwrap().to_owned());
+            let body = json!({"floatingip": {"floating_network_id": public}});
+            let r = c.call("POST", "/v2.0/floatingips", ADMIN, Some(&body));
+            expect(&r, 201, "create floating IP");
+            fips.push(r.body["floatingip"].clone());
+        }
+        let body = json!({"floatingip": {"port_id": ports[0]}});
+        let id = fips[0]["id"].as_str().unwrap();
+        let r = c.call(
+            "PUT",
+            &format!("/v2.0/floatingips/{id}"),
+            ADMIN,
+            Some(&body),
+        );
+        expect(&r, 200, "associate the taken port");
+        (fips, ports)
+    });
+    let batches = |c: &Client| {
+        let m = c.raw("GET", "/metrics", None, None).unwrap().text;
+        (
+            sample(&m, "floatip_control_batches_total"),
+            sample(&m, "floatip_control_batched_requests_total"),
+        )
+    };
+    let before = in_netns(&lab.gw, || batches(&Client::new()));
+    std::thread::scope(|s| {
+        for i in 1..=CLIENTS {
+            let (gw, fips, ports) = (lab.gw.clone(), &fips, &ports);
+            s.spawn(move || {
+                in_netns(&gw, || {
+                    let c = Client::new();
+                    let fip = &fips[i];
+                    let path = format!("/v2.0/floatingips/{}", fip["id"].as_str().unwrap());
+                    let fixed = format!("10.0.0.{}", 100 + i);
+                    for _ in 0..ROUNDS {
+                        let set = |port: Option<&String>| {
+                            let body = json!({"floatingip": {"port_id": port}});
+                            c.call("PUT", &path, ADMIN, Some(&body))
+                        };
+                        let r = set(Some(&ports[i]));
+                        expect(&r, 200, "associate");
+                        assert_eq!(r.body["floatingip"]["fixed_ip_address"], fixed.as_str());
+                        assert_eq!(r.body["floatingip"]["status"], "ACTIVE");
+                        let r = set(Some(&ports[0]));
+                        expect(&r, 409, "associate with the taken port");
+                        let r = c.call("GET", &path, ADMIN, None);
+                        assert_eq!(
+                            r.body["floatingip"]["fixed_ip_address"],
+                            fixed.as_str(),
+                            "the failed move changed the floating IP: {}",
+                            r.text
+                        );
+                        let r = set(None);
+                        expect(&r, 200, "disassociate");
+                        assert_eq!(r.body["floatingip"]["fixed_ip_address"], Value::Null);
+                    }
+                })
+            });
+        }
+    });
+    let after = in_netns(&lab.gw, || batches(&Client::new()));
+    let (batched, jobs) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        batched > 0.0 && jobs >= 2.0 * batched,
+        "{CLIENTS} concurrent clients: {batched} batches of {jobs} operations"
+    );
+    // A fresh process sees every answered change committed, and the maps agree.
+    let fip0 = fips[0]["floating_ip_address"].as_str().unwrap();
+    assert_eq!(
+        lab.nat_pairs(),
+        [(fip0.to_owned(), "10.0.0.100".to_owned())]
+    );
+    let sync = lab.json(&["status"])["sync"].clone();
+    assert_eq!(sync["state"], "clean", "{sync}");
+    let listed = lab.json(&["ip", "list"]);
+    let associated: Vec<&Value> = listed
+        .as_array()
+        .unwrap_or_else(|| panic!("ip list: {listed}"))
+        .iter()
+        .filter(|r| !r["fixed_ip_address"].is_null())
+        .collect();
+    assert_eq!(associated.len(), 1, "{listed}");
+}

@@ -155,6 +155,19 @@ pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -
          its rate near 1 means requests queue for it",
         busy,
     );
+    let (batches, batched) = api.worker.batches();
+    counter(
+        &mut live,
+        "control_batches",
+        "Batches of requests the control thread committed as one transaction (group commit)",
+        batches,
+    );
+    counter(
+        &mut live,
+        "control_batched_requests",
+        "Control operations those batches held (divided by the batches: the mean batch size)",
+        batched,
+    );
     // Counted by the control layer of this process, wherever the comparison ran.
     let repairs = control::repair_counts();
     counter(

@@ -16,7 +16,8 @@ use super::{
 use crate::{
     dataplane::{AttachOptions, Dataplane, DataplaneStatus, Mode, Pair, PairStats, Role, log},
     error::fail,
-    garp, iface,
+    garp::{self, Announcer},
+    iface,
     store::Store,
 };
 
@@ -140,7 +141,7 @@ impl Gateway {
         check_not_gateway_addr(fixed, &local)?;
         maps.set_generation(GENERATION_DIRTY)?;
         maps.nat_add(floating, fixed)?;
-        announce(&maps, floating, None);
+        announce(&maps, None, floating, None);
         Ok(())
     }
 
@@ -208,9 +209,15 @@ fn unanswered_pools(control: &mut Control) -> Result<Vec<String>> {
 }
 
 /// Sends gratuitous ARP for `floating` so that neighbours drop stale entries: out of its
-/// pool's external NIC (`nic`), or of every external NIC when the pool names none. A failure is
-/// reported, not fatal (the mapping already works, neighbours just learn it later).
-pub(super) fn announce(dp: &Dataplane, floating: Ipv4Addr, nic: Option<&str>) {
+/// pool's external NIC (`nic`), or of every external NIC when the pool names none; now, or
+/// queued to `announcer`. A failure is reported, not fatal (the mapping already works,
+/// neighbours just learn it later).
+pub(super) fn announce(
+    dp: &Dataplane,
+    announcer: Option<&Announcer>,
+    floating: Ipv4Addr,
+    nic: Option<&str>,
+) {
     let only = nic.and_then(|n| iface::index(n).ok());
     match dp.nics(Role::External) {
         Ok(nics) => {
@@ -218,7 +225,13 @@ pub(super) fn announce(dp: &Dataplane, floating: Ipv4Addr, nic: Option<&str>) {
                 .into_iter()
                 .filter(|(i, _)| only.is_none_or(|o| o == *i))
             {
-                if let Err(e) = garp::announce(idx, &mac, floating) {
+                if let Some(a) = announcer {
+                    a.announce(garp::Target {
+                        ifindex: idx,
+                        mac,
+                        ip: floating,
+                    });
+                } else if let Err(e) = garp::announce(idx, &mac, floating) {
                     eprintln!("floatip: warning: gratuitous ARP for {floating} failed: {e:#}");
                 }
             }

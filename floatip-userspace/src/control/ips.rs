@@ -204,6 +204,7 @@ impl Control {
         if let Some(i) = instance {
             validate_name("instance", i, 255)?;
         }
+        let announcer = self.announcer.clone();
         let (store, maps) = self.parts_attached()?;
         validate_fixed(fixed)?;
         let (record, generation) = store.write(|tx| {
@@ -235,7 +236,7 @@ impl Control {
         })?;
         finish(maps, generation.as_ref().map(|(g, _)| *g));
         if let Some((_, nic)) = generation {
-            announce(maps, floating, nic.as_deref());
+            announce(maps, announcer.as_deref(), floating, nic.as_deref());
         }
         Ok(record)
     }

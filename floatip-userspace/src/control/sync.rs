@@ -12,7 +12,7 @@ use std::{
 use anyhow::Result;
 use floatip_common::{POOL_ANY_NIC, POOL_NO_NIC};
 
-use super::{Control, GENERATION_DIRTY, validate::stored_ranges};
+use super::{Control, GENERATION_DIRTY, batch, validate::stored_ranges};
 use crate::{addr::TrieEntry, dataplane::Dataplane, iface, store::Tx};
 
 // Per process, not per `Control`: the agent opens a new one after a detach and attach, and
@@ -95,13 +95,14 @@ impl Control {
 /// themselves, repairing the maps to match the database. Returns the database generation.
 pub(super) fn sync_maps(tx: &Tx<'_>, maps: &mut Dataplane) -> Result<u64> {
     let generation = tx.generation()?;
-    if maps.generation()? == generation {
+    if maps.generation()? == generation || batch::maps_at(generation) {
         return Ok(generation);
     }
+    batch::maps_changing();
     let repaired = repair(tx, maps)?;
     count_repair(repaired);
     maps.rebuild_spoof_filter()?;
-    maps.set_generation(generation)?;
+    batch::record_generation(maps, generation)?;
     if repaired > 0 {
         eprintln!("floatip: maps had drifted from the database; repaired {repaired} entries");
     }
@@ -155,6 +156,7 @@ pub(super) fn update_maps(
     f: impl FnOnce(&mut Dataplane) -> Result<()>,
 ) -> Result<u64> {
     let generation = tx.generation()?;
+    batch::maps_changing();
     maps.set_generation(GENERATION_DIRTY)?;
     crate::failpoint::hit("maps-marked-dirty");
     f(maps)?;
@@ -163,11 +165,12 @@ pub(super) fn update_maps(
     Ok(generation)
 }
 
-/// After the commit: records the generation the maps now reflect.
+/// After the commit (in a batch: after the change's savepoint; the batch records it until its
+/// commit): records the generation the maps now reflect.
 pub(super) fn finish(maps: &mut Dataplane, generation: Option<u64>) {
     crate::failpoint::hit("committed-before-generation");
     if let Some(g) = generation
-        && let Err(e) = maps.set_generation(g)
+        && let Err(e) = batch::record_generation(maps, g)
     {
         // The change is committed and in the maps; only the mark is stale, which costs the
         // next command a full comparison.

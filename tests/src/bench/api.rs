@@ -61,6 +61,11 @@ pub struct Sustained {
     /// Share of the window the agent's control thread (the one database writer) was busy
     /// (`floatip_control_thread_busy_seconds_total`): near 1, it is the bound.
     pub control_busy: f64,
+    /// Control operations per commit over the window (`floatip_control_batched_requests` /
+    /// `floatip_control_batches`: the group commit's batch size; a job run alone is not
+    /// counted), and the batches committed per second.
+    pub batch_mean: f64,
+    pub batches_per_s: f64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -77,8 +82,9 @@ pub struct ApiResult {
     /// One `GET /metrics` with the largest count in place (ms, median of 3): it reads every
     /// pair's counters on the control thread, which meanwhile serves no write.
     pub scrape_ms: f64,
-    /// The gratuitous ARP an association sends (`garp::announce` on the external NIC, as the
-    /// control thread calls it), alone: (p50, p99) ms over the latency runs' count.
+    /// The gratuitous ARP an association sends (`garp::announce` on the external NIC, as a
+    /// CLI process sends it; the agent queues it instead), alone: (p50, p99) ms over the
+    /// latency runs' count.
     pub garp_ms: (f64, f64),
     pub notes: Vec<String>,
 }
@@ -130,13 +136,15 @@ fn samples(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// The control thread's busy seconds so far.
-fn busy_seconds(c: &Client) -> Result<f64> {
-    Ok(samples(
-        &c.metrics()?,
+/// The control thread's busy seconds, batches and batched operations so far.
+fn control_counters(c: &Client) -> Result<[f64; 3]> {
+    let m = c.metrics()?;
+    Ok([
         "floatip_control_thread_busy_seconds_total",
-        "",
-    ))
+        "floatip_control_batches_total",
+        "floatip_control_batched_requests_total",
+    ]
+    .map(|name| samples(&m, name, "")))
 }
 
 /// The addresses a run needs: a floating IP id and a port for each.
@@ -308,7 +316,7 @@ fn latencies(level: u32, via: &'static str, on: Vec<f64>, off: Vec<f64>) -> [OpL
 /// `clients` threads, each with its own connection and address, associating and
 /// disassociating for `window`.
 fn sustained(ns: &str, level: u32, slots: &[Slot], window: Duration) -> Result<Sustained> {
-    let before = tests::agent::in_netns(ns, || busy_seconds(&Client::new()))?;
+    let before = tests::agent::in_netns(ns, || control_counters(&Client::new()))?;
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let results: Vec<Result<(Vec<f64>, u64)>> = std::thread::scope(|s| {
@@ -344,7 +352,7 @@ fn sustained(ns: &str, level: u32, slots: &[Slot], window: Duration) -> Result<S
     });
     let seconds = started.elapsed().as_secs_f64();
     check_stop()?;
-    let after = tests::agent::in_netns(ns, || busy_seconds(&Client::new()))?;
+    let after = tests::agent::in_netns(ns, || control_counters(&Client::new()))?;
     let (mut all, mut errors) = (Vec::new(), 0);
     for r in results {
         let (ms, e) = r?;
@@ -359,7 +367,9 @@ fn sustained(ns: &str, level: u32, slots: &[Slot], window: Duration) -> Result<S
         errors,
         p50_ms: median(&all),
         p99_ms: percentile(&all, 99.0),
-        control_busy: (after - before) / seconds,
+        control_busy: (after[0] - before[0]) / seconds,
+        batch_mean: (after[2] - before[2]) / (after[1] - before[1]).max(1.0),
+        batches_per_s: (after[1] - before[1]) / seconds,
     })
 }
 
@@ -467,13 +477,15 @@ pub fn run(bin: &Path, levels: &[u32], runs: usize, window: Duration) -> Result<
         let s = sustained(&ns, in_place, &load_slots[..clients], window)?;
         eprintln!(
             "  {} clients with {in_place} in place: {:.0} requests/s (p50 {:.2} ms, p99 {:.2} ms, \
-             {} errors; control thread busy {:.0} %)",
+             {} errors; control thread busy {:.0} %, {:.0} batches/s of {:.1} operations)",
             s.clients,
             s.ops as f64 / s.seconds,
             s.p50_ms,
             s.p99_ms,
             s.errors,
-            s.control_busy * 100.0
+            s.control_busy * 100.0,
+            s.batches_per_s,
+            s.batch_mean
         );
         res.sustained.push(s);
     }
