@@ -387,35 +387,21 @@ fn spoof_filter_counts_pool_prefixes() {
     let mut dp = fx.progs().dataplane().unwrap();
     let (far, wide) = (Ipv4Addr::new(198, 51, 100, 9), Ipv4Addr::new(172, 31, 4, 4));
     assert!(!drops(&mut fx, far) && !drops(&mut fx, wide));
-    dp.pool_prefix_add(
-        Ipv4Addr::new(198, 51, 100, 0),
-        24,
-        false,
-        floatip_common::POOL_ANY_NIC,
-    )
-    .unwrap();
+    let add = |dp: &mut floatip::dataplane::Dataplane, addr, len, excluded| {
+        dp.pool_prefix_add(addr, len, excluded, floatip_common::POOL_ANY_NIC)
+            .unwrap()
+    };
+    let net = Ipv4Addr::new(198, 51, 100, 0);
+    add(&mut dp, net, 24, false);
     // A /12: 16 /16s, the address in the last of them.
-    dp.pool_prefix_add(
-        Ipv4Addr::new(172, 16, 0, 0),
-        12,
-        false,
-        floatip_common::POOL_ANY_NIC,
-    )
-    .unwrap();
+    add(&mut dp, Ipv4Addr::new(172, 16, 0, 0), 12, false);
     assert!(drops(&mut fx, far) && drops(&mut fx, wide));
     assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
     // Written again (as attach's resync does): counted once.
-    dp.pool_prefix_add(
-        Ipv4Addr::new(198, 51, 100, 0),
-        24,
-        false,
-        floatip_common::POOL_ANY_NIC,
-    )
-    .unwrap();
+    add(&mut dp, net, 24, false);
     assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
     // A hole makes its address ordinary again, the rest of the prefix stays a pool.
-    dp.pool_prefix_add(far, 32, true, floatip_common::POOL_ANY_NIC)
-        .unwrap();
+    add(&mut dp, far, 32, true);
     assert!(!drops(&mut fx, far));
     assert!(drops(&mut fx, Ipv4Addr::new(198, 51, 100, 10)));
     assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
