@@ -23,10 +23,13 @@ pub mod maps {
     /// Per-CPU counters per association, an array indexed by
     /// [`super::NatEntry::slot`].
     pub const ASSOC_STATS: &str = "ASSOC_STATS";
-    /// Array of [`super::SPOOF_FILTER_BUCKETS`] counts: how many fixed IPs
-    /// of `FIXED_TO_FIP` fall into each bucket ([`super::spoof_filter_bucket`]).
-    /// The external program looks a source up in `FIXED_TO_FIP` only when
-    /// its bucket is non-zero.
+    /// Array of [`super::SPOOF_FILTER_BUCKETS`] counts, one per /16
+    /// ([`super::spoof_filter_bucket`]): how many fixed IPs (`FIXED_TO_FIP`),
+    /// floating IPs (`FIP_TO_FIXED`) and pool prefixes (`POOLS`, members)
+    /// fall into or overlap it. The programs look a source (or an inside
+    /// destination) up in those maps only when its /16 counts one: an
+    /// array read instead of two hash lookups and an LPM lookup for nearly
+    /// every Internet address.
     pub const SPOOF_FILTER: &str = "SPOOF_FILTER";
     /// slot -> floating IP that owns the slot of `ASSOC_STATS` (0: free).
     /// Only the loader reads it, to hand out slots.
@@ -127,10 +130,19 @@ pub const fn stats_slots(max_associations: u32) -> u32 {
 pub const SPOOF_FILTER_BUCKETS: u32 = 1 << 16;
 
 /// Bucket of an address (as stored: the bytes in network order read as a
-/// native u32) in `SPOOF_FILTER`: its last two bytes, which vary most
-/// within tenant networks. Both sides are little-endian (x86, bpfel).
+/// native u32) in `SPOOF_FILTER`: its /16, the first two bytes. Tenants'
+/// and pools' addresses share few /16s, so the Internet's sources fall into
+/// empty buckets even with a million associations.
 pub const fn spoof_filter_bucket(addr: u32) -> u32 {
-    u32::from_le(addr) >> 16
+    u32::from_be(addr) >> 16
+}
+
+/// The buckets of `SPOOF_FILTER` that the prefix `addr/len` overlaps (`addr` as stored).
+pub fn spoof_filter_buckets(addr: u32, len: u8) -> core::ops::RangeInclusive<u32> {
+    let first = spoof_filter_bucket(addr);
+    let span = if len >= 16 { 1 } else { 1u32 << (16 - len) };
+    let first = first & !(span - 1);
+    first..=first + span - 1
 }
 
 /// Value of both association maps.
@@ -215,6 +227,12 @@ pub struct PoolValue {
     /// addresses (so two external networks on one gateway stay apart), or
     /// [`POOL_ANY_NIC`].
     pub ifindex: u32,
+    /// The entry's own prefix length: a lookup of `addr/len` that returns
+    /// a value with this length found exactly that entry (the trie's lookup
+    /// is a longest match), which the loader needs to keep the spoof filter's
+    /// counts exact.
+    pub prefix_len: u32,
+    pub _pad: u32,
 }
 
 /// Per-CPU counters of one association.
@@ -416,7 +434,7 @@ const _: () = {
     assert!(size_of::<NatEntry>() == 32 && align_of::<NatEntry>() == 4);
     assert!(size_of::<NextHop>() == 24 && align_of::<NextHop>() == 4);
     assert!(size_of::<Routing>() == 16 && align_of::<Routing>() == 8);
-    assert!(size_of::<PoolValue>() == 8 && align_of::<PoolValue>() == 4);
+    assert!(size_of::<PoolValue>() == 16 && align_of::<PoolValue>() == 4);
     assert!(size_of::<AssocStats>() == 32 && align_of::<AssocStats>() == 8);
     assert!(size_of::<IfaceInfo>() == 8 && align_of::<IfaceInfo>() == 1);
     assert!(size_of::<Meta>() == 24 && align_of::<Meta>() == 8);
@@ -442,4 +460,32 @@ mod pod {
     unsafe impl aya::Pod for GenState {}
     unsafe impl aya::Pod for MinNatEntry {}
     unsafe impl aya::Pod for FrameSample {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn filter_buckets_cover_the_prefix() {
+        assert_eq!(spoof_filter_bucket(key([203, 0, 113, 7])), 203 << 8);
+        assert_eq!(
+            spoof_filter_buckets(key([203, 0, 113, 0]), 24),
+            203 << 8..=203 << 8
+        );
+        // A /12 spans 16 /16s, from its first.
+        assert_eq!(
+            spoof_filter_buckets(key([172, 16, 0, 0]), 12),
+            (172 << 8) + 16..=(172 << 8) + 31
+        );
+        assert_eq!(spoof_filter_buckets(key([0, 0, 0, 0]), 0), 0..=0xffff);
+        assert_eq!(
+            spoof_filter_buckets(key([10, 1, 2, 3]), 32),
+            (10 << 8) + 1..=(10 << 8) + 1
+        );
+    }
 }

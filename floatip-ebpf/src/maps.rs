@@ -89,11 +89,12 @@ pub fn fixed_of(floating: u32) -> Option<NatEntry> {
     FIP_TO_FIXED.get_ptr(floating).map(|e| unsafe { *e })
 }
 
-/// Whether `addr` may be a fixed IP of an association: false is certain
-/// (its bucket counts no fixed IP), true needs [`floating_of`]. An array
-/// read instead of a hash lookup for nearly every outside source.
+/// Whether `addr` may be a fixed or floating IP of an association or a pool
+/// address: false is certain (its /16 counts none of them), true needs the
+/// exact lookups. An array read instead of them for nearly every Internet
+/// address.
 #[inline(always)]
-pub fn maybe_fixed(addr: u32) -> bool {
+pub fn maybe_managed(addr: u32) -> bool {
     SPOOF_FILTER
         .get(spoof_filter_bucket(addr))
         .is_none_or(|n| *n != 0)

@@ -221,7 +221,8 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
         return Ok(Verdict::Pass);
     }
     let ip = parse::ipv4(f, l2.l3)?;
-    if maps::maybe_fixed(ip.src) && maps::floating_of(ip.src).is_some() {
+    let managed_src = maps::maybe_managed(ip.src);
+    if managed_src && maps::floating_of(ip.src).is_some() {
         return Ok(drop(DropReason::Spoofed, &ip));
     }
     match maps::fixed_of(ip.dst) {
@@ -234,7 +235,7 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
             }
             // An outsider claiming one of this gateway's floating IPs (or
             // any pool address): only the gateway itself sends from those.
-            if maps::fixed_of(ip.src).is_some() || maps::in_pool(ip.src) {
+            if managed_src && (maps::fixed_of(ip.src).is_some() || maps::in_pool(ip.src)) {
                 return Ok(drop(DropReason::Spoofed, &ip));
             }
             if ip.ttl <= 1 {
@@ -266,10 +267,13 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     }
     let ip = parse::ipv4(f, l2.l3)?;
     let src_fip = maps::floating_of(ip.src);
-    let dst_fixed = maps::fixed_of(ip.dst);
+    // Most destinations are on the Internet: their /16 holds no floating IP.
+    let dst_fixed = maps::maybe_managed(ip.dst)
+        .then(|| maps::fixed_of(ip.dst))
+        .flatten();
     if src_fip.is_none() {
         // No instance may send from a floating IP address.
-        if maps::in_pool(ip.src) {
+        if maps::maybe_managed(ip.src) && maps::in_pool(ip.src) {
             return Ok(drop(DropReason::Spoofed, &ip));
         }
         if dst_fixed.is_none() {

@@ -348,9 +348,9 @@ fn spoofed_sources_are_dropped() {
 fn spoof_filter_follows_the_associations() {
     let mut fx = Fixture::new();
     let moved = Ipv4Addr::new(10, 0, 0, 77);
-    // Same bucket as FIXED1 (the last two bytes): the count must be 2, then 1.
-    let twin = Ipv4Addr::new(10, 9, 0, 11);
-    assert_eq!(FIXED1.octets()[2..], twin.octets()[2..]);
+    // Same bucket as FIXED1 (its /16): the count must be 2, then 1.
+    let twin = Ipv4Addr::new(10, 0, 9, 11);
+    assert_eq!(FIXED1.octets()[..2], twin.octets()[..2]);
     let drops = |fx: &mut Fixture, src| {
         let (action, _) = fx.run(TestProgram::XdpExternal, &frame(src, FIP2, 17, udp_l4));
         action == 1
@@ -371,6 +371,54 @@ fn spoof_filter_follows_the_associations() {
     assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
     dp.nat_add(FIP1, FIXED1).unwrap();
     assert!(drops(&mut fx, FIXED1));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+}
+
+/// The filter also counts pool prefixes (and floating IPs): a source from a pool is dropped as
+/// spoofed in a /16 that holds no association, across every /16 a short prefix spans, until
+/// the prefix goes; the counts stay exact through adds, holes and removals.
+#[test]
+fn spoof_filter_counts_pool_prefixes() {
+    let mut fx = Fixture::new();
+    let drops = |fx: &mut Fixture, src| {
+        let (action, _) = fx.run(TestProgram::XdpExternal, &frame(src, FIP2, 17, udp_l4));
+        action == 1
+    };
+    let mut dp = fx.progs().dataplane().unwrap();
+    let (far, wide) = (Ipv4Addr::new(198, 51, 100, 9), Ipv4Addr::new(172, 31, 4, 4));
+    assert!(!drops(&mut fx, far) && !drops(&mut fx, wide));
+    let add = |dp: &mut floatip::dataplane::Dataplane, addr, len, excluded| {
+        dp.pool_prefix_add(addr, len, excluded, floatip_common::POOL_ANY_NIC)
+            .unwrap()
+    };
+    let net = Ipv4Addr::new(198, 51, 100, 0);
+    add(&mut dp, net, 24, false);
+    // A /12: 16 /16s, the address in the last of them.
+    add(&mut dp, Ipv4Addr::new(172, 16, 0, 0), 12, false);
+    assert!(drops(&mut fx, far) && drops(&mut fx, wide));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+    // Written again (as attach's resync does): counted once.
+    add(&mut dp, net, 24, false);
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+    // A hole makes its address ordinary again, the rest of the prefix stays a pool.
+    add(&mut dp, far, 32, true);
+    assert!(!drops(&mut fx, far));
+    assert!(drops(&mut fx, Ipv4Addr::new(198, 51, 100, 10)));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+    dp.pool_prefix_del(far, 32).unwrap();
+    dp.pool_prefix_del(Ipv4Addr::new(198, 51, 100, 0), 24)
+        .unwrap();
+    dp.pool_prefix_del(Ipv4Addr::new(172, 16, 0, 0), 12)
+        .unwrap();
+    assert!(!drops(&mut fx, far) && !drops(&mut fx, wide));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+    // A floating IP outside every pool (`nat add` plumbing) counts too.
+    let lone = Ipv4Addr::new(192, 0, 2, 200);
+    dp.nat_add(lone, Ipv4Addr::new(10, 0, 0, 99)).unwrap();
+    assert!(drops(&mut fx, lone));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+    dp.nat_del(lone).unwrap();
+    assert!(!drops(&mut fx, lone));
     assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
 }
 

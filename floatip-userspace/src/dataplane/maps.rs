@@ -17,7 +17,7 @@ use aya::{
 };
 use floatip_common::{
     AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, NextHop, POOL_EXCLUDED, POOL_MEMBER,
-    PoolValue, SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket,
+    PoolValue, SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket, spoof_filter_buckets,
 };
 
 use super::{
@@ -138,28 +138,44 @@ impl Dataplane {
         bail!("no free counter slot for {floating} ({n} slots)")
     }
 
-    /// Adds `delta` to the spoof-filter bucket of `fixed`. Counted up before
-    /// a fixed IP enters `FIXED_TO_FIP` and down after it left, so a crash
-    /// can only leave a count too high (an extra exact lookup), never too
-    /// low (a spoofed packet let through); a full repair recounts.
-    fn filter_add(&mut self, fixed: Ipv4Addr, delta: i32) -> Result<()> {
-        let bucket = spoof_filter_bucket(to_key(fixed));
-        let n = self.spoof_filter.get(&bucket, 0)?;
-        self.spoof_filter
-            .set(bucket, n.saturating_add_signed(delta), 0)?;
+    /// Adds `delta` to the spoof-filter buckets of `addr/len` (a fixed or floating IP of a
+    /// pair: /32; a pool prefix). Counted up before an entry enters its map and down after it
+    /// left, so a crash can only leave a count too high (an extra exact lookup), never too low
+    /// (a spoofed packet let through); a full repair recounts.
+    fn filter_add(&mut self, addr: Ipv4Addr, len: u8, delta: i32) -> Result<()> {
+        for bucket in spoof_filter_buckets(to_key(addr), len) {
+            let n = self.spoof_filter.get(&bucket, 0)?;
+            self.spoof_filter
+                .set(bucket, n.saturating_add_signed(delta), 0)?;
+        }
         Ok(())
     }
 
-    /// What every spoof-filter bucket should count, from `FIXED_TO_FIP`.
+    /// [`Self::filter_add`] for both addresses of a pair.
+    fn filter_add_pair(&mut self, floating: Ipv4Addr, fixed: Ipv4Addr, delta: i32) -> Result<()> {
+        self.filter_add(fixed, 32, delta)?;
+        self.filter_add(floating, 32, delta)
+    }
+
+    /// What every spoof-filter bucket should count, from the association maps and the pool
+    /// prefixes.
     fn filter_counts(&self) -> Result<Vec<u32>> {
         let mut want = vec![0u32; SPOOF_FILTER_BUCKETS as usize];
-        for key in self.fixed_to_fip.keys() {
+        for key in self.fixed_to_fip.keys().chain(self.fip_to_fixed.keys()) {
             want[spoof_filter_bucket(key?) as usize] += 1;
+        }
+        for item in self.pools.iter() {
+            let (k, v) = item?;
+            if v.kind == POOL_MEMBER {
+                for b in spoof_filter_buckets(k.data(), k.prefix_len() as u8) {
+                    want[b as usize] += 1;
+                }
+            }
         }
         Ok(want)
     }
 
-    /// Recounts the spoof filter from `FIXED_TO_FIP` (after a repair).
+    /// Recounts the spoof filter from the maps (after a repair).
     pub fn rebuild_spoof_filter(&mut self) -> Result<()> {
         for (bucket, want) in self.filter_counts()?.into_iter().enumerate() {
             let bucket = bucket as u32;
@@ -170,8 +186,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Buckets whose count differs from the fixed IPs in `FIXED_TO_FIP`:
-    /// (bucket, count, fixed IPs). Empty when the filter is exact.
+    /// Buckets whose count differs from the addresses and prefixes in the maps:
+    /// (bucket, count, what it should count). Empty when the filter is exact.
     pub fn spoof_filter_mismatches(&self) -> Result<Vec<(u32, u32, u32)>> {
         let mut out = Vec::new();
         for (bucket, want) in self.filter_counts()?.into_iter().enumerate() {
@@ -209,7 +225,7 @@ impl Dataplane {
         let _lock = self.lock_pairs()?;
         self.check_free(floating, fixed)?;
         let slot = self.claim_slot(floating)?;
-        self.filter_add(fixed, 1)?;
+        self.filter_add_pair(floating, fixed, 1)?;
         let (f, x) = (to_key(floating), to_key(fixed));
         if let Err(e) = self.fixed_to_fip.insert(
             x,
@@ -220,7 +236,7 @@ impl Dataplane {
             },
             BPF_NOEXIST,
         ) {
-            let _ = self.filter_add(fixed, -1);
+            let _ = self.filter_add_pair(floating, fixed, -1);
             let _ = self.release_slot(slot, floating);
             return Err(anyhow!("cannot map fixed IP {fixed}: {e}"));
         }
@@ -235,7 +251,7 @@ impl Dataplane {
             BPF_NOEXIST,
         ) {
             let _ = self.fixed_to_fip.remove(&x);
-            let _ = self.filter_add(fixed, -1);
+            let _ = self.filter_add_pair(floating, fixed, -1);
             let _ = self.release_slot(slot, floating);
             return Err(anyhow!("cannot map floating IP {floating}: {e}"));
         }
@@ -262,7 +278,7 @@ impl Dataplane {
             to_key(old_fixed),
             entry.slot,
         );
-        self.filter_add(new_fixed, 1)?;
+        self.filter_add(new_fixed, 32, 1)?;
         if let Err(e) = self.fixed_to_fip.insert(
             x,
             NatEntry {
@@ -272,7 +288,7 @@ impl Dataplane {
             },
             BPF_NOEXIST,
         ) {
-            let _ = self.filter_add(new_fixed, -1);
+            let _ = self.filter_add(new_fixed, 32, -1);
             return Err(e.into());
         }
         if let Err(e) = self.fip_to_fixed.insert(
@@ -285,11 +301,11 @@ impl Dataplane {
             BPF_EXIST,
         ) {
             let _ = self.fixed_to_fip.remove(&x);
-            let _ = self.filter_add(new_fixed, -1);
+            let _ = self.filter_add(new_fixed, 32, -1);
             return Err(e.into());
         }
         self.fixed_to_fip.remove(&old)?;
-        self.filter_add(old_fixed, -1)?;
+        self.filter_add(old_fixed, 32, -1)?;
         Ok(())
     }
 
@@ -302,7 +318,7 @@ impl Dataplane {
         self.fip_to_fixed.remove(&to_key(floating))?;
         crate::failpoint::hit("pair-half-written");
         self.fixed_to_fip.remove(&to_key(fixed))?;
-        self.filter_add(fixed, -1)?;
+        self.filter_add_pair(floating, fixed, -1)?;
         self.release_slot(entry.slot, floating)?;
         Ok(fixed)
     }
@@ -317,20 +333,20 @@ impl Dataplane {
                 slots.push(e.slot);
             }
         }
-        let mut fixed_removed = false;
+        let mut removed = Vec::new();
         for (map, key) in [
             (&mut self.fip_to_fixed, floating),
             (&mut self.fixed_to_fip, fixed),
         ] {
             match map.remove(&to_key(key)) {
-                Ok(()) => fixed_removed = key == fixed,
+                Ok(()) => removed.push(key),
                 Err(MapError::KeyNotFound) => {}
                 Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        if fixed_removed {
-            self.filter_add(fixed, -1)?;
+        for addr in removed {
+            self.filter_add(addr, 32, -1)?;
         }
         for slot in slots {
             self.release_slot(slot, floating)?;
@@ -408,16 +424,48 @@ impl Dataplane {
         let value = PoolValue {
             kind: if excluded { POOL_EXCLUDED } else { POOL_MEMBER },
             ifindex: nic,
+            prefix_len: len as u32,
+            _pad: 0,
         };
-        self.pools
-            .insert(&Key::new(len as u32, to_key(addr)), value, 0)?;
+        let key = Key::new(len as u32, to_key(addr));
+        // Members count in the spoof filter: up before the trie has it, down if it had it.
+        let was_member = self.pool_member(&key)?;
+        if value.kind == POOL_MEMBER && !was_member {
+            self.filter_add(addr, len, 1)?;
+        }
+        if let Err(e) = self.pools.insert(&key, value, 0) {
+            if value.kind == POOL_MEMBER && !was_member {
+                let _ = self.filter_add(addr, len, -1);
+            }
+            return Err(e.into());
+        }
+        if value.kind != POOL_MEMBER && was_member {
+            self.filter_add(addr, len, -1)?;
+        }
         Ok(())
     }
 
     pub fn pool_prefix_del(&mut self, addr: Ipv4Addr, len: u8) -> Result<()> {
-        match self.pools.remove(&Key::new(len as u32, to_key(addr))) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => Ok(()),
+        let key = Key::new(len as u32, to_key(addr));
+        let was_member = self.pool_member(&key)?;
+        match self.pools.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        if was_member {
+            self.filter_add(addr, len, -1)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the trie holds exactly `key` as a pool member (its lookup is a longest match:
+    /// the value's own prefix length tells which entry answered).
+    fn pool_member(&self, key: &Key<u32>) -> Result<bool> {
+        match self.pools.get(key, 0) {
+            Ok(v) => Ok(v.prefix_len == key.prefix_len() && v.kind == POOL_MEMBER),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
