@@ -148,7 +148,6 @@ struct Queue {
     /// The thread is between taking work and having sent it.
     busy: bool,
     stopping: bool,
-    sent: u64,
 }
 
 impl Shared {
@@ -175,7 +174,6 @@ impl Shared {
             }
             q = self.lock();
             q.busy = false;
-            q.sent += batch.len() as u64;
             self.changed.notify_all();
         }
     }
@@ -215,11 +213,6 @@ impl Announcer {
                 .wait(q)
                 .unwrap_or_else(|e| e.into_inner());
         }
-    }
-
-    /// Announcements sent so far (a coalesced one counts once).
-    pub fn sent(&self) -> u64 {
-        self.shared.lock().sent
     }
 }
 

@@ -14,6 +14,23 @@ use crate::netns::{Lab, Output, Spawned, ns_command};
 /// Where the agent listens inside the gateway namespace.
 pub const LISTEN: &str = "127.0.0.1:9696";
 
+/// The lab most agent tests start from: the topology (mode from the environment), `admin`
+/// (name, password) as the `admin` project's admin, and pool `public` over `range`, attached.
+#[track_caller]
+pub fn lab(netprobe: &str, admin: (&str, &str), range: &str) -> Lab {
+    let lab = Lab::build(
+        crate::netns::mode_from_env(),
+        &crate::netns::floatip_binary(),
+        std::path::Path::new(netprobe),
+    )
+    .unwrap_or_else(|e| panic!("cannot build the lab: {e:#}"));
+    user_create(&lab, admin.0, "admin", "admin", admin.1).unwrap();
+    lab.pool_create("public", range);
+    let out = lab.attach();
+    assert!(out.success(), "attach: {out}");
+    lab
+}
+
 /// `floatip user create NAME --project P --role R` with `password` on stdin, in the gateway.
 pub fn user_create(
     lab: &Lab,
@@ -184,6 +201,16 @@ impl Client {
         let text = body.map(Value::to_string);
         self.raw(method, path, Some(user), text.as_deref())
             .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// The id of the network called `name` (a pool, or an internal NIC), as `user` sees it.
+    #[track_caller]
+    pub fn network_id(&self, user: (&str, &str), name: &str) -> String {
+        let r = self.call("GET", &format!("/v2.0/networks?name={name}"), user, None);
+        r.body["networks"][0]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no network {name}: {}", r.text))
+            .to_owned()
     }
 }
 

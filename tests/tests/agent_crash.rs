@@ -3,12 +3,9 @@
 //! whatever the kill cut short at its first write, the maps then hold exactly the database's
 //! pairs, and the restarted agent serves the state the database holds.
 
-use std::{
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use serde_json::{Value, json};
@@ -43,15 +40,7 @@ fn db_pairs(lab: &Lab) -> Vec<(String, String)> {
 fn agent_killed_during_writes() {
     netns::require_root();
     let _serial = netns::serialize();
-    let lab = Lab::build(
-        netns::mode_from_env(),
-        &netns::floatip_binary(),
-        Path::new(NETPROBE),
-    )
-    .unwrap_or_else(|e| panic!("cannot build the lab: {e:#}"));
-    assert!(lab.attach().success());
-    lab.pool_create("public", "203.0.113.10-203.0.113.30");
-    agent::user_create(&lab, ADMIN.0, "admin", "admin", ADMIN.1).unwrap();
+    let lab = agent::lab(NETPROBE, ADMIN, "203.0.113.10-203.0.113.30");
     let mut agent = agent::start(&lab, &[]).unwrap();
 
     let (fips, ports) = in_netns(&lab.gw, || {

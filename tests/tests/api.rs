@@ -1534,16 +1534,7 @@ fn agent_listen_tls_and_config() {
 fn announcement_off_the_request_path() {
     netns::require_root();
     let _serial = netns::serialize();
-    let lab = Lab::build(
-        netns::mode_from_env(),
-        &netns::floatip_binary(),
-        Path::new(NETPROBE),
-    )
-    .unwrap_or_else(|e| panic!("cannot build the lab: {e:#}"));
-    agent::user_create(&lab, ADMIN.0, "admin", "admin", ADMIN.1).unwrap();
-    lab.pool_create("public", "203.0.113.10-203.0.113.20");
-    let out = lab.attach();
-    assert!(out.success(), "attach: {out}");
+    let lab = agent::lab(NETPROBE, ADMIN, "203.0.113.10-203.0.113.20");
     const PAUSE_MS: u128 = 1500;
     let mut agent =
         agent::start_with_env(&lab, &[&format!("FLOATIP_PAUSE=garp:{PAUSE_MS}")], &[]).unwrap();
@@ -1551,19 +1542,7 @@ fn announcement_off_the_request_path() {
     let capture = lab.capture(&lab.rtr, "r-gw", "garp").unwrap();
     let answered_ms = in_netns(&lab.gw, || {
         let c = Client::new();
-        let nets = c.call("GET", "/v2.0/networks", ADMIN, None);
-        let find = |name: &str| {
-            nets.body["networks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["name"] == name)
-                .unwrap_or_else(|| panic!("no network {name}: {}", nets.text))["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        };
-        let (public, internal) = (find("public"), find("gw-int"));
+        let (public, internal) = (c.network_id(ADMIN, "public"), c.network_id(ADMIN, "gw-int"));
         let port = |name: &str, ip: &str| {
             let body = json!({"port": {"network_id": internal, "name": name,
                 "fixed_ips": [{"ip_address": ip}]}});
@@ -1632,29 +1611,13 @@ fn announcement_off_the_request_path() {
 fn group_commit() {
     netns::require_root();
     let _serial = netns::serialize();
-    let lab = Lab::build(
-        netns::mode_from_env(),
-        &netns::floatip_binary(),
-        Path::new(NETPROBE),
-    )
-    .unwrap_or_else(|e| panic!("cannot build the lab: {e:#}"));
-    agent::user_create(&lab, ADMIN.0, "admin", "admin", ADMIN.1).unwrap();
-    lab.pool_create("public", "203.0.113.10-203.0.113.40");
-    let out = lab.attach();
-    assert!(out.success(), "attach: {out}");
+    let lab = agent::lab(NETPROBE, ADMIN, "203.0.113.10-203.0.113.40");
     let _agent = agent::start(&lab, &[]).unwrap();
     const CLIENTS: usize = 8;
     const ROUNDS: usize = 15;
     let (fips, ports) = in_netns(&lab.gw, || {
         let c = Client::new();
-        let nets = c.call("GET", "/v2.0/networks?name=gw-int", ADMIN, None);
-        let internal = nets.body["networks"][0]["id"].as_str().unwrap().to_owned();
-        let public = c
-            .call("GET", "/v2.0/networks?name=public", ADMIN, None)
-            .body["networks"][0]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (public, internal) = (c.network_id(ADMIN, "public"), c.network_id(ADMIN, "gw-int"));
         // Slot 0 is the taken port every client also tries (and fails) to take.
         let mut fips = Vec::new();
         let mut ports = Vec::new();

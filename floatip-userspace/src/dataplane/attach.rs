@@ -22,8 +22,8 @@ use floatip_common::{
 use super::{
     AttachOptions, Dataplane, EBPF_OBJECT, Mode, Role,
     pins::{
-        ensure_bpffs, find_link, is_mount_point, layout_mismatch, links_dir, maps_dir,
-        not_attached, open_map, pinned_layout, program_id, remove_pins, unmount,
+        ensure_bpffs, find_link, is_mount_point, layout_mismatch, links_dir, maps_dir, nic_link,
+        nic_links, not_attached, open_map, pinned_layout, program_id, remove_pins, unmount,
     },
     send_drops,
 };
@@ -277,13 +277,10 @@ impl Dataplane {
         let mut warnings = Vec::new();
         if opts.mode.is_xdp() {
             // Every NIC's program, also of NICs attached before this call.
-            let mut ids = Vec::new();
-            for entry in fs::read_dir(links_dir(bpffs))?.flatten() {
-                let name = entry.file_name();
-                if name.to_str().is_some_and(|n| n.contains('_')) {
-                    ids.push(program_id(&entry.path()));
-                }
-            }
+            let ids: Vec<u32> = nic_links(bpffs)?
+                .iter()
+                .map(|(_, pin, _)| program_id(pin))
+                .collect();
             if let Err(e) = send_drops::count(&mut ebpf, bpffs, &ids) {
                 warnings.push(format!(
                     "redirects the kernel refuses will not be counted: {e:#}"
@@ -317,11 +314,8 @@ impl Dataplane {
         if let Ok(entries) = fs::read_dir(&links) {
             for entry in entries {
                 let path = entry?.path();
-                let idx = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.split_once('_'))
-                    .and_then(|(i, _)| i.parse::<u32>().ok());
+                let idx = nic_link(&path.file_name().unwrap_or_default().to_string_lossy())
+                    .map(|(i, _)| i);
                 if !indexes.is_empty() && !idx.is_some_and(|i| indexes.contains(&i)) {
                     continue;
                 }

@@ -105,25 +105,36 @@ pub(super) fn is_bpffs(path: &Path) -> Result<bool> {
     Ok(st.f_type == BPF_FS_MAGIC)
 }
 
-/// The pinned link of `ifindex`, with the mode it was attached in.
-pub(super) fn find_link(bpffs: &Path, ifindex: u32) -> Result<Option<(PathBuf, Mode)>> {
-    let dir = links_dir(bpffs);
-    let entries = match fs::read_dir(&dir) {
+/// The NIC and mode of a link pin named `<ifindex>_<mode>`; `None` for any other pin (the
+/// send-drop tracepoint's).
+pub(super) fn nic_link(name: &str) -> Option<(u32, Mode)> {
+    let (idx, mode) = name.split_once('_')?;
+    Some((idx.parse().ok()?, Mode::parse(mode)?))
+}
+
+/// Every NIC's pinned link: (ifindex, pin, mode).
+pub(super) fn nic_links(bpffs: &Path) -> Result<Vec<(u32, PathBuf, Mode)>> {
+    let entries = match fs::read_dir(links_dir(bpffs)) {
         Ok(e) => e,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
+    let mut out = Vec::new();
     for entry in entries {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((idx, mode)) = name.split_once('_')
-            && idx.parse::<u32>() == Ok(ifindex)
-            && let Some(mode) = Mode::parse(mode)
-        {
-            return Ok(Some((entry.path(), mode)));
+        if let Some((idx, mode)) = nic_link(&entry.file_name().to_string_lossy()) {
+            out.push((idx, entry.path(), mode));
         }
     }
-    Ok(None)
+    Ok(out)
+}
+
+/// The pinned link of `ifindex`, with the mode it was attached in.
+pub(super) fn find_link(bpffs: &Path, ifindex: u32) -> Result<Option<(PathBuf, Mode)>> {
+    Ok(nic_links(bpffs)?
+        .into_iter()
+        .find(|(idx, ..)| *idx == ifindex)
+        .map(|(_, path, mode)| (path, mode)))
 }
 
 /// The id of the program behind the pinned link at `path` (0 when it cannot be read).
