@@ -15,7 +15,7 @@ mod quotas;
 mod tags;
 mod versions;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -47,6 +47,8 @@ pub struct Api {
     auth: Auth,
     max_body: usize,
     metrics: Metrics,
+    /// Where the pinned maps are: `/metrics` reads the pairs' counters with a handle of its own.
+    bpffs: PathBuf,
     /// Served over TLS (for the links in version documents).
     tls: bool,
 }
@@ -60,6 +62,7 @@ impl Api {
             auth: Auth::new(config.max_failures, config.lockout_seconds),
             max_body: config.max_body_bytes,
             metrics: Metrics::new(),
+            bpffs: config.bpffs.clone(),
             tls: config.tls.is_some(),
         }
     }

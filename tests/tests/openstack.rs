@@ -3,7 +3,8 @@
 //! ping and a TCP stream from the external host reach the instance behind the floating IP,
 //! follow it when it moves to another port, and stop when it is taken off. Plus the refusals:
 //! another project's address (not found), a member creating a network (403), a wrong
-//! password (401).
+//! password (401). Then the same life cycle through openstacksdk
+//! (`tests/python/sdk_floating_ip.py`), judged the same way.
 //!
 //! Needs root, a built `floatip` and `cargo xtask setup` (the virtualenv); run with
 //! `cargo xtask test -p tests -- --test openstack`.
@@ -62,28 +63,40 @@ impl Os<'_> {
 }
 
 #[track_caller]
-fn ping_ok(lab: &Lab) {
+fn ping_ok(lab: &Lab, fip: &str) {
     let out = exec(
         &lab.ext,
-        &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", FIP],
+        &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", fip],
     );
     assert!(
         out.success() && out.stdout.contains(" 0% packet loss"),
-        "ping {FIP} lost replies:\n{out}"
+        "ping {fip} lost replies:\n{out}"
+    );
+}
+
+#[track_caller]
+fn ping_fails(lab: &Lab, fip: &str) {
+    let out = exec(
+        &lab.ext,
+        &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", fip],
+    );
+    assert!(
+        !out.success() && out.stdout.contains("100% packet loss"),
+        "traffic to {fip} must stop:\n{out}"
     );
 }
 
 /// A TCP echo from the external host to the floating IP, served in `server_ns`: the stream
 /// reaching that instance is what proves where the floating IP points.
 #[track_caller]
-fn tcp_reaches(lab: &Lab, server_ns: &str, port: u16) {
+fn tcp_reaches(lab: &Lab, fip: &str, server_ns: &str, port: u16) {
     let p = port.to_string();
     let server = lab.server(server_ns, &["tcp-serve", &p]).unwrap();
-    let client = lab.netprobe(&lab.ext, &["tcp-send", FIP, &p, "262144", &p]);
+    let client = lab.netprobe(&lab.ext, &["tcp-send", fip, &p, "262144", &p]);
     let server = server.finish(Duration::from_secs(15));
     assert!(
         client.success(),
-        "TCP to {FIP}:{port} failed:\n{client}\nserver:\n{server}"
+        "TCP to {fip}:{port} failed:\n{client}\nserver:\n{server}"
     );
     assert!(
         server.stdout.contains("bytes=262144 ")
@@ -272,8 +285,8 @@ fn openstack_cli() {
         (field(&shown, "status"), field(&shown, "fixed_ip_address")),
         ("ACTIVE", INST1_IP)
     );
-    ping_ok(&lab);
-    tcp_reaches(&lab, &lab.inst1, 6001);
+    ping_ok(&lab, FIP);
+    tcp_reaches(&lab, FIP, &lab.inst1, 6001);
     let active = os.json("alice", &["floating", "ip", "list", "--status", "ACTIVE"]);
     assert_eq!(active.as_array().unwrap().len(), 1, "{active}");
     assert_eq!(field(&active[0], "Floating IP Address"), FIP);
@@ -291,8 +304,8 @@ fn openstack_cli() {
     os.ok("alice", &["floating", "ip", "set", "--port", "web2", FIP]);
     let shown = os.json("alice", &["floating", "ip", "show", FIP]);
     assert_eq!(field(&shown, "fixed_ip_address"), INST2_IP);
-    tcp_reaches(&lab, &lab.inst2, 6002);
-    ping_ok(&lab);
+    tcp_reaches(&lab, FIP, &lab.inst2, 6002);
+    ping_ok(&lab, FIP);
 
     // Another project cannot see or touch it; a member cannot create networks; a wrong
     // password is refused.
@@ -345,14 +358,7 @@ fn openstack_cli() {
     os.ok("alice", &["floating", "ip", "unset", "--port", FIP]);
     let shown = os.json("alice", &["floating", "ip", "show", FIP]);
     assert_eq!(field(&shown, "status"), "DOWN");
-    let out = exec(
-        &lab.ext,
-        &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", FIP],
-    );
-    assert!(
-        !out.success() && out.stdout.contains("100% packet loss"),
-        "traffic must stop after unset:\n{out}"
-    );
+    ping_fails(&lab, FIP);
     assert!(lab.nat_pairs().is_empty());
 
     // Quotas, then release.
@@ -371,6 +377,52 @@ fn openstack_cli() {
     );
     os.ok("alice", &["floating", "ip", "delete", FIP]);
     os.ok("alice", &["floating", "ip", "delete", "203.0.113.10"]);
+    assert_eq!(
+        os.json("alice", &["floating", "ip", "list"]),
+        Value::Array(Vec::new())
+    );
+
+    sdk(&os);
+}
+
+/// The same life cycle through openstacksdk (`tests/python/sdk_floating_ip.py`, one step per
+/// run), with the traffic and the maps as the judge between steps.
+fn sdk(os: &Os) {
+    let lab = os.lab;
+    let python = Path::new(&os.bin).with_file_name("python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/sdk_floating_ip.py");
+    let step = |args: &[&str]| -> Value {
+        let env = format!("OS_CLIENT_CONFIG_FILE={}", os.clouds);
+        let python = python.to_string_lossy();
+        let mut argv = vec!["env", &env, &*python, script, "alice"];
+        argv.extend_from_slice(args);
+        let out = exec(&lab.gw, &argv);
+        assert!(out.success(), "sdk {} failed:\n{out}", args.join(" "));
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+    };
+    let ip = step(&["create", "public"]);
+    let fip = field(&ip, "floating_ip_address").to_owned();
+    assert_eq!(field(&ip, "status"), "DOWN", "{ip}");
+    ping_fails(lab, &fip);
+
+    let ip = step(&["set-port", &fip, "web1"]);
+    assert_eq!(field(&ip, "fixed_ip_address"), INST1_IP, "{ip}");
+    assert_eq!(lab.nat_pairs(), [(fip.clone(), INST1_IP.to_owned())]);
+    assert_eq!(field(&step(&["show", &fip]), "status"), "ACTIVE");
+    ping_ok(lab, &fip);
+    tcp_reaches(lab, &fip, &lab.inst1, 6011);
+
+    let ip = step(&["set-port", &fip, "web2"]);
+    assert_eq!(field(&ip, "fixed_ip_address"), INST2_IP, "{ip}");
+    assert_eq!(lab.nat_pairs(), [(fip.clone(), INST2_IP.to_owned())]);
+    tcp_reaches(lab, &fip, &lab.inst2, 6012);
+
+    let ip = step(&["unset", &fip]);
+    assert!(ip["port_id"].is_null(), "{ip}");
+    assert!(lab.nat_pairs().is_empty());
+    ping_fails(lab, &fip);
+
+    step(&["delete", &fip]);
     assert_eq!(
         os.json("alice", &["floating", "ip", "list"]),
         Value::Array(Vec::new())

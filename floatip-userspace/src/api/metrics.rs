@@ -29,7 +29,7 @@ use prometheus_client::{
 };
 
 use super::Shared;
-use crate::control::{self, SyncState};
+use crate::control::{self, Gateway, SyncState};
 
 /// Most associations with their own series.
 pub const PER_IP_SERIES: usize = 1000;
@@ -145,7 +145,21 @@ fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
 }
 
 pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -> Response {
-    let stats = api.worker.run(|c| c.dataplane_stats()).await;
+    // The pairs' counters are read beside the control thread, not on it (see
+    // `control::stats`): a scrape then delays no write.
+    let bpffs = api.bpffs.clone();
+    let (stats, pairs) = tokio::join!(
+        api.worker.run(|c| c.dataplane_stats()),
+        tokio::task::spawn_blocking(move || Gateway::new(&bpffs).nat_stats(None))
+    );
+    // Detached between the two readings: the maps are gone, so is the attachment.
+    let stats = match (stats, pairs) {
+        (Ok(Some(s)), Ok(Ok(pairs))) => Ok(Some((s, pairs))),
+        (Ok(Some(_)), Ok(Err(e))) => Err(e),
+        (Ok(Some(_)), Err(e)) => Err(anyhow::anyhow!("the counter reader failed: {e}")),
+        (Ok(None), _) => Ok(None),
+        (Err(e), _) => Err(e),
+    };
     let mut live = Registry::with_prefix("floatip");
     let busy = Counter::<f64, std::sync::atomic::AtomicU64>::default();
     busy.inc_by(api.worker.busy().as_secs_f64());
@@ -183,7 +197,7 @@ pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -
         repairs.pairs,
     );
     match stats {
-        Ok(Some(s)) => {
+        Ok(Some((s, mut pairs))) => {
             gauge(
                 &mut live,
                 "dataplane_attached",
@@ -220,7 +234,7 @@ pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -
                 &mut live,
                 "associations",
                 "Associations in the maps",
-                s.associations as i64,
+                pairs.len() as i64,
             );
             gauge(
                 &mut live,
@@ -228,7 +242,6 @@ pub async fn scrape(State(api): State<Shared>, headers: axum::http::HeaderMap) -
                 "Size of the association maps",
                 i64::from(s.max_associations),
             );
-            let mut pairs = s.pairs;
             pairs.sort_by_key(|p| std::cmp::Reverse(p.in_bytes + p.out_bytes));
             let dropped = pairs.len().saturating_sub(PER_IP_SERIES);
             let (mut tp, mut tb) = ([0u64; 2], [0u64; 2]);

@@ -1,21 +1,20 @@
-//! What the agent's `/metrics` reads from the data plane: per-outcome counters, association
-//! count and capacity, per-association packet and byte counters, and whether the maps are in
-//! step with the database.
+//! What the agent's `/metrics` reads through the control thread: per-outcome counters, map
+//! capacity, and whether the maps are in step with the database. The per-association
+//! counters are not read here: at 100,000 pairs that takes half a second, which would hold
+//! up every write queued behind it, so the scrape reads them on a thread of its own with its
+//! own map handle (`Gateway::nat_stats`).
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
 
 use super::{Control, SyncState};
-use crate::dataplane::PairStats;
 
 /// One reading of the data plane's counters.
 #[derive(Clone, Debug)]
 pub struct DataplaneStats {
     pub outcomes: BTreeMap<&'static str, u64>,
-    pub associations: usize,
     pub max_associations: u32,
-    pub pairs: Vec<PairStats>,
     /// Maps against database: compared in full only when the generations differ (one lookup
     /// otherwise, so that a scrape stays cheap at a million associations).
     pub sync: SyncState,
@@ -28,7 +27,6 @@ impl Control {
     pub fn dataplane_stats(&mut self) -> Result<Option<DataplaneStats>> {
         let (_, maps) = self.parts()?;
         let Some(dp) = maps else { return Ok(None) };
-        let pairs = dp.pair_stats(None)?;
         let (outcomes, max_associations) = (dp.outcomes()?, dp.max_associations()?);
         let maps_generation = dp.generation()?;
         let in_step = maps_generation == self.store.read(|tx| tx.generation())?;
@@ -40,9 +38,7 @@ impl Control {
         };
         Ok(Some(DataplaneStats {
             outcomes,
-            associations: pairs.len(),
             max_associations,
-            pairs,
             sync,
             differing,
         }))

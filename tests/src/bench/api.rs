@@ -82,6 +82,9 @@ pub struct ApiResult {
     /// One `GET /metrics` with the largest count in place (ms, median of 3): it reads every
     /// pair's counters on the control thread, which meanwhile serves no write.
     pub scrape_ms: f64,
+    /// An associate and a disassociate sent while a scrape is in flight (ms for both, median
+    /// of 5): the scrape must not hold the writes up.
+    pub write_during_scrape_ms: f64,
     /// The gratuitous ARP an association sends (`garp::announce` on the external NIC, as a
     /// CLI process sends it; the agent queues it instead), alone: (p50, p99) ms over the
     /// latency runs' count.
@@ -273,6 +276,32 @@ fn api_latency(c: &Client, level: u32, slots: &[Slot]) -> Result<[OpLatency; 2]>
         off.push(c.set_port(&s.floating, None)?);
     }
     Ok(latencies(level, "api", on, off))
+}
+
+/// An associate and a disassociate of `slot`, sent a quarter of a scrape's time after a
+/// `GET /metrics` on another connection started (ms for both, median of 5).
+fn write_during_scrape(ns: &str, slot: &Slot, scrape_ms: f64) -> Result<f64> {
+    let mut ms = Vec::new();
+    for _ in 0..5 {
+        check_stop()?;
+        let took = std::thread::scope(|scope| -> Result<f64> {
+            let scraper = scope.spawn(|| tests::agent::in_netns(ns, || Client::new().metrics()));
+            std::thread::sleep(Duration::from_secs_f64(scrape_ms / 4e3));
+            let took = tests::agent::in_netns(ns, || -> Result<f64> {
+                let c = Client::new();
+                let t = Instant::now();
+                c.set_port(&slot.floating, Some(&slot.port))?;
+                c.set_port(&slot.floating, None)?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            })?;
+            scraper
+                .join()
+                .map_err(|_| anyhow::anyhow!("the scraping thread panicked"))??;
+            Ok(took)
+        })?;
+        ms.push(took);
+    }
+    Ok(median(&ms))
 }
 
 /// The same changes as one CLI process each.
@@ -472,6 +501,11 @@ pub fn run(bin: &Path, levels: &[u32], runs: usize, window: Duration) -> Result<
     eprintln!(
         "  GET /metrics with {in_place} in place: {:.0} ms",
         res.scrape_ms
+    );
+    res.write_during_scrape_ms = write_during_scrape(&ns, &api_slots[0], res.scrape_ms)?;
+    eprintln!(
+        "  associate + disassociate sent during a scrape: {:.2} ms (median of 5)",
+        res.write_during_scrape_ms
     );
     for clients in [1, CLIENTS] {
         let s = sustained(&ns, in_place, &load_slots[..clients], window)?;
