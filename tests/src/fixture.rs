@@ -124,7 +124,13 @@ impl Fixture {
     /// of `cpus` at once, each CPU's thread with its own load of the programs
     /// on this fixture's maps, so that their counters see every CPU at once.
     /// Returns each run's action.
-    pub fn run_on_cpus(&self, p: TestProgram, frame: &[u8], repeat: u32, cpus: &[usize]) -> Vec<u32> {
+    pub fn run_on_cpus(
+        &self,
+        p: TestProgram,
+        frame: &[u8],
+        repeat: u32,
+        cpus: &[usize],
+    ) -> Vec<u32> {
         let start = Barrier::new(cpus.len());
         let (dir, start) = (&self.1, &start);
         std::thread::scope(|s| {

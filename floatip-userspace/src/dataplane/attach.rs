@@ -23,8 +23,8 @@ use super::{
     AttachOptions, Counters, Dataplane, EBPF_OBJECT, Mode, Role,
     pins::{
         ensure_bpffs, find_link, is_mount_point, layout_mismatch, links_dir, maps_dir, nic_link,
-        nic_links, not_attached, open_map, pinned_counters, pinned_layout, program_id,
-        remove_pins, unmount,
+        nic_links, not_attached, open_map, pinned_counters, pinned_layout, program_id, remove_pins,
+        unmount,
     },
     possible_cpus, send_drops,
 };

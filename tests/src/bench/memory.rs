@@ -209,8 +209,10 @@ fn compute(per_cpu: &[MapFacts], shared: &[MapFacts], cpus_here: u64) -> MemoryR
     let maps = variant(cpus_here)
         .iter()
         .map(|f| {
-            let there: Vec<(u64, Option<MapFacts>)> =
-                CPU_COUNTS.iter().map(|c| (*c, named(*c, &f.name))).collect();
+            let there: Vec<(u64, Option<MapFacts>)> = CPU_COUNTS
+                .iter()
+                .map(|c| (*c, named(*c, &f.name)))
+                .collect();
             MapMemory {
                 at: there
                     .iter()
