@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -23,6 +23,12 @@ pub mod maps {
     /// Per-CPU counters per association, an array indexed by
     /// [`super::NatEntry::slot`].
     pub const ASSOC_STATS: &str = "ASSOC_STATS";
+    /// The same counters shared by all CPUs (atomic adds), for gateways
+    /// where per-CPU copies would not fit [`super::PER_CPU_COUNTERS_BUDGET`].
+    /// The loader sizes the one in use to the slots and the other to one
+    /// entry, so the pinned maps record the choice: this one has more than
+    /// one entry exactly when the counters are shared.
+    pub const ASSOC_STATS_SHARED: &str = "ASSOC_STATS_SHARED";
     /// Array of [`super::SPOOF_FILTER_BUCKETS`] counts, one per /16
     /// ([`super::spoof_filter_bucket`]): how many fixed IPs (`FIXED_TO_FIP`),
     /// floating IPs (`FIP_TO_FIXED`) and pool prefixes (`POOLS`, members)
@@ -60,12 +66,13 @@ pub mod maps {
     pub const SEND_DROPS: &str = "SEND_DROPS";
 
     /// Every pinned map, in the order `detach` removes them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         FIP_TO_FIXED,
         FIXED_TO_FIP,
         SPOOF_FILTER,
         POOLS,
         ASSOC_STATS,
+        ASSOC_STATS_SHARED,
         SLOT_OWNERS,
         OUTCOMES,
         IFACES,
@@ -86,6 +93,14 @@ pub mod send_drops {
     pub const EVENT: (&str, &str) = ("xdp", "xdp_redirect_err");
     /// The id of the program that redirected.
     pub const PROG_ID: (&str, usize) = ("prog_id", 8);
+}
+
+/// Global variables of the data-plane object (read-only data the loader sets
+/// before the programs are verified, so the verifier prunes the branch not taken).
+pub mod globals {
+    /// `u32`, 1 when the association counters are `ASSOC_STATS_SHARED`,
+    /// 0 when they are the per-CPU `ASSOC_STATS`.
+    pub const SHARED_COUNTERS: &str = "SHARED_COUNTERS";
 }
 
 /// Program names (the function names in `floatip-ebpf`).
@@ -124,6 +139,26 @@ pub const fn stats_slots(max_associations: u32) -> u32 {
     max_associations
         .saturating_add(max_associations / 16)
         .saturating_add(1)
+}
+
+/// Most memory the per-CPU association counters may take: beyond it the
+/// loader chooses the shared ones (one copy for all CPUs, atomic adds, at
+/// the price of contention when CPUs count the same association). With the
+/// default size, per-CPU counters fit up to 120 CPUs; with 1,000,000
+/// associations up to 7.
+pub const PER_CPU_COUNTERS_BUDGET: u64 = 256 << 20;
+
+/// What the kernel charges for the per-CPU counters of `max_associations`
+/// on `cpus` possible CPUs: per slot a pointer and the value per CPU.
+pub const fn per_cpu_counters_bytes(max_associations: u32, cpus: u32) -> u64 {
+    let value = core::mem::size_of::<AssocStats>() as u64;
+    stats_slots(max_associations) as u64 * (8 + value * cpus as u64)
+}
+
+/// Whether the loader chooses per-CPU counters (else shared ones) for
+/// `max_associations` on `cpus` possible CPUs.
+pub const fn per_cpu_counters_fit(max_associations: u32, cpus: u32) -> bool {
+    per_cpu_counters_bytes(max_associations, cpus) <= PER_CPU_COUNTERS_BUDGET
 }
 
 /// Buckets of the `SPOOF_FILTER` counting filter.
@@ -235,7 +270,8 @@ pub struct PoolValue {
     pub _pad: u32,
 }
 
-/// Per-CPU counters of one association.
+/// Counters of one association (per CPU in `ASSOC_STATS`, shared in
+/// `ASSOC_STATS_SHARED`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AssocStats {
@@ -487,5 +523,19 @@ mod tests {
             spoof_filter_buckets(key([10, 1, 2, 3]), 32),
             (10 << 8) + 1..=(10 << 8) + 1
         );
+    }
+
+    #[test]
+    fn per_cpu_counters_where_they_fit() {
+        // The default size: per-CPU up to 120 CPUs.
+        assert!(per_cpu_counters_fit(DEFAULT_MAX_ASSOCIATIONS, 120));
+        assert!(!per_cpu_counters_fit(DEFAULT_MAX_ASSOCIATIONS, 121));
+        // A million: per-CPU on a small gateway, shared on a large one.
+        assert!(per_cpu_counters_fit(1_000_000, 2));
+        assert!(per_cpu_counters_fit(1_000_000, 7));
+        assert!(!per_cpu_counters_fit(1_000_000, 8));
+        assert!(!per_cpu_counters_fit(1_000_000, 64));
+        // As the kernel charges a per-CPU array (see the memory benchmark).
+        assert_eq!(per_cpu_counters_bytes(1_000_000, 2), 76_500_072);
     }
 }

@@ -32,6 +32,21 @@ pub static POOLS: LpmTrie<u32, PoolValue> = LpmTrie::pinned(MAX_POOL_PREFIXES, 0
 pub static ASSOC_STATS: PerCpuArray<AssocStats> =
     PerCpuArray::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), 0);
 
+// One entry unless the loader chose shared counters (and then ASSOC_STATS has one).
+#[map(name = "ASSOC_STATS_SHARED")]
+pub static ASSOC_STATS_SHARED: Array<AssocStats> = Array::pinned(1, 0);
+
+// Set by the loader (floatip_common::globals): read-only data, so the verifier
+// sees a constant and drops the counting branch not taken.
+#[unsafe(no_mangle)]
+static SHARED_COUNTERS: u32 = 0;
+
+/// Whether the association counters are the shared ones.
+#[inline(always)]
+pub fn shared_counters() -> bool {
+    unsafe { core::ptr::read_volatile(&SHARED_COUNTERS) != 0 }
+}
+
 // Never read by the programs: the loader's record of which slot is whose.
 #[map(name = "SLOT_OWNERS")]
 pub static SLOT_OWNERS: Array<u32> = Array::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), 0);

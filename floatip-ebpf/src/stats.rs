@@ -1,9 +1,11 @@
-//! Per-CPU counters: per outcome, per association, and per NIC program the redirects
-//! the kernel refused.
+//! Counters: per outcome, per association (per CPU or shared), and per NIC program the
+//! redirects the kernel refused.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use floatip_common::AssocStats;
 
-use crate::maps::{ASSOC_STATS, OUTCOMES, SEND_DROPS};
+use crate::maps::{ASSOC_STATS, ASSOC_STATS_SHARED, OUTCOMES, SEND_DROPS, shared_counters};
 
 #[inline(always)]
 pub fn count(outcome: u32) {
@@ -14,9 +16,27 @@ pub fn count(outcome: u32) {
 
 /// Counts a packet for the association whose counters are at `slot`;
 /// `inbound` when it arrived for the floating IP, otherwise sent from it.
+/// Per-CPU counters take plain adds; shared ones (where per-CPU copies would
+/// not fit the memory budget, the loader's choice) atomic adds, since CPUs
+/// count the same association at once.
 #[inline(always)]
 pub fn count_assoc(slot: u32, inbound: bool, bytes: u64) {
-    if let Some(s) = ASSOC_STATS.get_ptr_mut(slot) {
+    if shared_counters() {
+        if let Some(s) = ASSOC_STATS_SHARED.get_ptr_mut(slot) {
+            let (packets, octets) = unsafe {
+                if inbound {
+                    (&raw mut (*s).in_packets, &raw mut (*s).in_bytes)
+                } else {
+                    (&raw mut (*s).out_packets, &raw mut (*s).out_bytes)
+                }
+            };
+            // The result unused: LLVM emits BPF_ATOMIC add without fetch.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(octets, bytes);
+            }
+        }
+    } else if let Some(s) = ASSOC_STATS.get_ptr_mut(slot) {
         let s: &mut AssocStats = unsafe { &mut *s };
         if inbound {
             s.in_packets += 1;

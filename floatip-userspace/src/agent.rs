@@ -34,6 +34,7 @@ pub fn run(config: Config) -> Result<()> {
             internal: config.internal.clone(),
             mode: config.mode,
             max_associations: None,
+            counters: None,
         };
         // As `floatip attach`: maps pinned from another database are refused, not reloaded.
         let report = Gateway::new(&config.bpffs).attach(&config.state, &opts, false)?;

@@ -7,7 +7,7 @@ use std::{
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
-        OnceLock,
+        Barrier, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
 };
@@ -17,8 +17,10 @@ use aya::{
     maps::ProgramArray,
     programs::{SchedClassifier, TestRun},
 };
-use floatip::dataplane::{BENCH_OBJECT, EBPF_OBJECT, TestProgram, TestPrograms};
-use floatip_common::{POOL_ANY_NIC, maps as names, programs, stats_slots};
+use floatip::dataplane::{
+    BENCH_OBJECT, Counters, EBPF_OBJECT, Role, TestProgram, TestPrograms, bench::pin_thread,
+};
+use floatip_common::{POOL_ANY_NIC, globals, maps as names, programs, stats_slots};
 
 use crate::pkt::MAC_A;
 
@@ -63,6 +65,9 @@ pub const ALL: [TestProgram; 4] = [
 /// Size of the fixture's association maps.
 const MAX_ASSOCIATIONS: u32 = 1024;
 
+/// The fixture's one managed NIC.
+const NICS: [(u32, [u8; 6], Role); 1] = [(LO, MAC_A, Role::External)];
+
 /// The loaded programs, their bpffs directory and association map size.
 pub struct Fixture(Option<TestPrograms>, String, u32);
 
@@ -74,6 +79,12 @@ impl Fixture {
     }
 
     pub fn with(pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Self {
+        Self::with_counters(pairs, None)
+    }
+
+    /// [`Self::with`] with the association counters where `counters` says
+    /// (`None`: the loader's choice, per-CPU for this small table).
+    pub fn with_counters(pairs: &[(Ipv4Addr, Ipv4Addr)], counters: Option<Counters>) -> Self {
         private_netns();
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = format!(
@@ -82,7 +93,8 @@ impl Fixture {
             N.fetch_add(1, Ordering::Relaxed)
         );
         let progs =
-            TestPrograms::load(dir.as_ref(), MAX_ASSOCIATIONS, LO, MAC_A).expect("load programs");
+            TestPrograms::load_with_counters(dir.as_ref(), MAX_ASSOCIATIONS, &NICS, counters)
+                .expect("load programs");
         let fx = Fixture(Some(progs), dir, MAX_ASSOCIATIONS);
         let mut dp = fx.progs().dataplane().unwrap();
         for (f, x) in pairs {
@@ -106,6 +118,39 @@ impl Fixture {
     pub fn try_run(&mut self, p: TestProgram, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let out = self.0.as_mut().unwrap().run(p, frame, LO, 1)?;
         Ok((out.action, out.data))
+    }
+
+    /// Runs `p` over `frame` `repeat` times (one `BPF_PROG_TEST_RUN`) on each
+    /// of `cpus` at once, each CPU's thread with its own load of the programs
+    /// on this fixture's maps, so that their counters see every CPU at once.
+    /// Returns each run's action.
+    pub fn run_on_cpus(
+        &self,
+        p: TestProgram,
+        frame: &[u8],
+        repeat: u32,
+        cpus: &[usize],
+    ) -> Vec<u32> {
+        let start = Barrier::new(cpus.len());
+        let (dir, start) = (&self.1, &start);
+        std::thread::scope(|s| {
+            let runs: Vec<_> = cpus
+                .iter()
+                .map(|cpu| {
+                    s.spawn(move || {
+                        private_netns();
+                        pin_thread(*cpu).unwrap();
+                        let mut twin =
+                            TestPrograms::load_with_counters(dir.as_ref(), self.2, &NICS, None)
+                                .expect("load programs again");
+                        // Loaded (which takes long) before either runs: the runs overlap.
+                        start.wait();
+                        twin.run(p, frame, LO, repeat).unwrap().action
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        })
     }
 }
 
@@ -207,15 +252,18 @@ impl Fixture {
     }
 
     /// A second instance of the data-plane object, sharing this fixture's
-    /// pinned maps.
+    /// pinned maps (and counting where they keep the counters).
     fn second_instance(&self) -> aya::Ebpf {
         let slots = stats_slots(self.2);
+        let counters = self.progs().dataplane().unwrap().counters();
+        let shared = u32::from(counters == Counters::Shared);
         EbpfLoader::new()
             .default_map_pin_directory(format!("{}/maps", self.1))
             .map_max_entries(names::FIP_TO_FIXED, self.2)
             .map_max_entries(names::FIXED_TO_FIP, self.2)
             .map_max_entries(names::ASSOC_STATS, slots)
             .map_max_entries(names::SLOT_OWNERS, slots)
+            .override_global(globals::SHARED_COUNTERS, &shared, true)
             .load(EBPF_OBJECT)
             .expect("load the data-plane object")
     }

@@ -42,7 +42,13 @@ pub fn db_view(lab: &Lab) -> String {
 pub fn pinned_view(lab: &Lab) -> String {
     let mut s = String::new();
     for name in map_names::ALL {
-        if name == map_names::ASSOC_STATS || name == map_names::OUTCOMES {
+        if [
+            map_names::ASSOC_STATS,
+            map_names::ASSOC_STATS_SHARED,
+            map_names::OUTCOMES,
+        ]
+        .contains(&name)
+        {
             continue;
         }
         let path = lab.bpffs.join("maps").join(name);

@@ -11,7 +11,7 @@
 
 use std::net::Ipv4Addr;
 
-use floatip::dataplane::TestProgram;
+use floatip::dataplane::{Counters, TestProgram};
 use tests::{
     fixture::*,
     pkt::{self, Ip, MAC_A, MAC_B},
@@ -550,6 +550,39 @@ fn counter_slots_are_per_association() {
         assert_eq!(s.in_packets, want, "counters of {}", s.floating);
     }
     assert_eq!(dp.pair_stats(None).unwrap().len(), 1024);
+}
+
+/// Counters count every packet exactly, shared ones (the loader's choice where per-CPU copies
+/// would not fit its memory budget, atomic adds) as well as per-CPU ones, also with two CPUs
+/// counting the same associations at once: each runs a frame N times in one test run. A pair
+/// and its mirror image (FIP1 → FIXED1, FIXED1 → FIP1) make every repetition a hit: a
+/// repetition runs on the frame the one before rewrote, which the mirror pair translates back,
+/// so each CPU counts N/2 packets for each pair.
+#[test]
+fn counters_count_exactly_with_cpus_at_once() {
+    const N: u32 = 400_000;
+    let f = frame(REMOTE, FIP1, 17, udp_l4);
+    for counters in [Counters::Shared, Counters::PerCpu] {
+        for p in [TestProgram::XdpExternal, TestProgram::TcExternal] {
+            let fx = Fixture::with_counters(&[(FIP1, FIXED1), (FIXED1, FIP1)], Some(counters));
+            let dp = fx.progs().dataplane().unwrap();
+            assert_eq!(dp.counters(), counters);
+            let actions = fx.run_on_cpus(p, &f, N, &[0, 1]);
+            let pass = if is_tc(p) { TC_ACT_OK } else { XDP_PASS };
+            assert_eq!(actions, [pass, pass], "{counters:?} {p:?}");
+            let stats = dp.pair_stats(None).unwrap();
+            assert_eq!(stats.len(), 2);
+            for s in stats {
+                assert_eq!(
+                    (s.in_packets, s.in_bytes, s.out_packets, s.out_bytes),
+                    (u64::from(N), u64::from(N) * f.len() as u64, 0, 0),
+                    "{counters:?} {p:?}: counters of {}",
+                    s.floating
+                );
+            }
+            assert_eq!(dp.outcomes().unwrap()["translated"], 2 * u64::from(N));
+        }
+    }
 }
 
 /// RFC 1812 §5.2.2: a router discards a datagram whose header checksum is

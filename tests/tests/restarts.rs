@@ -14,6 +14,9 @@
 //! - `other_layout_version_is_refused`: pinned maps of an older or newer
 //!   layout version make `attach`, `status` and the association commands
 //!   fail with one line naming both versions, changing nothing.
+//! - `shared_counters_are_kept_across_attaches`: maps attached with shared
+//!   counters keep them through a later attach, `nat stats` counts pings
+//!   exactly, and an attach asking for per-CPU counters is refused, changing nothing.
 //! - `unprivileged_user_is_refused`: as nobody, reading and mutating
 //!   commands fail with one permission line and change nothing; the
 //!   database is 0600 in a 0700 directory, the pin directory 0700.
@@ -776,6 +779,58 @@ fn other_layout_version_is_refused() {
         failures.join("\n\n")
     );
     eprintln!("[layout] ok ({:.1} s)", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------- counters
+
+/// `nat stats FLOATING`: (in, out) packets.
+fn pair_packets(lab: &Lab, floating: &str) -> (u64, u64) {
+    let v = lab.json(&["nat", "stats", floating]);
+    let n = |k: &str| v[0][k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    (n("in_packets"), n("out_packets"))
+}
+
+/// Shared counters (`attach --counters shared`, what the loader chooses where per-CPU ones
+/// would not fit) are what the pinned maps keep: `status` names them and `nat stats` counts
+/// pings exactly; a later attach without the option keeps them and goes on counting; one
+/// asking for per-CPU counters is refused with one line, changing nothing.
+#[test]
+fn shared_counters_are_kept_across_attaches() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let lab = build(Mode::XdpGeneric);
+    let plain = lab.attach_args(&[]);
+    let mut shared = plain.clone();
+    shared.extend(["--counters", "shared"]);
+    lab.ok(&shared);
+    public_pool(&lab, &[FIP1], &[(FIP1, INST1_IP)]);
+    let kind = |lab: &Lab| str_field(&lab.json(&["status"]), "association_counters");
+    assert_eq!(kind(&lab), "shared");
+    let out = ping(&lab.ext, FIP1);
+    assert!(ping_ok(&out), "{out}");
+    assert_eq!(pair_packets(&lab, FIP1), (3, 3));
+
+    lab.ok(&plain);
+    assert_eq!(
+        kind(&lab),
+        "shared",
+        "a later attach keeps the pinned choice"
+    );
+    let out = ping(&lab.ext, FIP1);
+    assert!(ping_ok(&out), "{out}");
+    assert_eq!(pair_packets(&lab, FIP1), (6, 6));
+
+    let mut per_cpu = plain.clone();
+    per_cpu.extend(["--counters", "per-cpu"]);
+    let before = Snapshot::take(&lab);
+    refused(
+        "attach --counters per-cpu",
+        &lab.floatip(&per_cpu),
+        &["shared", "per-cpu", "detach"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(before.changes(&lab), Vec::<String>::new());
+    assert_eq!(kind(&lab), "shared");
 }
 
 // ---------------------------------------------------------------- privileges

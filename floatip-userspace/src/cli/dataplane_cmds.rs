@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::{Cli, signals};
 use crate::{
     control::{Control, Gateway, SyncReport, SyncState},
-    dataplane::{AttachOptions, Mode},
+    dataplane::{AttachOptions, Counters, Mode},
     error::fail,
     output,
 };
@@ -30,6 +30,21 @@ impl From<ModeArg> for Mode {
     }
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CountersArg {
+    PerCpu,
+    Shared,
+}
+
+impl From<CountersArg> for Counters {
+    fn from(c: CountersArg) -> Self {
+        match c {
+            CountersArg::PerCpu => Counters::PerCpu,
+            CountersArg::Shared => Counters::Shared,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// NIC on the external network (repeatable).
@@ -45,6 +60,11 @@ pub struct AttachArgs {
     /// pinned keep theirs, and a different size is refused).
     #[arg(long)]
     pub max_associations: Option<u32>,
+    /// Per-association counters per-cpu (no contention, memory grows with the CPUs) or shared
+    /// (atomic adds) when the maps are created; default: per-cpu where they take at most
+    /// 256 MiB, else shared (maps already pinned keep theirs, and the other is refused).
+    #[arg(long, value_enum)]
+    pub counters: Option<CountersArg>,
     /// Reload maps pinned by another state database from this one.
     #[arg(long)]
     pub adopt: bool,
@@ -82,6 +102,7 @@ pub fn attach(cli: &Cli, args: &AttachArgs) -> Result<()> {
         internal: args.internal.clone(),
         mode: args.mode.into(),
         max_associations: args.max_associations,
+        counters: args.counters.map(Counters::from),
     };
     let report = Gateway::new(&cli.bpffs).attach(&cli.state, &opts, args.adopt)?;
     for w in &report.warnings {
@@ -199,9 +220,10 @@ pub fn status(cli: &Cli) -> Result<()> {
         }
     }
     output::print_text(&format!(
-        "\nassociations: {} of {} (layout v{}, generation {})\ndatabase: {} ({}): {sync}\nnext hops: {next_hops}\n{drops}\n",
+        "\nassociations: {} of {} ({} counters, layout v{}, generation {})\ndatabase: {} ({}): {sync}\nnext hops: {next_hops}\n{drops}\n",
         st.associations,
         st.max_associations,
+        st.association_counters.as_str(),
         st.layout_version,
         st.generation,
         full.state_database.display(),

@@ -84,6 +84,19 @@ impl Gateway {
                      from the database)"
                 );
             }
+            let counters = pinned.maps_ref().map(|m| m.counters());
+            if let (Some(want), Some(have)) = (opts.counters, counters)
+                && want != have
+            {
+                fail!(
+                    Conflict,
+                    "the pinned maps keep {} counters, not {}; run `floatip detach` first, then \
+                     attach with --counters {} (associations are restored from the database)",
+                    have.as_str(),
+                    want.as_str(),
+                    want.as_str()
+                );
+            }
         }
         let attach_warnings = Dataplane::attach(&self.bpffs, opts)?;
         let mut control = Control::open_adopting(state, &self.bpffs)?;

@@ -15,17 +15,18 @@ use aya::{
     },
 };
 use floatip_common::{
-    DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAP_LAYOUT_VERSION, Meta, maps as names, programs,
-    stats_slots,
+    DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAP_LAYOUT_VERSION, Meta, globals, maps as names,
+    programs, stats_slots,
 };
 
 use super::{
-    AttachOptions, Dataplane, EBPF_OBJECT, Mode, Role,
+    AttachOptions, Counters, Dataplane, EBPF_OBJECT, Mode, Role,
     pins::{
         ensure_bpffs, find_link, is_mount_point, layout_mismatch, links_dir, maps_dir, nic_link,
-        nic_links, not_attached, open_map, pinned_layout, program_id, remove_pins, unmount,
+        nic_links, not_attached, open_map, pinned_counters, pinned_layout, program_id, remove_pins,
+        unmount,
     },
-    send_drops,
+    possible_cpus, send_drops,
 };
 use crate::{
     error::{self, error, fail},
@@ -33,20 +34,39 @@ use crate::{
 };
 
 /// Loads the data-plane object with its maps pinned under `bpffs`
-/// (reusing pins that exist).
-pub(super) fn load(bpffs: &Path, max_associations: u32) -> Result<Ebpf> {
+/// (reusing pins that exist). The counters live where pinned maps have
+/// them; fresh maps put them where `counters` says, by default where the
+/// memory budget allows (per-CPU, else shared).
+pub(super) fn load(
+    bpffs: &Path,
+    max_associations: u32,
+    counters: Option<Counters>,
+) -> Result<Ebpf> {
     if let Some(v) = pinned_layout(bpffs)?
         && v != MAP_LAYOUT_VERSION
     {
         return Err(layout_mismatch(bpffs, v));
     }
+    let counters = match (pinned_counters(bpffs)?, counters) {
+        (Some(pinned), _) => pinned,
+        (None, Some(want)) => want,
+        (None, None) => Counters::for_size(max_associations, possible_cpus()? as u32),
+    };
+    let slots = stats_slots(max_associations);
+    let (per_cpu, shared) = match counters {
+        Counters::PerCpu => (slots, 1),
+        Counters::Shared => (1, slots),
+    };
+    let shared_flag = u32::from(counters == Counters::Shared);
     let dir = maps_dir(bpffs);
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&dir)
         .map_max_entries(names::FIP_TO_FIXED, max_associations)
         .map_max_entries(names::FIXED_TO_FIP, max_associations)
-        .map_max_entries(names::ASSOC_STATS, stats_slots(max_associations))
-        .map_max_entries(names::SLOT_OWNERS, stats_slots(max_associations))
+        .map_max_entries(names::ASSOC_STATS, per_cpu)
+        .map_max_entries(names::ASSOC_STATS_SHARED, shared)
+        .map_max_entries(names::SLOT_OWNERS, slots)
+        .override_global(globals::SHARED_COUNTERS, &shared_flag, true)
         .load(EBPF_OBJECT)
         .context("cannot load the floatip eBPF object")?;
     let mut meta: Array<_, Meta> = Array::try_from(
@@ -247,7 +267,7 @@ impl Dataplane {
         nics: &[(String, u32, Role, [u8; 6])],
     ) -> Result<Vec<String>> {
         let size = opts.max_associations.unwrap_or(DEFAULT_MAX_ASSOCIATIONS);
-        let mut ebpf = load(bpffs, size)?;
+        let mut ebpf = load(bpffs, size, opts.counters)?;
         {
             let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(
                 ebpf.map_mut(names::IFACES)

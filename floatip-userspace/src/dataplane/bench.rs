@@ -25,14 +25,13 @@ use aya::{
         xdp::DevMapHash,
     },
     programs::{TestRun, Xdp, xdp::XdpMode},
-    util::nr_cpus,
 };
 use floatip_common::{
     FrameSample, GenState, IfaceInfo, SINK_SAMPLE_SLOTS, maps as names, outcome, programs,
 };
 
 use super::{
-    BENCH_OBJECT, Dataplane, Role,
+    BENCH_OBJECT, Counters, Dataplane, Role,
     attach::load,
     pins::{ensure_bpffs, links_dir, maps_dir, remove_pins},
     xdp_ctx,
@@ -264,14 +263,19 @@ fn facts_of(bpffs: &Path) -> Result<Vec<MapFacts>> {
 }
 
 /// The facts of the data-plane maps as `floatip attach --max-associations
-/// N` creates them, all empty: created with their pins under `bpffs` (which
-/// must not exist), read, and removed again.
-pub fn map_facts_for(bpffs: &Path, max_associations: u32) -> Result<Vec<MapFacts>> {
+/// N` creates them with the counters where `counters` says, all empty:
+/// created with their pins under `bpffs` (which must not exist), read, and
+/// removed again.
+pub fn map_facts_for(
+    bpffs: &Path,
+    max_associations: u32,
+    counters: Counters,
+) -> Result<Vec<MapFacts>> {
     if bpffs.exists() {
         bail!("{} already exists", bpffs.display());
     }
     ensure_bpffs(bpffs)?;
-    let facts = load(bpffs, max_associations).and_then(|ebpf| {
+    let facts = load(bpffs, max_associations, Some(counters)).and_then(|ebpf| {
         let facts = facts_of(bpffs);
         drop(ebpf);
         facts
@@ -280,10 +284,7 @@ pub fn map_facts_for(bpffs: &Path, max_associations: u32) -> Result<Vec<MapFacts
     facts
 }
 
-/// The CPUs the kernel sizes per-CPU maps for (`num_possible_cpus`).
-pub fn possible_cpus() -> Result<usize> {
-    nr_cpus().map_err(|(what, e)| anyhow!("cannot read {what}: {e}"))
-}
+pub use super::possible_cpus;
 
 /// Runs `f` on a new thread that has joined the network namespace at
 /// `netns` (e.g. `/run/netns/NAME`); the caller's thread is never moved.
@@ -633,7 +634,7 @@ impl CostRig {
             bail!("{} already exists", bpffs.display());
         }
         ensure_bpffs(bpffs)?;
-        let mut ebpf = load(bpffs, max_associations)?;
+        let mut ebpf = load(bpffs, max_associations, None)?;
         for name in [programs::XDP_EXTERNAL, programs::XDP_INTERNAL] {
             xdp_prog(&mut ebpf, name)?
                 .load()

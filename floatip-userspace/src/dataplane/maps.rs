@@ -21,7 +21,7 @@ use floatip_common::{
 };
 
 use super::{
-    Pair, Role, from_key,
+    Counters, Pair, Role, from_key,
     pins::{layout_mismatch, open_data, open_map},
     to_key,
 };
@@ -36,7 +36,7 @@ pub struct Dataplane {
     pub(super) fip_to_fixed: HashMap<MapData, u32, NatEntry>,
     pub(super) fixed_to_fip: HashMap<MapData, u32, NatEntry>,
     pub(super) pools: LpmTrie<MapData, u32, PoolValue>,
-    pub(super) stats: PerCpuArray<MapData, AssocStats>,
+    pub(super) stats: Stats,
     pub(super) spoof_filter: Array<MapData, u32>,
     pub(super) slot_owners: Array<MapData, u32>,
     pub(super) outcomes: PerCpuArray<MapData, u64>,
@@ -45,7 +45,71 @@ pub struct Dataplane {
     pub(super) max_associations: u32,
 }
 
+/// The per-association counters, where the loader put them.
+pub(super) enum Stats {
+    PerCpu(PerCpuArray<MapData, AssocStats>),
+    Shared(Array<MapData, AssocStats>),
+}
+
+impl Stats {
+    /// Opens the counters in use: the shared map when it has more than one
+    /// entry (see `floatip_common::maps::ASSOC_STATS_SHARED`; maps of older
+    /// layouts have none).
+    fn open(bpffs: &Path) -> Result<Self> {
+        if let Ok(shared) = open_data(bpffs, names::ASSOC_STATS_SHARED)
+            && shared.info()?.max_entries() > 1
+        {
+            return Ok(Stats::Shared(Array::try_from(Map::from_map_data(shared)?)?));
+        }
+        Ok(Stats::PerCpu(PerCpuArray::try_from(open_map(
+            bpffs,
+            names::ASSOC_STATS,
+        )?)?))
+    }
+
+    fn kind(&self) -> Counters {
+        match self {
+            Stats::PerCpu(_) => Counters::PerCpu,
+            Stats::Shared(_) => Counters::Shared,
+        }
+    }
+
+    /// Zeroes the counters at `slot`.
+    fn clear(&mut self, slot: u32) -> Result<()> {
+        match self {
+            Stats::PerCpu(m) => {
+                let cpus = nr_cpus().map_err(|(_, e)| e)?;
+                let zero = PerCpuValues::try_from(vec![AssocStats::default(); cpus])?;
+                m.set(slot, zero, 0)?;
+            }
+            Stats::Shared(m) => m.set(slot, AssocStats::default(), 0)?,
+        }
+        Ok(())
+    }
+
+    /// The counters at `slot`, summed over CPUs (`None`: no such slot).
+    pub(super) fn get(&self, slot: u32) -> Option<AssocStats> {
+        match self {
+            Stats::PerCpu(m) => m.get(&slot, 0).ok().map(|values| {
+                values.iter().fold(AssocStats::default(), |mut s, v| {
+                    s.in_packets += v.in_packets;
+                    s.in_bytes += v.in_bytes;
+                    s.out_packets += v.out_packets;
+                    s.out_bytes += v.out_bytes;
+                    s
+                })
+            }),
+            Stats::Shared(m) => m.get(&slot, 0).ok(),
+        }
+    }
+}
+
 impl Dataplane {
+    /// Where the per-association counters live.
+    pub fn counters(&self) -> Counters {
+        self.stats.kind()
+    }
+
     /// The internal NIC through which the kernel routes to `fixed`, if any.
     pub fn internal_route(&self, fixed: Ipv4Addr) -> Result<Option<String>> {
         let Some(oif) = iface::route_oif(fixed)? else {
@@ -85,7 +149,7 @@ impl Dataplane {
             fip_to_fixed: HashMap::try_from(Map::from_map_data(f2x)?)?,
             fixed_to_fip: HashMap::try_from(open_map(bpffs, names::FIXED_TO_FIP)?)?,
             pools: LpmTrie::try_from(open_map(bpffs, names::POOLS)?)?,
-            stats: PerCpuArray::try_from(open_map(bpffs, names::ASSOC_STATS)?)?,
+            stats: Stats::open(bpffs)?,
             slot_owners: Array::try_from(open_map(bpffs, names::SLOT_OWNERS)?)?,
             spoof_filter: Array::try_from(open_map(bpffs, names::SPOOF_FILTER)?)?,
             outcomes: PerCpuArray::try_from(open_map(bpffs, names::OUTCOMES)?)?,
@@ -128,9 +192,7 @@ impl Dataplane {
             let slot = (start + i) % n;
             let current = self.slot_owners.get(&slot, 0)?;
             if current == 0 || current == owner {
-                let cpus = nr_cpus().map_err(|(_, e)| e)?;
-                let zero = PerCpuValues::try_from(vec![AssocStats::default(); cpus])?;
-                self.stats.set(slot, zero, 0)?;
+                self.stats.clear(slot)?;
                 self.slot_owners.set(slot, owner, 0)?;
                 return Ok(slot);
             }

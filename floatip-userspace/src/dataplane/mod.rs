@@ -100,6 +100,36 @@ impl Role {
     }
 }
 
+/// Where the per-association counters live, chosen when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Counters {
+    /// One copy per CPU (`ASSOC_STATS`): plain adds, no cache line shared
+    /// between CPUs; memory grows with the CPU count.
+    PerCpu,
+    /// One copy for all CPUs (`ASSOC_STATS_SHARED`), atomic adds.
+    Shared,
+}
+
+impl Counters {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counters::PerCpu => "per-cpu",
+            Counters::Shared => "shared",
+        }
+    }
+
+    /// The loader's choice for maps of `max_associations` on `cpus` possible
+    /// CPUs: per-CPU where they fit [`floatip_common::PER_CPU_COUNTERS_BUDGET`].
+    pub fn for_size(max_associations: u32, cpus: u32) -> Self {
+        if floatip_common::per_cpu_counters_fit(max_associations, cpus) {
+            Counters::PerCpu
+        } else {
+            Counters::Shared
+        }
+    }
+}
+
 /// Options of `floatip attach`.
 #[derive(Clone, Debug)]
 pub struct AttachOptions {
@@ -108,6 +138,9 @@ pub struct AttachOptions {
     pub mode: Mode,
     /// Size of the association maps when they are created (`None`: the default).
     pub max_associations: Option<u32>,
+    /// Where the counters live when the maps are created (`None`: by the
+    /// memory budget, [`Counters::for_size`]).
+    pub counters: Option<Counters>,
 }
 
 /// One association as the maps hold it.
@@ -115,6 +148,11 @@ pub struct AttachOptions {
 pub struct Pair {
     pub floating: Ipv4Addr,
     pub fixed: Ipv4Addr,
+}
+
+/// The CPUs the kernel sizes per-CPU maps for (`num_possible_cpus`).
+pub fn possible_cpus() -> anyhow::Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("cannot read {what}: {e}"))
 }
 
 /// Map keys hold addresses in network byte order.

@@ -15,7 +15,7 @@ use aya::{
 };
 use floatip_common::{MAP_LAYOUT_VERSION, Meta, maps as names};
 
-use super::Mode;
+use super::{Counters, Mode};
 use crate::error::{self, error};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -155,6 +155,23 @@ pub(super) fn pinned_layout(bpffs: &Path) -> Result<Option<u32>> {
             Ok(Some(meta.get(&0, 0)?.layout_version))
         }
         Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where the counters of already pinned maps live, if any are pinned: the
+/// shared map has more than one entry exactly when it is the one in use
+/// (maps of layouts before it had only per-CPU counters).
+pub(super) fn pinned_counters(bpffs: &Path) -> Result<Option<Counters>> {
+    if !maps_dir(bpffs).join(names::META).exists() {
+        return Ok(None);
+    }
+    match MapData::from_pin(maps_dir(bpffs).join(names::ASSOC_STATS_SHARED)) {
+        Ok(data) if data.info()?.max_entries() > 1 => Ok(Some(Counters::Shared)),
+        Ok(_) => Ok(Some(Counters::PerCpu)),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {
+            Ok(Some(Counters::PerCpu))
+        }
         Err(e) => Err(e.into()),
     }
 }

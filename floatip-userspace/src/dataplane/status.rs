@@ -7,7 +7,7 @@ use aya::maps::PerCpuHashMap;
 use floatip_common::{maps as names, outcome};
 
 use super::{
-    Dataplane, Mode, Role, from_key,
+    Counters, Dataplane, Mode, Role, from_key,
     pins::{find_link, open_map, program_id},
 };
 use crate::iface;
@@ -40,6 +40,8 @@ pub struct DataplaneStatus {
     pub interfaces: Vec<Attached>,
     pub associations: usize,
     pub max_associations: u32,
+    /// Where the per-association counters live (per CPU or shared).
+    pub association_counters: Counters,
     pub layout_version: u32,
     pub generation: u64,
     /// Identity of the state database the maps were loaded from.
@@ -60,7 +62,7 @@ pub struct NextHopStatus {
     pub default_route: bool,
 }
 
-/// Per-association counters, summed over CPUs.
+/// Per-association counters (per-CPU ones summed over CPUs).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct PairStats {
     pub floating: Ipv4Addr,
@@ -110,13 +112,11 @@ impl Dataplane {
                 out_packets: 0,
                 out_bytes: 0,
             };
-            if let Ok(values) = self.stats.get(&entry.slot, 0) {
-                for v in values.iter() {
-                    s.in_packets += v.in_packets;
-                    s.in_bytes += v.in_bytes;
-                    s.out_packets += v.out_packets;
-                    s.out_bytes += v.out_bytes;
-                }
+            if let Some(v) = self.stats.get(entry.slot) {
+                s.in_packets = v.in_packets;
+                s.in_bytes = v.in_bytes;
+                s.out_packets = v.out_packets;
+                s.out_bytes = v.out_bytes;
             }
             out.push(s);
         }
@@ -155,6 +155,7 @@ impl Dataplane {
             interfaces,
             associations: self.fip_to_fixed.keys().count(),
             max_associations: self.max_associations()?,
+            association_counters: self.counters(),
             layout_version: meta.layout_version,
             generation: meta.generation,
             db_identity: format!("{:016x}", meta.db_identity),

@@ -16,9 +16,9 @@ use aya::{
 use floatip_common::{IfaceInfo, maps as names, programs};
 
 use super::{
-    Dataplane, Role,
+    Counters, Dataplane, Role,
     attach::load,
-    pins::{ensure_bpffs, remove_pins},
+    pins::{ensure_bpffs, maps_dir, remove_pins},
     xdp_ctx,
 };
 
@@ -60,16 +60,35 @@ impl TestPrograms {
         max_associations: u32,
         nics: &[(u32, [u8; 6], Role)],
     ) -> Result<Self> {
+        Self::load_with_counters(bpffs, max_associations, nics, None)
+    }
+
+    /// [`Self::load_with_nics`] with the counters where `counters` says
+    /// (`None`: the loader's choice). Maps already pinned under `bpffs` are
+    /// shared, with the counters where they have them: a second load runs the
+    /// programs on the same maps (from another thread, say).
+    pub fn load_with_counters(
+        bpffs: &Path,
+        max_associations: u32,
+        nics: &[(u32, [u8; 6], Role)],
+        counters: Option<Counters>,
+    ) -> Result<Self> {
+        let fresh = !maps_dir(bpffs).exists();
         ensure_bpffs(bpffs)?;
-        Self::load_pinned(bpffs, max_associations, nics).inspect_err(|_| remove_pins(bpffs))
+        Self::load_pinned(bpffs, max_associations, nics, counters).inspect_err(|_| {
+            if fresh {
+                remove_pins(bpffs)
+            }
+        })
     }
 
     fn load_pinned(
         bpffs: &Path,
         max_associations: u32,
         nics: &[(u32, [u8; 6], Role)],
+        counters: Option<Counters>,
     ) -> Result<Self> {
-        let mut ebpf = load(bpffs, max_associations)?;
+        let mut ebpf = load(bpffs, max_associations, counters)?;
         for name in [
             programs::XDP_EXTERNAL,
             programs::XDP_INTERNAL,

@@ -5,7 +5,10 @@
 //! `floatip attach --max-associations 1000000` creates them (sizes read
 //! back from the kernel, so the figures follow every change of a
 //! `floatip-common` type or of the map set), and checks it against the
-//! kernel's own figure for this machine's CPU count.
+//! kernel's own figure for this machine's CPU count. At each CPU count the
+//! maps are those the loader would create there: per-CPU association
+//! counters where they fit its memory budget, shared ones where they do not
+//! (both variants are created and read back).
 //!
 //! Per-entry sizes (x86-64, kernel/bpf/{hashtab,arraymap,lpm_trie,devmap}.c):
 //! - hash: an element is a 48-byte `htab_elem` header + key and value, each
@@ -22,7 +25,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use floatip::dataplane::bench::{MapFacts, MapKind, map_facts_for, possible_cpus};
+use floatip::dataplane::{
+    Counters,
+    bench::{MapFacts, MapKind, map_facts_for, possible_cpus},
+};
 
 /// The association count the figures are for.
 pub const ASSOCIATIONS: u32 = 1_000_000;
@@ -93,9 +99,14 @@ pub fn kernel_bytes(m: &MapFacts, cpus: u64, in_use: u64) -> Option<u64> {
 /// One map's figures.
 #[derive(Clone, Debug)]
 pub struct MapMemory {
+    /// As the loader creates it on this machine.
     pub facts: MapFacts,
-    /// [`kernel_bytes`] at each of [`CPU_COUNTS`].
+    /// [`kernel_bytes`] at each of [`CPU_COUNTS`], of the map as the loader
+    /// would create it there.
     pub at: Vec<(u64, Option<u64>)>,
+    /// Its entries at each of [`CPU_COUNTS`] (the counter maps' differ with
+    /// the loader's choice).
+    pub entries: Vec<(u64, u32)>,
     /// [`kernel_bytes`] at this machine's CPU count, to compare with `facts.memlock`.
     pub here: Option<u64>,
 }
@@ -105,6 +116,9 @@ pub struct MemoryResult {
     pub associations: u32,
     /// Possible CPUs of this machine, what the kernel's figures are for.
     pub cpus_here: u64,
+    /// The loader's choice of counters at each of [`CPU_COUNTS`] and here.
+    pub counters: Vec<(u64, Counters)>,
+    pub counters_here: Counters,
     pub maps: Vec<MapMemory>,
 }
 
@@ -170,30 +184,54 @@ impl MemoryResult {
 }
 
 /// Creates the maps for [`ASSOCIATIONS`] under a private pin directory
-/// (`bpffs`, which must not exist) and computes every figure. The maps are
-/// empty: what grows with entries in use (pool prefixes, interfaces) is
-/// counted as none, which is what it is in the kernel's figure too.
+/// (`bpffs`, which must not exist), once with per-CPU and once with shared
+/// counters, and computes every figure. The maps are empty: what grows with
+/// entries in use (pool prefixes, interfaces) is counted as none, which is
+/// what it is in the kernel's figure too.
 pub fn run(bpffs: &Path) -> Result<MemoryResult> {
-    let facts = map_facts_for(bpffs, ASSOCIATIONS)?;
+    let per_cpu = map_facts_for(bpffs, ASSOCIATIONS, Counters::PerCpu)?;
+    let shared = map_facts_for(bpffs, ASSOCIATIONS, Counters::Shared)?;
     let cpus_here = possible_cpus()? as u64;
-    Ok(compute(facts, cpus_here))
+    Ok(compute(&per_cpu, &shared, cpus_here))
 }
 
-fn compute(facts: Vec<MapFacts>, cpus_here: u64) -> MemoryResult {
-    let maps = facts
-        .into_iter()
-        .map(|f| MapMemory {
-            at: CPU_COUNTS
+/// The loader's choice for [`ASSOCIATIONS`] on `cpus` CPUs.
+fn choice(cpus: u64) -> Counters {
+    Counters::for_size(ASSOCIATIONS, cpus as u32)
+}
+
+fn compute(per_cpu: &[MapFacts], shared: &[MapFacts], cpus_here: u64) -> MemoryResult {
+    let variant = |cpus: u64| match choice(cpus) {
+        Counters::PerCpu => per_cpu,
+        Counters::Shared => shared,
+    };
+    let named = |cpus: u64, name: &str| variant(cpus).iter().find(|g| g.name == name).cloned();
+    let maps = variant(cpus_here)
+        .iter()
+        .map(|f| {
+            let there: Vec<(u64, Option<MapFacts>)> = CPU_COUNTS
                 .iter()
-                .map(|c| (*c, kernel_bytes(&f, *c, 0)))
-                .collect(),
-            here: kernel_bytes(&f, cpus_here, 0),
-            facts: f,
+                .map(|c| (*c, named(*c, &f.name)))
+                .collect();
+            MapMemory {
+                at: there
+                    .iter()
+                    .map(|(c, g)| (*c, g.as_ref().and_then(|g| kernel_bytes(g, *c, 0))))
+                    .collect(),
+                entries: there
+                    .iter()
+                    .map(|(c, g)| (*c, g.as_ref().map_or(0, |g| g.max_entries)))
+                    .collect(),
+                here: kernel_bytes(f, cpus_here, 0),
+                facts: f.clone(),
+            }
         })
         .collect();
     MemoryResult {
         associations: ASSOCIATIONS,
         cpus_here,
+        counters: CPU_COUNTS.iter().map(|c| (*c, choice(*c))).collect(),
+        counters_here: choice(cpus_here),
         maps,
     }
 }
@@ -228,6 +266,41 @@ mod tests {
         assert_eq!(kernel_bytes(&d, 2, 0), Some(856));
         let i = facts(MapKind::Hash, 4, 8, 64);
         assert_eq!(kernel_bytes(&i, 2, 0), Some(6_224));
+    }
+
+    /// At each CPU count the figures are those of the loader's choice there:
+    /// per-CPU counters at 2 CPUs, shared ones at 64 and 128.
+    #[test]
+    fn figures_follow_the_loaders_choice() {
+        let slots = 1_062_501;
+        let named = |name: &str, kind, max| MapFacts {
+            name: name.into(),
+            ..facts(kind, 4, 32, max)
+        };
+        let variant = |per_cpu, shared| {
+            vec![
+                named("ASSOC_STATS", MapKind::PerCpuArray, per_cpu),
+                named("ASSOC_STATS_SHARED", MapKind::Array, shared),
+            ]
+        };
+        let m = compute(&variant(slots, 1), &variant(1, slots), 2);
+        assert_eq!(m.counters_here, Counters::PerCpu);
+        assert_eq!(
+            m.counters,
+            vec![
+                (2, Counters::PerCpu),
+                (64, Counters::Shared),
+                (128, Counters::Shared)
+            ]
+        );
+        let array = |max: u64, per_cpu: Option<u64>| {
+            ARRAY_HEADER + max * per_cpu.map_or(32, |cpus| 8 + 32 * cpus)
+        };
+        let slots = u64::from(slots);
+        assert_eq!(m.total(2), array(slots, Some(2)) + array(1, None));
+        assert_eq!(m.total(64), array(1, Some(64)) + array(slots, None));
+        assert_eq!(m.total(128), array(1, Some(128)) + array(slots, None));
+        assert_eq!(m.maps[0].entries, vec![(2, 1_062_501), (64, 1), (128, 1)]);
     }
 
     #[test]

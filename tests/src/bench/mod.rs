@@ -574,16 +574,32 @@ fn memory_section(s: &mut String, mem: &MemoryResult) {
         let _ = write!(s, "---:|");
     }
     let _ = writeln!(s, "---:|---:|");
+    let _ = write!(s, "| *association counters (the loader's choice)* | | | |");
+    for (_, c) in &mem.counters {
+        let _ = write!(s, " {} |", c.as_str());
+    }
+    let _ = writeln!(
+        s,
+        " {} | {} |",
+        mem.counters_here.as_str(),
+        mem.counters_here.as_str()
+    );
     for m in &mem.maps {
         let f = &m.facts;
+        // The counter maps' entries differ with the choice: one figure per CPU column then.
+        let entries = if m.entries.iter().all(|(_, n)| *n == f.max_entries) {
+            thousands(f.max_entries as u64)
+        } else {
+            m.entries
+                .iter()
+                .map(|(_, n)| thousands(*n as u64))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
         let _ = write!(
             s,
-            "| {} | {:?} | {} + {} | {} |",
-            f.name,
-            f.kind,
-            f.key_size,
-            f.value_size,
-            thousands(f.max_entries as u64)
+            "| {} | {:?} | {} + {} | {entries} |",
+            f.name, f.kind, f.key_size, f.value_size,
         );
         for (_, b) in &m.at {
             let _ = write!(s, " {} |", b.map_or("?".into(), mb));
@@ -624,6 +640,23 @@ fn memory_section(s: &mut String, mem: &MemoryResult) {
         } else {
             format!("; differing: {}", off.join(", "))
         }
+    );
+    let _ = writeln!(
+        s,
+        "- association counters: per-CPU where they take at most {} MiB, else shared (one copy, atomic adds); per-CPU ones for {} associations would take {}",
+        floatip_common::PER_CPU_COUNTERS_BUDGET >> 20,
+        thousands(mem.associations as u64),
+        memory::CPU_COUNTS
+            .iter()
+            .map(|c| format!(
+                "{} MB at {c} CPUs",
+                mb(floatip_common::per_cpu_counters_bytes(
+                    mem.associations,
+                    *c as u32
+                ))
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if !mem.by_use().is_empty() {
         let _ = writeln!(
@@ -938,6 +971,8 @@ fn memory_json(m: &MemoryResult) -> Value {
     json!({
         "associations": m.associations,
         "cpus_here": m.cpus_here,
+        "counters": m.counters.iter().map(|(c, k)| (c.to_string(), json!(k.as_str()))).collect::<serde_json::Map<_, _>>(),
+        "counters_here": m.counters_here.as_str(),
         "total_bytes": memory::CPU_COUNTS.iter().map(|c| (c.to_string(), json!(m.total(*c)))).collect::<serde_json::Map<_, _>>(),
         "kernel_total_bytes_here": m.kernel_total(),
         "model_total_bytes_here": m.model_total_here(),
@@ -951,6 +986,7 @@ fn memory_json(m: &MemoryResult) -> Value {
             "kernel_bytes_here": x.facts.memlock,
             "model_bytes_here": x.here,
             "model_bytes": x.at.iter().map(|(c, b)| (c.to_string(), json!(b))).collect::<serde_json::Map<_, _>>(),
+            "max_entries_at": x.entries.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
     })
 }
