@@ -62,12 +62,17 @@ impl Os<'_> {
     }
 }
 
+/// Pings `fip` from the external host: `count` echoes, each waited for `wait` seconds.
+fn ping(lab: &Lab, fip: &str, count: &str, wait: &str) -> Output {
+    exec(
+        &lab.ext,
+        &["ping", "-n", "-c", count, "-i", "0.2", "-W", wait, fip],
+    )
+}
+
 #[track_caller]
 fn ping_ok(lab: &Lab, fip: &str) {
-    let out = exec(
-        &lab.ext,
-        &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", fip],
-    );
+    let out = ping(lab, fip, "3", "2");
     assert!(
         out.success() && out.stdout.contains(" 0% packet loss"),
         "ping {fip} lost replies:\n{out}"
@@ -76,10 +81,7 @@ fn ping_ok(lab: &Lab, fip: &str) {
 
 #[track_caller]
 fn ping_fails(lab: &Lab, fip: &str) {
-    let out = exec(
-        &lab.ext,
-        &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", fip],
-    );
+    let out = ping(lab, fip, "2", "1");
     assert!(
         !out.success() && out.stdout.contains("100% packet loss"),
         "traffic to {fip} must stop:\n{out}"

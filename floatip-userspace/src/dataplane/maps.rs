@@ -9,11 +9,8 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use aya::{
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
-    },
-    util::nr_cpus,
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use floatip_common::{
     AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, NextHop, POOL_EXCLUDED, POOL_MEMBER,
@@ -22,8 +19,8 @@ use floatip_common::{
 
 use super::{
     Counters, Pair, Role, from_key,
-    pins::{layout_mismatch, open_data, open_map},
-    to_key,
+    pins::{layout_mismatch, open_data, open_map, pinned_counters},
+    possible_cpus, to_key,
 };
 use crate::iface;
 
@@ -52,19 +49,16 @@ pub(super) enum Stats {
 }
 
 impl Stats {
-    /// Opens the counters in use: the shared map when it has more than one
-    /// entry (see `floatip_common::maps::ASSOC_STATS_SHARED`; maps of older
-    /// layouts have none).
+    /// Opens the counters in use, as the pinned maps record them
+    /// ([`pinned_counters`]).
     fn open(bpffs: &Path) -> Result<Self> {
-        if let Ok(shared) = open_data(bpffs, names::ASSOC_STATS_SHARED)
-            && shared.info()?.max_entries() > 1
-        {
-            return Ok(Stats::Shared(Array::try_from(Map::from_map_data(shared)?)?));
-        }
-        Ok(Stats::PerCpu(PerCpuArray::try_from(open_map(
-            bpffs,
-            names::ASSOC_STATS,
-        )?)?))
+        Ok(match pinned_counters(bpffs)? {
+            Some(Counters::Shared) => Stats::Shared(Array::try_from(open_map(
+                bpffs,
+                names::ASSOC_STATS_SHARED,
+            )?)?),
+            _ => Stats::PerCpu(PerCpuArray::try_from(open_map(bpffs, names::ASSOC_STATS)?)?),
+        })
     }
 
     fn kind(&self) -> Counters {
@@ -78,8 +72,7 @@ impl Stats {
     fn clear(&mut self, slot: u32) -> Result<()> {
         match self {
             Stats::PerCpu(m) => {
-                let cpus = nr_cpus().map_err(|(_, e)| e)?;
-                let zero = PerCpuValues::try_from(vec![AssocStats::default(); cpus])?;
+                let zero = PerCpuValues::try_from(vec![AssocStats::default(); possible_cpus()?])?;
                 m.set(slot, zero, 0)?;
             }
             Stats::Shared(m) => m.set(slot, AssocStats::default(), 0)?,
