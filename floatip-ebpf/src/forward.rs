@@ -47,6 +47,9 @@ impl Miss {
     pub const TAGGED: Miss = Miss::of(-2);
     /// Not looked up: the TTL expires here.
     pub const TTL_EXPIRES: Miss = Miss::of(-3);
+    /// Routed, but the header carries options: the kernel's forwarding
+    /// processes them as a router must (see `translate::route_via`).
+    pub const OPTIONS: Miss = Miss::of(-4);
 
     const fn of(rc: i64) -> Miss {
         Miss { rc, mtu: 0 }
@@ -99,6 +102,7 @@ impl Miss {
             -1 => "header out of reach",
             -2 => "VLAN-tagged",
             -3 => "TTL expires here",
+            -4 => "IP options: the kernel forwards it",
             _ => "FIB lookup failed",
         }
     }

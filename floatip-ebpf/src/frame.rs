@@ -16,8 +16,9 @@ use aya_ebpf::{
 use crate::checksum::Zero;
 
 /// Largest offset any stage reads at; keeps every offset provably bounded
-/// for the verifier.
-pub const MAX_OFFSET: usize = 256;
+/// for the verifier. The deepest read is the end of an ICMP error's quote
+/// (`icmp`): a tagged Ethernet header, a 60-byte IPv4 header and 548 bytes.
+pub const MAX_OFFSET: usize = 640;
 
 /// A packet as one of the program types sees it.
 pub trait Frame {
@@ -52,7 +53,41 @@ pub trait Frame {
     /// Inserts `n` bytes after the (untagged) Ethernet header, which stays
     /// the first 14 bytes. Every window taken before is invalid afterwards.
     fn insert_after_mac(&mut self, n: usize) -> Result<(), ()>;
+    /// Makes the first `len` bytes directly readable (an skb may hold them
+    /// in pages). Every window taken before is invalid afterwards.
+    fn make_readable(&mut self, len: usize) -> Result<(), ()>;
 }
+
+/// The one's-complement sum (unfolded, of native-order loads) of the `len`
+/// bytes at `off`, an even offset into what is summed (an odd last byte
+/// counts as its high-order byte, RFC 1071). Bounded: at most
+/// [`MAX_SUMMED`] bytes.
+#[inline(always)]
+pub fn sum<F: Frame>(f: &F, off: usize, len: usize) -> Result<u64, ()> {
+    if len > MAX_SUMMED || len < 2 {
+        return Err(());
+    }
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + 4 <= len && i < MAX_SUMMED {
+        sum += Window::<4>::at(f, off + i)?.u32(0) as u64;
+        i += 4;
+    }
+    if i + 2 <= len {
+        sum += Window::<2>::at(f, off + i)?.u16(0) as u64;
+        i += 2;
+    }
+    if i < len {
+        // The last byte, read with the one before it (a 1-byte window's
+        // check is one the verifier cannot use): in memory order it is the
+        // high byte of that pair, the low byte of the word it starts.
+        sum += (Window::<2>::at(f, off + i - 1)?.u16(0) >> 8) as u64;
+    }
+    Ok(sum)
+}
+
+/// Most bytes [`sum`] adds up.
+pub const MAX_SUMMED: usize = 560;
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the frame: the one
 /// bounds check every [`Window`] goes through.
@@ -219,6 +254,12 @@ impl Frame for Xdp<'_> {
         new.set_u16(12, ethertype);
         Ok(())
     }
+    /// All of an XDP frame is readable (floatip does not load multi-buffer
+    /// programs: a frame is one buffer).
+    #[inline(always)]
+    fn make_readable(&mut self, _len: usize) -> Result<(), ()> {
+        Ok(())
+    }
 }
 
 /// TC sees skbs: let the kernel helper update the checksum so a partial
@@ -283,6 +324,10 @@ impl Frame for Tc<'_> {
             .adjust_room(n as i32, BPF_ADJ_ROOM_MAC, 0)
             .map_err(|_| ())?;
         self.0.pull_data(14 + n as u32 + 20).map_err(|_| ())
+    }
+    #[inline(always)]
+    fn make_readable(&mut self, len: usize) -> Result<(), ()> {
+        self.0.pull_data(len as u32).map_err(|_| ())
     }
 }
 

@@ -8,8 +8,10 @@
 //! either the translated datagram (and quote the fixed IP) or one addressed
 //! to a floating IP, which it does not route to the instance.
 //!
-//! The frame is turned into the error in place: cut after the quote (the
-//! IPv4 header and 8 bytes of payload), 28 bytes inserted after the
+//! The frame is turned into the error in place: cut after the quote (as
+//! much of the datagram as keeps the error within 576 bytes, RFC 1812
+//! §4.3.2.3, as Linux quotes; at least the header and 8 bytes, RFC 792),
+//! 28 bytes inserted after the
 //! Ethernet header for the new IPv4 and ICMP headers, MACs swapped, and
 //! sent back out of the NIC it came in on. Sourced from the floating IP the
 //! sender addressed (hosts match an error by its quote, not its source).
@@ -20,7 +22,7 @@ use floatip_common::outcome;
 
 use crate::{
     checksum,
-    frame::{Frame, Window},
+    frame::{self, Frame, Window},
     parse::{IPPROTO_ICMP, Ipv4, L2},
     stats,
     translate::is_icmp_error,
@@ -29,10 +31,14 @@ use crate::{
 
 /// ICMP destination unreachable.
 const ICMP_DEST_UNREACH: u8 = 3;
-/// Bytes of the offending datagram's payload an error quotes (RFC 792).
+/// Bytes of the offending datagram's payload an error quotes at least (RFC 792).
 const QUOTED_PAYLOAD: usize = 8;
 /// The new IPv4 header and the ICMP header.
 const NEW_HEADERS: usize = 28;
+/// Most bytes of the datagram an error quotes: the error stays within the
+/// 576 bytes every host accepts (RFC 1812 §4.3.2.3).
+const MAX_QUOTE: usize = 576 - NEW_HEADERS;
+const _: () = assert!(MAX_QUOTE - 20 <= crate::frame::MAX_SUMMED);
 
 /// Whether RFC 1122 §3.2.2 allows an error about this datagram: not about
 /// a non-initial fragment or another ICMP error, and only with enough of it
@@ -63,13 +69,15 @@ pub fn unreachable<F: Frame>(
     mtu: u16,
 ) -> Result<Verdict, ()> {
     let hlen = ip.l4 - ip.l3;
+    let quote_len = core::cmp::min(ip.tot_len, MAX_QUOTE);
+    // Nothing is changed before the sum is known: an error here leaves the
+    // frame as it came.
+    f.make_readable(l2.l3 + quote_len)?;
     let sender_mac = Window::<12>::at(f, 0)?.mac(6);
-    let payload = Window::<8>::at(f, ip.l4)?;
     // The quoted header's own sum is all ones (its checksum was verified),
-    // which adds nothing to a one's-complement sum: only the 8 payload
-    // bytes count towards the ICMP checksum.
-    let payload_sum = payload.u32(0) as u64 + payload.u32(4) as u64;
-    let quote_len = hlen + QUOTED_PAYLOAD;
+    // which adds nothing to a one's-complement sum: only the quoted payload
+    // counts towards the ICMP checksum.
+    let payload_sum = frame::sum(f, ip.l4, quote_len - hlen)?;
     f.truncate(l2.l3 + quote_len)?;
     f.insert_after_mac(NEW_HEADERS)?;
     let h = Window::<NEW_HEADERS>::at(f, l2.l3)?;

@@ -91,6 +91,12 @@ impl Ipv4 {
         self.frag == 0
     }
 
+    /// The header carries options (IHL > 5).
+    #[inline(always)]
+    pub fn has_options(&self) -> bool {
+        self.l4 - self.l3 > 20
+    }
+
     /// Bytes of payload after the header.
     #[inline(always)]
     pub fn payload_len(&self) -> usize {

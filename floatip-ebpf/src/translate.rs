@@ -165,6 +165,14 @@ fn route<F: Frame>(f: &F, l2: &L2, ifindex: u32, src: u32, dst: u32) -> Result<R
 /// Where the packet goes once translated: the follower's cached `hop` when
 /// it is current and the frame untagged (one map entry, no FIB call), else
 /// the FIB's answer.
+///
+/// A datagram with IP options is translated but never redirected: the
+/// kernel forwards it, and so does a router's option processing as Linux
+/// does it (Record Route and Timestamp entries with the egress address,
+/// the source-route policy, RFC 1812 §5.2.4). Options are rare (RFC 7126:
+/// many networks drop them), so the fast path pays one comparison. The FIB
+/// is still asked, so a datagram for the gateway itself or one it answers
+/// with an error is known before the rewrite.
 #[inline(always)]
 fn route_via<F: Frame>(
     f: &F,
@@ -174,6 +182,9 @@ fn route_via<F: Frame>(
     (src, dst): (u32, u32),
     hop: Option<(NextHop, Routing)>,
 ) -> Result<Route, Miss> {
+    if ip.has_options() {
+        return route(f, l2, ifindex, src, dst).and(Err(Miss::OPTIONS));
+    }
     if !l2.vlan
         && let Some((hop, routing)) = hop
         && let Some(cached) = forward::cached(&hop, routing.epoch, ip.tot_len)

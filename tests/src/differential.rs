@@ -224,7 +224,7 @@ pub fn run(cases: u64, seed: u64) -> u64 {
             let got = match (is_tc(prog), action) {
                 (false, XDP_PASS) | (true, TC_ACT_OK) => Action::Pass,
                 (false, XDP_DROP) | (true, TC_ACT_SHOT) => Action::Drop,
-                (false, XDP_TX) | (true, TC_ACT_REDIRECT) => Action::Reply,
+                (false, XDP_REDIRECT) | (true, TC_ACT_REDIRECT) => Action::Reply,
                 _ => panic!("case {n} (seed {seed}): {prog:?} returned {action}"),
             };
             let show = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();

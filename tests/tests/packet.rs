@@ -61,7 +61,8 @@ fn check_with(fx: &mut Fixture, side: Side, input: &[u8], expect: Expect, output
         let want = match (expect, tc) {
             (Expect::Pass, false) => XDP_PASS,
             (Expect::Drop, false) => XDP_DROP,
-            (Expect::Reply, false) => XDP_TX,
+            // Replies leave by a redirect to the NIC they came in on (see floatip-ebpf main.rs).
+            (Expect::Reply, false) => XDP_REDIRECT,
             (Expect::Pass, true) => TC_ACT_OK,
             (Expect::Drop, true) => TC_ACT_SHOT,
             (Expect::Reply, true) => TC_ACT_REDIRECT,
@@ -275,6 +276,57 @@ fn ip_options_are_skipped() {
         Expect::Pass,
         &with_opts(FIP1, REMOTE),
     );
+}
+
+/// A datagram with IP options is translated but left to the kernel's
+/// forwarding even when its next hop is cached: the kernel does a router's
+/// option processing (Record Route and Timestamp entries), which a redirect
+/// would skip. Without options the same datagram is redirected.
+#[test]
+fn datagrams_with_options_go_to_the_kernel_even_with_a_cached_hop() {
+    let mut fx = Fixture::new();
+    {
+        let mut dp = fx.progs().dataplane().unwrap();
+        dp.hop_cache()
+            .unwrap()
+            .set_routing(floatip_common::Routing {
+                epoch: 7,
+                default_index: 0,
+                lease_ns: u64::MAX,
+            })
+            .unwrap();
+        let hop = floatip_common::NextHop {
+            ifindex: LO,
+            epoch: 7,
+            mtu: 1500,
+            _pad: 0,
+            smac: MAC_A,
+            dmac: MAC_B,
+        };
+        assert!(dp.set_hop(FIP1, FIXED1, hop).unwrap());
+    }
+    let record_route = vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let timestamp = vec![0x44, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let datagram = |d: Ipv4Addr, options: &[u8]| {
+        let mut ip = Ip::new(REMOTE, d, 17);
+        ip.options = options.to_vec();
+        pkt::eth(MAC_A, MAC_B, None, 0x0800, &ip.packet(&udp_l4(REMOTE, d)))
+    };
+    for (prog, redirect, pass) in [
+        (TestProgram::XdpExternal, XDP_REDIRECT, XDP_PASS),
+        (TestProgram::TcExternal, TC_ACT_REDIRECT, TC_ACT_OK),
+    ] {
+        let (action, _) = fx.run(prog, &datagram(FIP1, &[]));
+        assert_eq!(action, redirect, "{prog:?} without options: the cached hop");
+        for options in [&record_route, &timestamp] {
+            let (action, out) = fx.run(prog, &datagram(FIP1, options));
+            assert_eq!(
+                (action, hex(&out)),
+                (pass, hex(&datagram(FIXED1, options))),
+                "{prog:?} options {options:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -963,8 +1015,9 @@ fn packets_the_kernel_answers_with_an_error_keep_their_fixed_source() {
 
 /// The ICMP destination-unreachable error a router sends back to `to`
 /// about `datagram` (its IPv4 header and 8 bytes quoted), from `from`.
+/// The error a router sends about `datagram`: it quotes as much of it as
+/// keeps the error within 576 bytes (RFC 1812 §4.3.2.3), as Linux does.
 fn unreachable_error(from: Ipv4Addr, to: Ipv4Addr, code: u8, mtu: u16, datagram: &[u8]) -> Vec<u8> {
-    let hlen = ((datagram[0] & 0x0f) as usize) * 4;
     let mut ip = Ip::new(from, to, 1);
     ip.id = 0;
     ip.frag = 0;
@@ -972,7 +1025,7 @@ fn unreachable_error(from: Ipv4Addr, to: Ipv4Addr, code: u8, mtu: u16, datagram:
         3,
         code,
         [0, 0, (mtu >> 8) as u8, mtu as u8],
-        &datagram[..hlen + 8],
+        &datagram[..datagram.len().min(576 - 28)],
     ));
     // Internetwork control precedence, as routers send errors.
     packet[1] = 0xc0;
@@ -1011,6 +1064,10 @@ fn datagrams_for_an_instance_that_cannot_be_forwarded_get_an_icmp_error() {
         let error = unreachable_error(FIP3, src, 4, NARROW_MTU as u16, &d);
         check_with(&mut fx, side, &framed(&d), Expect::Reply, &error);
         let d = small(src, FIP4);
+        let error = unreachable_error(FIP4, src, 1, 0, &d);
+        check_with(&mut fx, side, &framed(&d), Expect::Reply, &error);
+        // Quoted whole, an odd number of bytes (the checksum's last byte).
+        let d = Ip::new(src, FIP4, 17).packet(&pkt::udp(src, FIP4, 40000, 53, &payload(33), true));
         let error = unreachable_error(FIP4, src, 1, 0, &d);
         check_with(&mut fx, side, &framed(&d), Expect::Reply, &error);
     }
@@ -1052,5 +1109,5 @@ fn datagrams_for_an_instance_that_cannot_be_forwarded_get_an_icmp_error() {
         "GRO-merged"
     );
     let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
-    assert_eq!(c["icmp_errors"], 8, "{c:?}");
+    assert_eq!(c["icmp_errors"], 12, "{c:?}");
 }

@@ -115,6 +115,12 @@ impl TestPrograms {
                 };
                 ifaces.insert(ifindex, info, 0)?;
             }
+            // Redirect targets, as attach makes them.
+            let mut devmap: aya::maps::DevMapHash<_> =
+                aya::maps::DevMapHash::try_from(ebpf.map_mut(names::REDIRECT).unwrap())?;
+            for (ifindex, _, _) in nics {
+                devmap.insert(*ifindex, *ifindex, None, 0)?;
+            }
         }
         Ok(Self {
             ebpf,
