@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 7;
+pub const MAP_LAYOUT_VERSION: u32 = 8;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -31,8 +31,8 @@ pub mod maps {
     pub const ASSOC_STATS_SHARED: &str = "ASSOC_STATS_SHARED";
     /// Array of [`super::SPOOF_FILTER_BUCKETS`] counts, one per /16
     /// ([`super::spoof_filter_bucket`]): how many fixed IPs (`FIXED_TO_FIP`),
-    /// floating IPs (`FIP_TO_FIXED`) and pool prefixes (`POOLS`, members)
-    /// fall into or overlap it. The programs look a source (or an inside
+    /// floating IPs (`FIP_TO_FIXED`), pool prefixes (`POOLS`, members) and
+    /// the gateway's own addresses (`GATEWAY_ADDRS`) fall into or overlap it. The programs look a source (or an inside
     /// destination) up in those maps only when its /16 counts one: an
     /// array read instead of two hash lookups and an LPM lookup for nearly
     /// every Internet address.
@@ -44,6 +44,11 @@ pub mod maps {
     pub const OUTCOMES: &str = "OUTCOMES";
     /// ifindex -> [`super::IfaceInfo`] for every NIC floatip manages.
     pub const IFACES: &str = "IFACES";
+    /// Every IPv4 address of the gateway's namespace -> 1: a packet from
+    /// outside with one of them as source is a spoof (a router drops it,
+    /// RFC 1812 §5.3.7), never translated towards an instance. Written at
+    /// attach and by the next-hop follower when addresses change.
+    pub const GATEWAY_ADDRS: &str = "GATEWAY_ADDRS";
     /// Devmap of managed NICs, the redirect targets of the XDP programs.
     pub const REDIRECT: &str = "REDIRECT";
     /// One [`super::Meta`] record: layout version and state generation.
@@ -66,7 +71,7 @@ pub mod maps {
     pub const SEND_DROPS: &str = "SEND_DROPS";
 
     /// Every pinned map, in the order `detach` removes them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         FIP_TO_FIXED,
         FIXED_TO_FIP,
         SPOOF_FILTER,
@@ -76,6 +81,7 @@ pub mod maps {
         SLOT_OWNERS,
         OUTCOMES,
         IFACES,
+        GATEWAY_ADDRS,
         REDIRECT,
         ROUTING,
         DEFAULT_HOP,
@@ -130,6 +136,8 @@ pub const DEFAULT_MAX_ASSOCIATIONS: u32 = 65_536;
 pub const MAX_POOL_PREFIXES: u32 = 16_384;
 /// Maximum number of managed interfaces.
 pub const MAX_IFACES: u32 = 64;
+/// Most addresses of the gateway's namespace `GATEWAY_ADDRS` holds.
+pub const MAX_GATEWAY_ADDRS: u32 = 1024;
 
 /// Number of counter slots for `max_associations` associations: a
 /// sixteenth more than needed, so the loader's linear probing for a free

@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use floatip_common::{
-    AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry,
-    NextHop, POOL_ANY_NIC, POOL_MEMBER, PoolValue, ROUTE_FILTER_WORDS, Routing,
-    SPOOF_FILTER_BUCKETS, outcome, route_filter_bit, spoof_filter_bucket, stats_slots,
+    AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_GATEWAY_ADDRS, MAX_IFACES,
+    MAX_POOL_PREFIXES, Meta, NatEntry, NextHop, POOL_ANY_NIC, POOL_MEMBER, PoolValue,
+    ROUTE_FILTER_WORDS, Routing, SPOOF_FILTER_BUCKETS, outcome, route_filter_bit,
+    spoof_filter_bucket, stats_slots,
 };
 
 use crate::frame::mac_bits;
@@ -56,6 +57,9 @@ pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::pinned(outcome::COUNT, 0);
 
 #[map(name = "IFACES")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(MAX_IFACES, 0);
+
+#[map(name = "GATEWAY_ADDRS")]
+pub static GATEWAY_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_GATEWAY_ADDRS, 0);
 
 #[map(name = "REDIRECT")]
 pub static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_IFACES, 0);
@@ -127,6 +131,12 @@ pub fn in_pool(addr: u32) -> bool {
     POOLS
         .get(Key::new(32, addr))
         .is_some_and(|v| v.kind == POOL_MEMBER)
+}
+
+/// Whether `addr` is one of the gateway's own addresses.
+#[inline(always)]
+pub fn is_gateway_address(addr: u32) -> bool {
+    GATEWAY_ADDRS.get_ptr(addr).is_some()
 }
 
 /// Whether NIC `ifindex` may answer for `addr`: unless `addr` lies in a pool

@@ -244,9 +244,15 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
             if martian(ip.src) {
                 return Ok(drop(DropReason::Martian, &ip));
             }
-            // An outsider claiming one of this gateway's floating IPs (or
-            // any pool address): only the gateway itself sends from those.
-            if managed_src && (maps::fixed_of(ip.src).is_some() || maps::in_pool(ip.src)) {
+            // An outsider claiming one of this gateway's floating IPs, any
+            // pool address or an address of the gateway itself: only the
+            // gateway sends from those (the instance's answer would go to
+            // the gateway, or to another tenant).
+            if managed_src
+                && (maps::fixed_of(ip.src).is_some()
+                    || maps::in_pool(ip.src)
+                    || maps::is_gateway_address(ip.src))
+            {
                 return Ok(drop(DropReason::Spoofed, &ip));
             }
             if ip.ttl <= 1 {

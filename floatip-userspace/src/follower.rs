@@ -217,6 +217,8 @@ impl Follower {
         self.renew()?;
         report(self.verbose, format_args!("epoch {} ({why})", self.epoch));
         self.topo = snapshot(&self.dp)?;
+        // An address change is one of the events that brings us here.
+        self.dp.refresh_gateway_addresses()?;
         self.cache.set_filter(&self.topo.route_filter())?;
         self.default = None;
         self.write_default()?;

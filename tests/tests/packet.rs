@@ -393,6 +393,47 @@ fn spoofed_sources_are_dropped() {
     );
 }
 
+/// From outside, one of the gateway's own addresses as source is a spoof (a
+/// router drops it: RFC 1812 §5.3.7): translated, it would make the instance
+/// answer the gateway itself. Any address of the namespace counts, also one
+/// in a /16 that holds no association (the filter counts them), and only
+/// while the gateway has it.
+#[test]
+fn the_gateways_own_addresses_are_spoofed_sources_from_outside() {
+    let mut fx = Fixture::new();
+    let elsewhere = Ipv4Addr::new(172, 16, 5, 1);
+    let drops = |fx: &mut Fixture, src| {
+        let (action, out) = fx.run(TestProgram::XdpExternal, &frame(src, FIP1, 17, udp_l4));
+        match action {
+            XDP_DROP => true,
+            XDP_PASS => {
+                assert_eq!(hex(&out), hex(&frame(src, FIXED1, 17, udp_l4)), "{src}");
+                false
+            }
+            a => panic!("{src}: action {a}"),
+        }
+    };
+    let mut dp = fx.progs().dataplane().unwrap();
+    assert!(!drops(&mut fx, GW_INT) && !drops(&mut fx, elsewhere));
+    assert!(
+        dp.set_gateway_addresses(&[GW_INT, elsewhere, GW_INT])
+            .unwrap()
+    );
+    assert!(drops(&mut fx, GW_INT), "the gateway's tenant-side address");
+    assert!(
+        drops(&mut fx, elsewhere),
+        "an address in a /16 without pairs"
+    );
+    assert!(!drops(&mut fx, REMOTE));
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+    assert!(!dp.set_gateway_addresses(&[elsewhere, GW_INT]).unwrap());
+    assert!(dp.set_gateway_addresses(&[GW_INT]).unwrap());
+    assert!(!drops(&mut fx, elsewhere), "gone from the gateway");
+    assert!(drops(&mut fx, GW_INT));
+    assert_eq!(dp.gateway_addresses().unwrap(), vec![GW_INT]);
+    assert_eq!(dp.spoof_filter_mismatches().unwrap(), vec![]);
+}
+
 /// The anti-spoofing filter follows every change of the association maps:
 /// a fixed IP is dropped as a source from outside exactly while it is
 /// associated, and the filter's counts stay exact.

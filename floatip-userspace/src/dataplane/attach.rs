@@ -291,6 +291,8 @@ impl Dataplane {
                 devmap.insert(*idx, *idx, None, 0)?;
             }
         }
+        // The gateway's own addresses, before any program runs.
+        Dataplane::open(bpffs)?.refresh_gateway_addresses()?;
         for (name, idx, role, _) in nics {
             attach_one(&mut ebpf, bpffs, name, *idx, *role, opts.mode)?;
         }

@@ -227,7 +227,69 @@ impl Dataplane {
                 }
             }
         }
+        for key in self.gateway_addrs()?.keys() {
+            want[spoof_filter_bucket(key?) as usize] += 1;
+        }
         Ok(want)
+    }
+
+    fn gateway_addrs(&self) -> Result<HashMap<MapData, u32, u32>> {
+        Ok(HashMap::try_from(open_map(
+            &self.bpffs,
+            names::GATEWAY_ADDRS,
+        )?)?)
+    }
+
+    /// [`Self::set_gateway_addresses`] with every IPv4 address this
+    /// namespace has now.
+    pub fn refresh_gateway_addresses(&mut self) -> Result<bool> {
+        let addrs: Vec<Ipv4Addr> = iface::addresses()?.into_iter().map(|(_, a)| a).collect();
+        self.set_gateway_addresses(&addrs)
+    }
+
+    /// The addresses `GATEWAY_ADDRS` holds.
+    pub fn gateway_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        let mut out: Vec<Ipv4Addr> = self
+            .gateway_addrs()?
+            .keys()
+            .map(|k| k.map(from_key))
+            .collect::<Result<_, _>>()?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes `GATEWAY_ADDRS` hold exactly `addrs` (this namespace's own
+    /// addresses), with the spoof filter counting each: an address is
+    /// counted before the programs can look it up, and uncounted after
+    /// they no longer can. Returns whether anything changed.
+    pub fn set_gateway_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<bool> {
+        let addrs: Vec<Ipv4Addr> = addrs
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut map = self.gateway_addrs()?;
+        let have = self.gateway_addresses()?;
+        let mut changed = false;
+        for a in &addrs {
+            if !have.contains(a) {
+                self.filter_add(*a, 32, 1)?;
+                if let Err(e) = map.insert(to_key(*a), 1, 0) {
+                    let _ = self.filter_add(*a, 32, -1);
+                    return Err(anyhow!(
+                        "cannot record {a} as an address of the gateway: {e}"
+                    ));
+                }
+                changed = true;
+            }
+        }
+        for a in have.iter().filter(|a| !addrs.contains(a)) {
+            map.remove(&to_key(*a))?;
+            self.filter_add(*a, 32, -1)?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     /// Recounts the spoof filter from the maps (after a repair).
