@@ -115,6 +115,9 @@ pub mod programs {
     pub const XDP_INTERNAL: &str = "floatip_xdp_int";
     pub const TC_EXTERNAL: &str = "floatip_tc_ext";
     pub const TC_INTERNAL: &str = "floatip_tc_int";
+    /// TC egress of every external NIC, in every mode: the quotes of the
+    /// ICMP errors the gateway's own kernel sends about translated packets.
+    pub const TC_EGRESS: &str = "floatip_tc_egress";
     /// Tracepoint program counting the redirects the kernel refused
     /// (`xdp:xdp_redirect_err`).
     pub const SEND_DROPS: &str = "floatip_send_drops";
@@ -360,7 +363,11 @@ pub mod outcome {
     /// ICMP errors sent by the programs about datagrams for a fixed IP
     /// that cannot be forwarded (fragmentation needed, unreachable).
     pub const ICMP_ERRORS: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// ICMP errors of the gateway's own kernel leaving an external NIC
+    /// whose quote got its floating IP back (the instance had no neighbour
+    /// entry: host unreachable).
+    pub const QUOTES_RESTORED: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Names in index order, as `floatip status` prints them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -373,6 +380,7 @@ pub mod outcome {
         "passed_to_kernel",
         "errors",
         "icmp_errors",
+        "quotes_restored",
     ];
 }
 

@@ -51,6 +51,17 @@ pub fn floatip_tc_int(ctx: TcContext) -> i32 {
     tc_action(&ctx, ifindex, verdict)
 }
 
+/// Egress of an external NIC: what leaves always leaves; an ICMP error of
+/// the gateway's own kernel gets its quote translated back first.
+#[classifier]
+pub fn floatip_tc_egress(ctx: TcContext) -> i32 {
+    pull(&ctx);
+    if let Ok(true) = translate::kernel_error(&mut Tc(&ctx)) {
+        count(outcome::QUOTES_RESTORED);
+    }
+    TC_ACT_OK as i32
+}
+
 /// A redirect the kernel refused after the program returned (the frame is dropped).
 #[tracepoint]
 pub fn floatip_send_drops(ctx: TracePointContext) -> u32 {

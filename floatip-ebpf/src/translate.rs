@@ -350,3 +350,38 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     stats::count(outcome::TRANSLATED);
     Ok(Verdict::Forward { l3: l2.l3, route })
 }
+
+/// Egress of an external NIC: an ICMP error leaving the gateway whose
+/// quoted destination is an associated fixed IP is one the gateway's own
+/// kernel sent about a packet floatip translated inbound and handed over
+/// (its next hop had no neighbour entry, which only the kernel can wait
+/// for; it sends host unreachable once the instance does not answer ARP).
+/// The quote gets the floating IP back, as the sender sent it, so its
+/// socket matches the error (EHOSTUNREACH) and the fixed IP does not leak.
+/// The error's own source stays the gateway's address. Errors floatip
+/// forwards from instances were translated on the way in, so their quotes
+/// hold floating IPs already. Returns whether it rewrote one.
+#[inline(always)]
+pub fn kernel_error<F: Frame>(f: &mut F) -> Result<bool, ()> {
+    let l2 = parse::l2(f)?;
+    if l2.proto != parse::ETH_P_IP {
+        return Ok(false);
+    }
+    let ip = parse::ipv4(f, l2.l3)?;
+    if ip.proto != IPPROTO_ICMP || !ip.first_fragment() || ip.l4 + 28 > ip.l3 + ip.tot_len {
+        return Ok(false);
+    }
+    let w = Window::<28>::at(f, ip.l4)?;
+    if !is_icmp_error(w.u8(0)) {
+        return Ok(false);
+    }
+    let fixed = w.u32(8 + DST);
+    if !maps::maybe_managed(fixed) {
+        return Ok(false);
+    }
+    let Some(fip) = maps::floating_of(fixed) else {
+        return Ok(false);
+    };
+    rewrite_quote(f, &ip, DST, fixed, fip.addr)?;
+    Ok(true)
+}

@@ -55,11 +55,12 @@ pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Every program of the data plane, XDP and TC.
-pub const ALL: [TestProgram; 4] = [
+pub const ALL: [TestProgram; 5] = [
     TestProgram::XdpExternal,
     TestProgram::XdpInternal,
     TestProgram::TcExternal,
     TestProgram::TcInternal,
+    TestProgram::TcEgress,
 ];
 
 /// Size of the fixture's association maps.
@@ -312,5 +313,8 @@ impl Drop for Fixture {
 }
 
 pub fn is_tc(p: TestProgram) -> bool {
-    matches!(p, TestProgram::TcExternal | TestProgram::TcInternal)
+    matches!(
+        p,
+        TestProgram::TcExternal | TestProgram::TcInternal | TestProgram::TcEgress
+    )
 }

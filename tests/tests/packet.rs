@@ -208,6 +208,47 @@ fn icmp_error_frame(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, quote: &[u
     pkt::ipv4_frame(&Ip::new(src, dst, 1), &pkt::icmp(kind, code, [0; 4], quote))
 }
 
+/// An ICMP error the gateway's own kernel sends out of an external NIC about
+/// a packet floatip translated inbound (host unreachable: the instance did
+/// not answer ARP) quotes the fixed IP; the egress program gives the quote
+/// its floating IP back (header, quoted UDP checksum, ICMP checksum), so
+/// the sender's socket matches it. Other errors and other ICMP leave as
+/// they are.
+#[test]
+fn kernel_errors_leaving_get_the_floating_ip_back_in_their_quote() {
+    let mut fx = Fixture::new();
+    let gw = Ipv4Addr::new(203, 0, 113, 2);
+    let quoted = |d: Ipv4Addr, len: usize| {
+        Ip::new(REMOTE, d, 17).packet(&pkt::udp(REMOTE, d, 40000, 53, &payload(len), true))
+    };
+    for len in [12, 501] {
+        let sent = icmp_error_frame(gw, REMOTE, 3, 1, &quoted(FIXED1, len));
+        let want = icmp_error_frame(gw, REMOTE, 3, 1, &quoted(FIP1, len));
+        let (action, out) = fx.run(TestProgram::TcEgress, &sent);
+        assert_eq!(
+            (action, hex(&out)),
+            (TC_ACT_OK, hex(&want)),
+            "quote of {len}"
+        );
+        pkt::verify(&out).unwrap();
+    }
+    let other = Ipv4Addr::new(10, 0, 0, 99);
+    for untouched in [
+        icmp_error_frame(gw, REMOTE, 3, 1, &quoted(other, 12)),
+        icmp_error_frame(gw, REMOTE, 3, 1, &quoted(FIP1, 12)),
+        frame(gw, REMOTE, 1, |s, d| {
+            let _ = (s, d);
+            pkt::icmp(8, 0, [0, 1, 0, 1], &quoted(FIXED1, 12))
+        }),
+        frame(FIP1, REMOTE, 17, udp_l4),
+    ] {
+        let (action, out) = fx.run(TestProgram::TcEgress, &untouched);
+        assert_eq!((action, hex(&out)), (TC_ACT_OK, hex(&untouched)));
+    }
+    let c = fx.progs().dataplane().unwrap().outcomes().unwrap();
+    assert_eq!(c["quotes_restored"], 2, "{c:?}");
+}
+
 #[test]
 fn icmp_error_arriving_for_floating_ip_translates_the_quote() {
     // Time exceeded (traceroute) with the whole datagram quoted, and a

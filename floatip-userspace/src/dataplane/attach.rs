@@ -22,9 +22,9 @@ use floatip_common::{
 use super::{
     AttachOptions, Counters, Dataplane, EBPF_OBJECT, Mode, Role,
     pins::{
-        ensure_bpffs, find_link, is_mount_point, layout_mismatch, links_dir, maps_dir, nic_link,
-        nic_links, not_attached, open_map, pinned_counters, pinned_layout, program_id, remove_pins,
-        unmount,
+        egress_link, egress_pin, ensure_bpffs, find_link, is_mount_point, layout_mismatch,
+        links_dir, maps_dir, nic_link, nic_links, not_attached, open_map, pinned_counters,
+        pinned_layout, program_id, remove_pins, unmount,
     },
     possible_cpus, send_drops,
 };
@@ -220,6 +220,45 @@ fn attach_one(
     Ok(())
 }
 
+/// Attaches (or atomically replaces) the TCX egress program of an external
+/// NIC, in every mode: the kernel's own ICMP errors about translated
+/// packets leave through it (see `translate::kernel_error`).
+fn attach_egress(ebpf: &mut Ebpf, bpffs: &Path, name: &str, ifindex: u32) -> Result<()> {
+    let pin = egress_pin(bpffs, ifindex);
+    let old = match pin.exists() {
+        true => Some(SchedClassifierLink::try_from(FdLink::from(
+            PinnedLink::from_pin(&pin)?,
+        ))?),
+        false => None,
+    };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(programs::TC_EGRESS)
+        .ok_or_else(|| anyhow!("object lacks program {}", programs::TC_EGRESS))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()
+            .context("the kernel rejected the TC egress program")?;
+    }
+    let fresh = |prog: &mut SchedClassifier| {
+        prog.attach_with_options(
+            name,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| anyhow!("cannot attach TCX egress to {name}: {e}"))
+    };
+    let stale = pin.exists().then_some(pin.as_path());
+    let id = update_or_attach(prog, old, SchedClassifier::attach_to_link, fresh, stale)?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    if pin.exists() {
+        // Updated in place: the pin already refers to this link.
+        std::mem::forget(link);
+    } else {
+        link.pin(&pin)?;
+    }
+    Ok(())
+}
+
 impl Dataplane {
     /// Loads, attaches and pins; safe to run again (replaces programs
     /// atomically, keeps maps and their entries). Returns warnings: what works but not fully.
@@ -295,6 +334,9 @@ impl Dataplane {
         Dataplane::open(bpffs)?.refresh_gateway_addresses()?;
         for (name, idx, role, _) in nics {
             attach_one(&mut ebpf, bpffs, name, *idx, *role, opts.mode)?;
+            if *role == Role::External {
+                attach_egress(&mut ebpf, bpffs, name, *idx)?;
+            }
         }
         let mut warnings = Vec::new();
         if opts.mode.is_xdp() {
@@ -336,9 +378,10 @@ impl Dataplane {
         if let Ok(entries) = fs::read_dir(&links) {
             for entry in entries {
                 let path = entry?.path();
-                let idx = nic_link(&path.file_name().unwrap_or_default().to_string_lossy())
-                    .map(|(i, _)| i);
-                if !indexes.is_empty() && !idx.is_some_and(|i| indexes.contains(&i)) {
+                let file = path.file_name().unwrap_or_default().to_string_lossy();
+                let egress = egress_link(&file);
+                let idx = nic_link(&file).map(|(i, _)| i);
+                if !indexes.is_empty() && !idx.or(egress).is_some_and(|i| indexes.contains(&i)) {
                     continue;
                 }
                 let prog = program_id(&path);

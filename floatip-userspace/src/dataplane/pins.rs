@@ -112,6 +112,16 @@ pub(super) fn nic_link(name: &str) -> Option<(u32, Mode)> {
     Some((idx.parse().ok()?, Mode::parse(mode)?))
 }
 
+/// Where the egress link of external NIC `ifindex` is pinned.
+pub(super) fn egress_pin(bpffs: &Path, ifindex: u32) -> PathBuf {
+    links_dir(bpffs).join(format!("{ifindex}_egress"))
+}
+
+/// The ifindex of an egress link's pin name (see [`egress_pin`]).
+pub(super) fn egress_link(name: &str) -> Option<u32> {
+    name.strip_suffix("_egress")?.parse().ok()
+}
+
 /// Every NIC's pinned link: (ifindex, pin, mode).
 pub(super) fn nic_links(bpffs: &Path) -> Result<Vec<(u32, PathBuf, Mode)>> {
     let entries = match fs::read_dir(links_dir(bpffs)) {

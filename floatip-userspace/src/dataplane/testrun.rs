@@ -29,6 +29,8 @@ pub enum TestProgram {
     XdpInternal,
     TcExternal,
     TcInternal,
+    /// The external NICs' egress program.
+    TcEgress,
 }
 
 /// Outcome of one `BPF_PROG_TEST_RUN`.
@@ -94,6 +96,7 @@ impl TestPrograms {
             programs::XDP_INTERNAL,
             programs::TC_EXTERNAL,
             programs::TC_INTERNAL,
+            programs::TC_EGRESS,
         ] {
             let prog = ebpf
                 .program_mut(name)
@@ -160,11 +163,11 @@ impl TestPrograms {
                 let prog: &mut Xdp = self.ebpf.program_mut(name).unwrap().try_into()?;
                 prog.test_run(opts)
             }
-            TestProgram::TcExternal | TestProgram::TcInternal => {
-                let name = if which == TestProgram::TcExternal {
-                    programs::TC_EXTERNAL
-                } else {
-                    programs::TC_INTERNAL
+            TestProgram::TcExternal | TestProgram::TcInternal | TestProgram::TcEgress => {
+                let name = match which {
+                    TestProgram::TcExternal => programs::TC_EXTERNAL,
+                    TestProgram::TcInternal => programs::TC_INTERNAL,
+                    _ => programs::TC_EGRESS,
                 };
                 let prog: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into()?;
                 prog.test_run(opts)

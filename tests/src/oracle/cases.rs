@@ -200,6 +200,38 @@ fn dccp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Ve
     d
 }
 
+/// An SCTP packet from `sport` (the tag) holding one INIT chunk, with its
+/// CRC32c (RFC 9260). Well-formed: conntrack marks a malformed one INVALID
+/// and its NAT then leaves it untranslated, a difference from the oracle
+/// that says nothing about floatip (SCTP's checksum does not cover the
+/// addresses; a 1:1 NAT changes only the IP header).
+fn sctp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    d[0..2].copy_from_slice(&sport.to_be_bytes());
+    d[2..4].copy_from_slice(&dport.to_be_bytes());
+    // Verification tag 0, as an INIT must have.
+    d[12] = 1; // INIT
+    d[14..16].copy_from_slice(&20u16.to_be_bytes());
+    d[16..20].copy_from_slice(&(0x1000_0000 | sport as u32).to_be_bytes()); // initiate tag
+    d[20..24].copy_from_slice(&65535u32.to_be_bytes()); // a_rwnd
+    d[24..26].copy_from_slice(&1u16.to_be_bytes()); // outbound streams
+    d[26..28].copy_from_slice(&1u16.to_be_bytes()); // inbound streams
+    d[28..32].copy_from_slice(&(sport as u32).to_be_bytes()); // initial TSN
+    let mut crc = !0u32;
+    for b in &d {
+        crc ^= *b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    d[8..12].copy_from_slice(&(!crc).to_le_bytes());
+    d
+}
+
 /// An L4 message of `proto` carrying `tag`.
 fn l4(rng: &mut Rng, proto: u8, e: &Ends, tag: u16, len: usize) -> Vec<u8> {
     let data = bytes(rng, len);
@@ -210,6 +242,7 @@ fn l4(rng: &mut Rng, proto: u8, e: &Ends, tag: u16, len: usize) -> Vec<u8> {
         1 => pkt::icmp(8, 0, [(tag >> 8) as u8, tag as u8, 0, 1], &data),
         136 => udplite(e.src, e.dst, tag, dport, pick(rng, &[0, 8, 12]), &data),
         33 => dccp(e.src, e.dst, tag, dport, &data),
+        132 => sctp(tag, dport),
         _ => {
             let mut d = tag.to_be_bytes().to_vec();
             d.extend_from_slice(&data);

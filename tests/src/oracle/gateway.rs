@@ -35,6 +35,11 @@ pub const FIP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 /// inbound packets to it make the gateway's kernel send an ICMP error.
 pub const FIP3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 12);
 pub const FIXED3: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 5);
+/// Mapped to [`ABSENT`], an address of the tenant network no host has (an
+/// instance that is down): its neighbour entry never resolves, and the
+/// gateway's kernel answers with host unreachable once ARP gives up.
+pub const FIP4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 13);
+pub const ABSENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
 /// The gateway has an `unreachable` route for 192.0.2.128/25; the router
 /// has no route at all for the rest of 192.0.2.0/24 (net unreachable).
 pub const UNREACHABLE_AT_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
@@ -44,7 +49,8 @@ pub const UNROUTED_AT_RTR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 /// tenant network) has.
 pub const ROUTE_MTU: usize = 1400;
 
-pub const PAIRS: [(Ipv4Addr, Ipv4Addr); 3] = [(FIP1, INST1), (FIP2, INST2), (FIP3, FIXED3)];
+pub const PAIRS: [(Ipv4Addr, Ipv4Addr); 4] =
+    [(FIP1, INST1), (FIP2, INST2), (FIP3, FIXED3), (FIP4, ABSENT)];
 
 /// Which gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +212,7 @@ impl Gateway {
         neigh(&l.gw, RTR, "gw-ext", &RTR_MAC)?;
         neigh(&l.gw, INST1, "gw-int", &INST1_MAC)?;
         neigh(&l.gw, INST2, "gw-int", &INST2_MAC)?;
-        for a in [GW_EXT, FIP1, FIP2, FIP3] {
+        for a in [GW_EXT, FIP1, FIP2, FIP3, FIP4] {
             neigh(&l.rtr, a, "r-gw", &GW_EXT_MAC)?;
         }
         neigh(&l.rtr, EXT, "r-ext", &macs[0].2)?;
@@ -216,6 +222,11 @@ impl Gateway {
         }
         neigh(&l.inst1, INST2, "eth0", &INST2_MAC)?;
         neigh(&l.inst2, INST1, "eth0", &INST1_MAC)?;
+        // ARP for the one tenant address without a host gives up after
+        // two probes 200 ms apart (not 3 s), so the socket check that waits
+        // for the host unreachable is short.
+        sysctl(&l.gw, "net.ipv4.neigh.gw-int.mcast_solicit=2")?;
+        sysctl(&l.gw, "net.ipv4.neigh.gw-int.retrans_time_ms=200")?;
         // Routes: smaller route MTUs both ways, and unreachable destinations.
         let mtu = ROUTE_MTU.to_string();
         ip(

@@ -1,8 +1,10 @@
 //! What sockets see through a gateway: a TCP transfer across the smaller
 //! route MTU (path MTU discovery), EMSGSIZE on a connected UDP socket that
 //! sends too big with DF, ECONNREFUSED from a closed port, EHOSTUNREACH
-//! from a connect() to an unreachable destination; each both ways. The
-//! outcomes of the oracle and of floatip must be the same.
+//! from a connect() to an unreachable destination; each both ways; and
+//! EHOSTUNREACH from a connect() to a floating IP whose instance is down
+//! (its neighbour entry never resolves). The outcomes of the oracle and of
+//! floatip must be the same.
 
 use std::{
     io,
@@ -15,7 +17,7 @@ use anyhow::Result;
 
 use super::{
     cases::Dir,
-    gateway::{EXT, FIP1, FIP3, Gateway, UNREACHABLE_AT_GW},
+    gateway::{EXT, FIP1, FIP3, FIP4, Gateway, UNREACHABLE_AT_GW},
     socket::{in_namespace, setopt},
 };
 use crate::netns::{host_command, run as run_cmd};
@@ -151,6 +153,9 @@ pub fn run(gw: &Gateway) -> Result<Vec<Check>> {
     });
     check("tcp-connect-unreachable", Dir::In, &|| {
         tcp_connect(&l.ext, FIP3)
+    });
+    check("tcp-connect-instance-down", Dir::In, &|| {
+        tcp_connect(&l.ext, FIP4)
     });
     check("udp-refused", Dir::Out, &|| udp_refused(gw, &l.inst1, EXT));
     check("udp-refused", Dir::In, &|| udp_refused(gw, &l.ext, FIP1));
