@@ -15,8 +15,9 @@
 //! Ethernet header for the new IPv4 and ICMP headers, MACs swapped, and
 //! sent back out of the NIC it came in on. Sourced from the floating IP the
 //! sender addressed (hosts match an error by its quote, not its source).
-//! Not rate-limited here: the error is smaller than what triggered it, so
-//! it amplifies nothing.
+//! Not rate-limited here: the error is at most 28 bytes longer than what
+//! triggered it and goes only to the trigger's source, so it amplifies
+//! little (RFC 1812 §4.3.2.8's limit is a SHOULD still to add).
 
 use floatip_common::outcome;
 

@@ -325,8 +325,9 @@ fn zero_loss(mode: Mode) {
         }
     }
 
-    // The same links (BPF_LINK_UPDATE), not new ones; the send-drop tracepoint's link
-    // (`send-drops`, no `<ifindex>_`) stays as it is.
+    // The same links (BPF_LINK_UPDATE), not new ones: one per NIC and the external NIC's
+    // egress link (`<ifindex>_egress`); the send-drop tracepoint's link (`send-drops`, no
+    // `<ifindex>_`) stays as it is.
     let link_ids = |links: &BTreeMap<String, Value>| -> Vec<(String, Value)> {
         links
             .iter()
@@ -334,9 +335,9 @@ fn zero_loss(mode: Mode) {
             .collect()
     };
     let nic_links = links_before.keys().filter(|k| k.contains('_')).count();
-    if nic_links != 3 || link_ids(&links_before) != link_ids(&links_after) {
+    if nic_links != 4 || link_ids(&links_before) != link_ids(&links_after) {
         fail(format!(
-            "attach again should update the 3 pinned links in place: {:?} -> {:?}",
+            "attach again should update the 4 pinned links in place: {:?} -> {:?}",
             link_ids(&links_before),
             link_ids(&links_after)
         ));
