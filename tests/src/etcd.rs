@@ -39,6 +39,8 @@ pub struct Cluster {
     dir: PathBuf,
     members: Vec<Member>,
     token: String,
+    /// The network namespace the members run in (`None`: the test's own).
+    netns: Option<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -48,15 +50,21 @@ fn free_port() -> Result<u16> {
 impl Cluster {
     /// One member.
     pub fn single() -> Result<Self> {
-        Self::start(1)
+        Self::start(1, None)
     }
 
     /// Three members (quorum 2).
     pub fn three() -> Result<Self> {
-        Self::start(3)
+        Self::start(3, None)
     }
 
-    fn start(size: usize) -> Result<Self> {
+    /// `size` members on the loopback of network namespace `netns` (a lab's gateway, where
+    /// the `floatip` under test runs).
+    pub fn in_netns(size: usize, netns: &str) -> Result<Self> {
+        Self::start(size, Some(netns.to_owned()))
+    }
+
+    fn start(size: usize, netns: Option<String>) -> Result<Self> {
         if !Path::new(ETCD).exists() {
             bail!("{ETCD} not found: `cargo xtask setup` installs Debian's etcd-server");
         }
@@ -80,6 +88,7 @@ impl Cluster {
                 dir: dir.clone(),
                 members,
                 token: format!("floatip-test-{}-{n}-{attempt}", std::process::id()),
+                netns: netns.clone(),
             };
             match cluster.boot() {
                 Ok(()) => return Ok(cluster),
@@ -117,7 +126,15 @@ impl Cluster {
             .open(self.dir.join(format!("{}.log", m.name)))?;
         let client = format!("http://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
-        let mut cmd = Command::new(ETCD);
+        let mut cmd = match &self.netns {
+            None => Command::new(ETCD),
+            Some(ns) => {
+                // `ip netns exec` execs etcd itself: the child is etcd, signals reach it.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, ETCD]);
+                c
+            }
+        };
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
@@ -149,9 +166,6 @@ impl Cluster {
     /// them exits (a port taken, say), with the tail of its log.
     fn wait_healthy(&mut self, members: &[usize]) -> Result<()> {
         let deadline = Instant::now() + HEALTHY_WITHIN;
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_millis(500))
-            .build();
         let mut pending: Vec<usize> = members.to_vec();
         while !pending.is_empty() {
             for &i in &pending {
@@ -162,16 +176,29 @@ impl Cluster {
                     bail!("etcd member {name} exited ({status}): {}", self.log_tail(i));
                 }
             }
-            pending.retain(|&i| {
-                let url = format!("http://127.0.0.1:{}/health", self.members[i].client);
-                let ok = agent
-                    .get(&url)
-                    .call()
-                    .ok()
-                    .and_then(|r| r.into_string().ok())
-                    .is_some_and(|b| b.contains("\"health\":\"true\""));
-                !ok
-            });
+            let ports: Vec<u16> = pending.iter().map(|&i| self.members[i].client).collect();
+            let check = move || -> Vec<bool> {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_millis(500))
+                    .build();
+                ports
+                    .iter()
+                    .map(|port| {
+                        agent
+                            .get(&format!("http://127.0.0.1:{port}/health"))
+                            .call()
+                            .ok()
+                            .and_then(|r| r.into_string().ok())
+                            .is_some_and(|b| b.contains("\"health\":\"true\""))
+                    })
+                    .collect()
+            };
+            let healthy = match &self.netns {
+                None => check(),
+                Some(ns) => crate::agent::in_netns(ns, check),
+            };
+            let mut healthy = healthy.into_iter();
+            pending.retain(|_| !healthy.next().unwrap_or(false));
             if Instant::now() > deadline {
                 bail!(
                     "etcd members {pending:?} not healthy within {HEALTHY_WITHIN:?}: {}",
