@@ -51,6 +51,10 @@ struct Meta {
     next_id: i64,
     /// The next port's creation sequence number (ports list in creation order).
     next_port: i64,
+    /// A random token of the write that last put `meta`: how a writer whose `Txn` got no
+    /// answer tells whether it committed (see [`EtcdStore::committed`]).
+    #[serde(default)]
+    write: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +138,16 @@ pub struct EtcdStore {
     path: PathBuf,
 }
 
+/// Between two tries of a request no member took.
+const RETRY_GAP: Duration = Duration::from_millis(20);
+
+/// Whether the request failed before it left: the connection to the member it was given to
+/// was refused.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    let text = format!("{e:?}");
+    text.contains("ConnectError") || text.contains("ConnectionRefused")
+}
+
 /// etcd unreachable, without quorum, or slower than the timeouts: one line naming it.
 fn unavailable(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
     let cause = e.to_string();
@@ -179,15 +193,52 @@ impl EtcdStore {
     }
 
     /// Runs one request with the request timeout as an outer bound too (a member that
-    /// accepts the connection but never answers must not hang a CLI).
+    /// accepts the connection but never answers must not hang a CLI). The client balances
+    /// over the members but hands back a dead member's connection error instead of trying
+    /// another: a request that was never sent (connection refused) is sent again, on any
+    /// member, until the timeout. Nothing else is repeated (a sent `Txn` may have committed).
     fn call<T>(
         &mut self,
-        f: impl AsyncFnOnce(&mut Client) -> Result<T, etcd_client::Error>,
+        f: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
+    ) -> Result<T> {
+        self.call_retrying(not_sent, f)
+    }
+
+    /// [`Self::call`] for a request that is safe to repeat (a read): also sent again on the
+    /// errors of a cluster between leaders.
+    fn read_call<T>(
+        &mut self,
+        f: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
+    ) -> Result<T> {
+        self.call_retrying(
+            |e| {
+                let text = format!("{e:?}");
+                not_sent(e) || text.contains("no leader") || text.contains("leader changed")
+            },
+            f,
+        )
+    }
+
+    fn call_retrying<T>(
+        &mut self,
+        again: fn(&etcd_client::Error) -> bool,
+        mut f: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
     ) -> Result<T> {
         let Self { rt, client, path } = self;
-        rt.block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, f(client)).await })
-            .map_err(|e| unavailable(path, e))?
-            .map_err(|e| unavailable(path, e))
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        rt.block_on(async {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, f(client)).await {
+                    Err(elapsed) => return Err(unavailable(path, elapsed)),
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) if again(&e) && Instant::now() + RETRY_GAP < deadline => {
+                        tokio::time::sleep(RETRY_GAP).await;
+                    }
+                    Ok(Err(e)) => return Err(unavailable(path, e)),
+                }
+            }
+        })
     }
 
     fn init_meta(&mut self) -> Result<()> {
@@ -196,19 +247,21 @@ impl EtcdStore {
             identity: (uuid::Uuid::new_v4().as_u64_pair().0 & (i64::MAX as u64)) | 1,
             next_id: 1,
             next_port: 1,
+            write: 0,
         };
         let value = serde_json::to_vec(&meta)?;
         // Created only if absent: a concurrent first connection's identity wins alike.
         let txn = Txn::new()
             .when([Compare::version(META, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(META, value, None)]);
-        self.call(async |c| c.txn(txn).await)?;
+        self.call(async |c| c.txn(txn.clone()).await)?;
         Ok(())
     }
 
     /// The whole state at one revision, and `meta`'s `mod_revision` in it.
     fn load(&mut self) -> Result<(State, i64)> {
-        let resp = self.call(async |c| c.get(PREFIX, Some(GetOptions::new().with_prefix())).await)?;
+        let resp =
+            self.read_call(async |c| c.get(PREFIX, Some(GetOptions::new().with_prefix())).await)?;
         let (state, rev) = State::decode(resp.kvs())?;
         if rev == 0 {
             return Err(error(
@@ -247,12 +300,24 @@ impl EtcdStore {
                     .filter(|(k, v)| old.get(*k) != Some(v))
                     .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None)),
             );
-            ops.push(TxnOp::put(META, serde_json::to_vec(&after.meta)?, None));
+            let token = uuid::Uuid::new_v4().as_u64_pair().0;
+            let meta = Meta {
+                write: token,
+                ..after.meta
+            };
+            ops.push(TxnOp::put(META, serde_json::to_vec(&meta)?, None));
             let txn = Txn::new()
                 .when([Compare::mod_revision(META, CompareOp::Equal, meta_rev)])
                 .and_then(ops);
-            if self.call(async |c| c.txn(txn).await)?.succeeded() {
-                return Ok(value);
+            match self.call(async |c| c.txn(txn.clone()).await) {
+                Ok(r) if r.succeeded() => return Ok(value),
+                Ok(_) => {}
+                // No answer (a leader change, a timeout): it may have committed all the same.
+                Err(e) => match self.committed(meta_rev, token) {
+                    Ok(true) => return Ok(value),
+                    Ok(false) => {}
+                    Err(_) => return Err(e),
+                },
             }
             if Instant::now() >= deadline {
                 return Err(error(
@@ -269,6 +334,39 @@ impl EtcdStore {
             std::thread::sleep(Duration::from_micros(jitter as u64));
         }
         unreachable!()
+    }
+}
+
+impl EtcdStore {
+    /// Whether the write that compared `meta` at `meta_rev` and put it with `token`
+    /// committed. It can only have been the next change of `meta` after `meta_rev`; the
+    /// linearizable read first lets any such write in flight be decided (a leader serves it
+    /// only after committing an entry of its own term, and with it everything before).
+    fn committed(&mut self, meta_rev: i64, token: u64) -> Result<bool> {
+        let now = self.read_call(async |c| c.get(META, None).await)?;
+        let Some(kv) = now.kvs().first() else {
+            return Ok(false);
+        };
+        if kv.mod_revision() == meta_rev {
+            return Ok(false);
+        }
+        let options = etcd_client::WatchOptions::new().with_start_revision(meta_rev + 1);
+        let first = self.read_call(async |c| {
+            let mut stream = c.watch(META, Some(options.clone())).await?;
+            while let Some(resp) = stream.message().await? {
+                if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
+                    return Ok(Some(kv.value().to_vec()));
+                }
+                if resp.canceled() {
+                    break;
+                }
+            }
+            Ok(None)
+        })?;
+        let Some(value) = first else {
+            bail!("cannot read the history of {META}");
+        };
+        Ok(serde_json::from_slice::<Meta>(&value)?.write == token)
     }
 }
 
