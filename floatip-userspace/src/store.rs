@@ -52,20 +52,26 @@ impl StoreSpec {
             let mut endpoints = Vec::new();
             for member in rest.split(',') {
                 let Some((host, port)) = member.rsplit_once(':') else {
-                    bail!("malformed store {text:?}: {member:?} is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])");
+                    bail!(
+                        "malformed store {text:?}: {member:?} is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])"
+                    );
                 };
                 let host_ok = !host.is_empty()
-                    && host
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+                    && host.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':')
+                    });
                 if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
-                    bail!("malformed store {text:?}: {member:?} is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])");
+                    bail!(
+                        "malformed store {text:?}: {member:?} is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])"
+                    );
                 }
                 endpoints.push(member.to_owned());
             }
             return Ok(Self::Etcd(endpoints));
         }
-        let path = text.strip_prefix("sqlite://").or_else(|| text.strip_prefix("sqlite:"));
+        let path = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"));
         if let Some(path) = path {
             if path.is_empty() {
                 bail!("malformed store {text:?}: sqlite:PATH needs a path");
@@ -1141,6 +1147,41 @@ mod tests {
     }
 
     #[test]
+    fn store_spec_parses_urls_and_paths() {
+        let etcd = |e: &[&str]| StoreSpec::Etcd(e.iter().map(|s| (*s).to_owned()).collect());
+        let ok = |s: &str| StoreSpec::parse(s).unwrap();
+        assert_eq!(ok("etcd://127.0.0.1:2379"), etcd(&["127.0.0.1:2379"]));
+        assert_eq!(
+            ok("etcd://a.example:1,10.0.0.2:2379/"),
+            etcd(&["a.example:1", "10.0.0.2:2379"])
+        );
+        assert_eq!(ok("etcd://[::1]:2379"), etcd(&["[::1]:2379"]));
+        assert_eq!(
+            ok("/var/lib/floatip/state.db"),
+            StoreSpec::Sqlite("/var/lib/floatip/state.db".into())
+        );
+        assert_eq!(ok("sqlite:rel.db"), StoreSpec::Sqlite("rel.db".into()));
+        assert_eq!(ok("sqlite:///abs.db"), StoreSpec::Sqlite("/abs.db".into()));
+        let bad = |s: &str| format!("{:#}", StoreSpec::parse(s).unwrap_err());
+        for (s, needle) in [
+            ("etcd://", "is not HOST:PORT"),
+            ("etcd://h", "is not HOST:PORT"),
+            ("etcd://h:0", "is not HOST:PORT"),
+            ("etcd://h:1,", "is not HOST:PORT"),
+            ("etcd://h:x", "is not HOST:PORT"),
+            ("etcd://h h:1", "is not HOST:PORT"),
+            ("http://h:1", "unknown store scheme \"http\""),
+            ("sqlite:", "needs a path"),
+            ("", "empty store"),
+        ] {
+            let e = bad(s);
+            assert!(e.contains(needle), "{s:?}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        assert_eq!(etcd(&["h:1", "g:2"]).to_string(), "etcd://h:1,g:2");
+    }
+
+    #[test]
     fn creates_private_files_and_schema() {
         let dir = TempDir::new("store-open");
         let store = open(&dir);
@@ -1166,7 +1207,9 @@ mod tests {
         drop(store);
         let e = format!(
             "{:#}",
-            SqliteStore::open(&dir.0.join("state/state.db")).err().unwrap()
+            SqliteStore::open(&dir.0.join("state/state.db"))
+                .err()
+                .unwrap()
         );
         assert!(e.contains("schema version 99 is newer"), "{e}");
     }

@@ -157,7 +157,9 @@ impl Cluster {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("cannot start {ETCD}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {ETCD}"))?;
         self.members[i].child = Some(child);
         Ok(())
     }
@@ -211,8 +213,8 @@ impl Cluster {
     }
 
     fn log_tail(&self, i: usize) -> String {
-        let text =
-            fs::read_to_string(self.dir.join(format!("{}.log", self.members[i].name))).unwrap_or_default();
+        let text = fs::read_to_string(self.dir.join(format!("{}.log", self.members[i].name)))
+            .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }

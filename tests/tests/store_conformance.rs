@@ -188,9 +188,15 @@ fn pools_and_lowest_allocation(b: Backend) {
             .write(|tx| tx.pool_set_description("spare", Some("d")))
             .unwrap()
     );
-    assert!(!store.write(|tx| tx.pool_set_description("none", None)).unwrap());
+    assert!(
+        !store
+            .write(|tx| tx.pool_set_description("none", None))
+            .unwrap()
+    );
     assert_eq!(
-        store.read(|tx| tx.pool_list()).unwrap()[1].description.as_deref(),
+        store.read(|tx| tx.pool_list()).unwrap()[1]
+            .description
+            .as_deref(),
         Some("d")
     );
     assert!(store.write(|tx| tx.pool_delete("spare")).unwrap());
@@ -343,8 +349,12 @@ fn quotas_and_project_scoping(b: Backend) {
     control.pool_create("public", &ranges, None, None).unwrap();
     control.quota_set("demo", 2).unwrap();
     control.quota_set("idle", 0).unwrap();
-    let a = control.ip_create("public", None, Some("demo"), None).unwrap();
-    let c = control.ip_create("public", None, Some("demo"), None).unwrap();
+    let a = control
+        .ip_create("public", None, Some("demo"), None)
+        .unwrap();
+    let c = control
+        .ip_create("public", None, Some("demo"), None)
+        .unwrap();
     let e = control
         .ip_create("public", None, Some("demo"), None)
         .unwrap_err();
@@ -357,7 +367,9 @@ fn quotas_and_project_scoping(b: Backend) {
         .ip_create("public", None, Some("idle"), None)
         .unwrap_err();
     assert_eq!(kind_of(&e), ErrorKind::Conflict, "{e:#}");
-    let other = control.ip_create("public", None, Some("other"), None).unwrap();
+    let other = control
+        .ip_create("public", None, Some("other"), None)
+        .unwrap();
     control.ip_create("public", None, None, None).unwrap();
     // Project scoping: another project's address is invisible to it.
     let e = control
@@ -376,8 +388,12 @@ fn quotas_and_project_scoping(b: Backend) {
         a.id
     );
     // Releasing one frees quota.
-    control.ip_delete(c.floating_ip_address, Some("demo")).unwrap();
-    control.ip_create("public", None, Some("demo"), None).unwrap();
+    control
+        .ip_delete(c.floating_ip_address, Some("demo"))
+        .unwrap();
+    control
+        .ip_create("public", None, Some("demo"), None)
+        .unwrap();
     let mut store = env.open();
     store
         .read(|tx| {
@@ -395,8 +411,7 @@ fn quotas_and_project_scoping(b: Backend) {
                     limit: Some(2)
                 }
             );
-            let projects: Vec<String> =
-                tx.quota_list()?.into_iter().map(|q| q.project).collect();
+            let projects: Vec<String> = tx.quota_list()?.into_iter().map(|q| q.project).collect();
             assert_eq!(projects, ["demo", "idle", "other"]);
             assert_eq!(tx.project_names()?, ["demo", "idle", "other"]);
             Ok(())
@@ -404,7 +419,9 @@ fn quotas_and_project_scoping(b: Backend) {
         .unwrap();
     assert!(store.write(|tx| tx.quota_delete("demo")).unwrap());
     assert!(!store.write(|tx| tx.quota_delete("demo")).unwrap());
-    control.ip_create("public", None, Some("demo"), None).unwrap();
+    control
+        .ip_create("public", None, Some("demo"), None)
+        .unwrap();
 }
 
 fn concurrent_allocation_hands_out_each_address_once(b: Backend) {
@@ -426,13 +443,23 @@ fn concurrent_allocation_hands_out_each_address_once(b: Backend) {
         })
         .collect();
     let results: Vec<Result<Ipv4Addr>> = handles.into_iter().map(|t| t.join().unwrap()).collect();
-    let won: BTreeSet<Ipv4Addr> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10, "{results:?}");
+    let won: BTreeSet<Ipv4Addr> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        10,
+        "{results:?}"
+    );
     assert_eq!(won.len(), 10, "an address handed out twice: {results:?}");
     for e in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(e.to_string(), "no more floating IPs in pool public");
     }
-    let stored = env.open().read(|tx| tx.ip_addresses_in_pool("public")).unwrap();
+    let stored = env
+        .open()
+        .read(|tx| tx.ip_addresses_in_pool("public"))
+        .unwrap();
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), won);
 }
 
@@ -471,7 +498,10 @@ fn concurrent_association_of_one_fixed_ip_has_one_winner(b: Backend) {
             .collect();
         let results: Vec<Result<Ipv4Addr>> =
             handles.into_iter().map(|t| t.join().unwrap()).collect();
-        let winners: Vec<Ipv4Addr> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        let winners: Vec<Ipv4Addr> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
         assert_eq!(winners.len(), 1, "checked {checked}: {results:?}");
         let expected = if checked {
             format!("fixed IP {fixed} already has floating IP {}", winners[0])
@@ -482,7 +512,10 @@ fn concurrent_association_of_one_fixed_ip_has_one_winner(b: Backend) {
             assert_eq!(e.to_string(), expected);
         }
         let mut store = env.open();
-        assert_eq!(store.read(|tx| tx.associations()).unwrap(), [(winners[0], fixed)]);
+        assert_eq!(
+            store.read(|tx| tx.associations()).unwrap(),
+            [(winners[0], fixed)]
+        );
         store
             .write(|tx| tx.ip_set_association(winners[0], None, None))
             .unwrap();
@@ -496,7 +529,14 @@ fn ids_ports_users_and_tags(b: Backend) {
     let ids: Vec<i64> = (1..=3)
         .map(|i| {
             store
-                .write(|tx| tx.ip_insert(Ipv4Addr::new(203, 0, 113, i), "public", Some("p"), Some("d")))
+                .write(|tx| {
+                    tx.ip_insert(
+                        Ipv4Addr::new(203, 0, 113, i),
+                        "public",
+                        Some("p"),
+                        Some("d"),
+                    )
+                })
                 .unwrap()
                 .id
         })
@@ -510,7 +550,11 @@ fn ids_ports_users_and_tags(b: Backend) {
     assert_eq!(row.id, 4);
     assert_eq!(store.read(|tx| tx.ip_get_by_id(3)).unwrap(), None);
     assert_eq!(
-        store.read(|tx| tx.ip_get_by_id(1)).unwrap().unwrap().address,
+        store
+            .read(|tx| tx.ip_get_by_id(1))
+            .unwrap()
+            .unwrap()
+            .address,
         ip("203.0.113.1")
     );
     store
@@ -522,12 +566,17 @@ fn ids_ports_users_and_tags(b: Backend) {
     store
         .write(|tx| tx.ip_tags_add(1, &tags(&["web", "blue", "web"])))
         .unwrap();
-    store.write(|tx| tx.ip_tags_add(1, &tags(&["red"]))).unwrap();
+    store
+        .write(|tx| tx.ip_tags_add(1, &tags(&["red"])))
+        .unwrap();
     assert_eq!(
         err(store.write(|tx| tx.ip_tags_add(99, &tags(&["x"])))),
         "FOREIGN KEY constraint failed"
     );
-    let one = store.read(|tx| tx.ip_get(ip("203.0.113.1"))).unwrap().unwrap();
+    let one = store
+        .read(|tx| tx.ip_get(ip("203.0.113.1")))
+        .unwrap()
+        .unwrap();
     assert_eq!(one.tags, ["blue", "red", "web"]);
     assert_eq!(one.description.as_deref(), Some("web"));
     store
@@ -538,7 +587,14 @@ fn ids_ports_users_and_tags(b: Backend) {
         ["red", "web"]
     );
     store.write(|tx| tx.ip_tags_remove(1, None)).unwrap();
-    assert!(store.read(|tx| tx.ip_get_by_id(1)).unwrap().unwrap().tags.is_empty());
+    assert!(
+        store
+            .read(|tx| tx.ip_get_by_id(1))
+            .unwrap()
+            .unwrap()
+            .tags
+            .is_empty()
+    );
 
     // Ports.
     let port = |id: &str, fixed: &str, project: &str| PortRow {
@@ -552,9 +608,13 @@ fn ids_ports_users_and_tags(b: Backend) {
         description: String::new(),
         created_at: String::new(),
     };
-    let p1 = store.write(|tx| tx.port_insert(&port("zz", "10.0.0.11", "p"))).unwrap();
+    let p1 = store
+        .write(|tx| tx.port_insert(&port("zz", "10.0.0.11", "p")))
+        .unwrap();
     assert!(p1.created_at.ends_with('Z'));
-    store.write(|tx| tx.port_insert(&port("aa", "10.0.0.12", "q"))).unwrap();
+    store
+        .write(|tx| tx.port_insert(&port("aa", "10.0.0.12", "q")))
+        .unwrap();
     assert_eq!(
         err(store.write(|tx| tx.port_insert(&port("zz", "10.0.0.13", "p")))),
         "UNIQUE constraint failed: ports.id"
@@ -578,15 +638,23 @@ fn ids_ports_users_and_tags(b: Backend) {
     let got = store.read(|tx| tx.port_get("zz")).unwrap().unwrap();
     assert_eq!((got.name.as_str(), got.project.as_str()), ("renamed", "p"));
     assert_eq!(
-        store.read(|tx| tx.port_by_fixed(ip("10.0.0.12"))).unwrap().unwrap().id,
+        store
+            .read(|tx| tx.port_by_fixed(ip("10.0.0.12")))
+            .unwrap()
+            .unwrap()
+            .id,
         "aa"
     );
     assert!(store.write(|tx| tx.port_delete("aa")).unwrap());
     assert!(!store.write(|tx| tx.port_delete("aa")).unwrap());
 
     // Users.
-    store.write(|tx| tx.user_insert("bob", "p", "member", "$h1")).unwrap();
-    store.write(|tx| tx.user_insert("alice", "admin", "admin", "$h2")).unwrap();
+    store
+        .write(|tx| tx.user_insert("bob", "p", "member", "$h1"))
+        .unwrap();
+    store
+        .write(|tx| tx.user_insert("alice", "admin", "admin", "$h2"))
+        .unwrap();
     assert_eq!(
         err(store.write(|tx| tx.user_insert("bob", "p", "member", "$h"))),
         "UNIQUE constraint failed: users.name"
@@ -603,7 +671,11 @@ fn ids_ports_users_and_tags(b: Backend) {
         .collect();
     assert_eq!(users, ["alice", "bob"]);
     assert_eq!(
-        store.read(|tx| tx.user_get("bob")).unwrap().unwrap().password_hash,
+        store
+            .read(|tx| tx.user_get("bob"))
+            .unwrap()
+            .unwrap()
+            .password_hash,
         "$h1"
     );
     assert_eq!(store.read(|tx| tx.project_names()).unwrap(), ["admin", "p"]);
@@ -617,5 +689,9 @@ fn identity_is_fixed(b: Backend) {
     let first = env.open().identity().unwrap();
     assert_ne!(first, 0);
     assert!(first <= i64::MAX as u64);
-    assert_eq!(env.open().identity().unwrap(), first, "kept across connections");
+    assert_eq!(
+        env.open().identity().unwrap(),
+        first,
+        "kept across connections"
+    );
 }

@@ -35,8 +35,13 @@ const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");
 /// no data plane.
 fn floatip(store: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(netns::floatip_binary());
-    cmd.args(["--bpffs", "/nonexistent/floatip-store-test", "--store", store])
-        .args(args);
+    cmd.args([
+        "--bpffs",
+        "/nonexistent/floatip-store-test",
+        "--store",
+        store,
+    ])
+    .args(args);
     netns::run(cmd, Duration::from_secs(60))
 }
 
@@ -91,21 +96,48 @@ fn store_urls_and_etcd_down() {
     // Nothing listening: one line, exit 5 (unavailable), within the client's timeouts.
     let down = Cluster::unused_url().unwrap();
     let started = Instant::now();
-    let out = floatip(&down, &["pool", "create", "public", "--range", "203.0.113.10-203.0.113.17"]);
+    let out = floatip(
+        &down,
+        &[
+            "pool",
+            "create",
+            "public",
+            "--range",
+            "203.0.113.10-203.0.113.17",
+        ],
+    );
     assert_one_line_error(&out, 5, "is unavailable");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     let mut etcd = Cluster::single().unwrap_or_else(|e| panic!("{e:#}"));
     let url = etcd.url();
-    ok(&url, &["pool", "create", "public", "--range", "203.0.113.10-203.0.113.17"]);
+    ok(
+        &url,
+        &[
+            "pool",
+            "create",
+            "public",
+            "--range",
+            "203.0.113.10-203.0.113.17",
+        ],
+    );
     ok(&url, &["quota", "set", "demo", "--floating-ips", "3"]);
     // 12 processes at once for 8 addresses: each handed out once, the rest refused.
     let children: Vec<_> = (0..12)
         .map(|i| {
             let project = if i < 4 { "demo" } else { "other" };
             let mut cmd = Command::new(netns::floatip_binary());
-            cmd.args(["--bpffs", "/nonexistent/floatip-store-test", "--store", &url])
-                .args(["ip", "create", "public", "--project", project, "-f", "json"]);
+            cmd.args([
+                "--bpffs",
+                "/nonexistent/floatip-store-test",
+                "--store",
+                &url,
+            ])
+            .args(["ip", "create", "public", "--project", project, "-f", "json"]);
             std::thread::spawn(move || netns::run(cmd, Duration::from_secs(60)))
         })
         .collect();
@@ -154,8 +186,12 @@ fn lab_ok(lab: &Lab, url: &str, args: &[&str]) -> Output {
 }
 
 fn lab_build() -> Lab {
-    Lab::build(netns::mode_from_env(), &netns::floatip_binary(), Path::new(NETPROBE))
-        .unwrap_or_else(|e| panic!("cannot build the namespace topology: {e:#}"))
+    Lab::build(
+        netns::mode_from_env(),
+        &netns::floatip_binary(),
+        Path::new(NETPROBE),
+    )
+    .unwrap_or_else(|e| panic!("cannot build the namespace topology: {e:#}"))
 }
 
 #[test]
@@ -165,11 +201,34 @@ fn associate_through_the_cli_on_etcd() {
     let lab = lab_build();
     let mut etcd = Cluster::in_netns(1, &lab.gw).unwrap_or_else(|e| panic!("{e:#}"));
     let url = etcd.url();
-    lab_ok(&lab, &url, &["pool", "create", "public", "--range", "203.0.113.10-203.0.113.20", "--external", "gw-ext"]);
+    lab_ok(
+        &lab,
+        &url,
+        &[
+            "pool",
+            "create",
+            "public",
+            "--range",
+            "203.0.113.10-203.0.113.20",
+            "--external",
+            "gw-ext",
+        ],
+    );
     lab_ok(&lab, &url, &lab.attach_args(&[]));
     lab_ok(&lab, &url, &["ip", "create", "public", "--project", "demo"]);
     lab_ok(&lab, &url, &["ip", "create", "public", "--project", "demo"]);
-    lab_ok(&lab, &url, &["ip", "associate", "203.0.113.10", INST1_IP, "--instance", "web1"]);
+    lab_ok(
+        &lab,
+        &url,
+        &[
+            "ip",
+            "associate",
+            "203.0.113.10",
+            INST1_IP,
+            "--instance",
+            "web1",
+        ],
+    );
     let pair = ("203.0.113.10".to_owned(), INST1_IP.to_owned());
     assert_eq!(lab.nat_pairs(), [pair.clone()]);
     // One fixed IP, one floating IP.
@@ -200,7 +259,10 @@ fn associate_through_the_cli_on_etcd() {
     lab_ok(&lab, &url, &["ip", "associate", "203.0.113.11", INST2_IP]);
     let mut pairs = lab.nat_pairs();
     pairs.sort();
-    assert_eq!(pairs, [pair, ("203.0.113.11".to_owned(), INST2_IP.to_owned())]);
+    assert_eq!(
+        pairs,
+        [pair, ("203.0.113.11".to_owned(), INST2_IP.to_owned())]
+    );
     lab_ok(&lab, &url, &["detach"]);
 }
 
@@ -214,7 +276,19 @@ fn api_without_quorum_is_503() {
     let admin = ("admin", "admin-password-1");
     agent::user_create_with(&lab, &["--store", &url], admin.0, "admin", "admin", admin.1)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    lab_ok(&lab, &url, &["pool", "create", "public", "--range", "203.0.113.10-203.0.113.20", "--external", "gw-ext"]);
+    lab_ok(
+        &lab,
+        &url,
+        &[
+            "pool",
+            "create",
+            "public",
+            "--range",
+            "203.0.113.10-203.0.113.20",
+            "--external",
+            "gw-ext",
+        ],
+    );
     lab_ok(&lab, &url, &lab.attach_args(&[]));
     let env = format!("FLOATIP_STORE={url}");
     let _agent = agent::start_with_env(&lab, &[&env], &[]).unwrap_or_else(|e| panic!("{e:#}"));
@@ -252,10 +326,18 @@ fn api_without_quorum_is_503() {
         "{}",
         r.text
     );
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     etcd.restart(1).unwrap_or_else(|e| panic!("{e:#}"));
     etcd.restart(2).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(in_netns(&gw, || count(&Client::new())), 2, "the refused write left nothing");
+    assert_eq!(
+        in_netns(&gw, || count(&Client::new())),
+        2,
+        "the refused write left nothing"
+    );
     let r = in_netns(&gw, || create_ip(&Client::new(), &network));
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(in_netns(&gw, || count(&Client::new())), 3);

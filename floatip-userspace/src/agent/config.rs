@@ -274,6 +274,47 @@ mod tests {
     }
 
     #[test]
+    fn store_from_the_file_or_the_flags() {
+        let dir = crate::store::TempDir::new("agent-config-store");
+        let path = dir.0.join("agent.toml");
+        let with = |text: &str, store: Option<&str>, state: Option<&Path>| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(
+                &args(&path),
+                store,
+                state,
+                None,
+                (Path::new(DEFAULTS.0), Path::new(DEFAULTS.1)),
+            )
+        };
+        let etcd = |e: &[&str]| StoreSpec::Etcd(e.iter().map(|s| (*s).to_owned()).collect());
+        let file = "store = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\nstate = \"/srv/s.db\"\n";
+        assert_eq!(
+            with(file, None, None).unwrap().store,
+            etcd(&["10.0.0.1:2379", "10.0.0.2:2379"])
+        );
+        assert_eq!(
+            with(file, Some("etcd://h:1"), None).unwrap().store,
+            etcd(&["h:1"])
+        );
+        assert_eq!(
+            with(file, None, Some(Path::new("/x.db"))).unwrap().store,
+            StoreSpec::Sqlite("/x.db".into())
+        );
+        assert_eq!(
+            with("state = \"/srv/s.db\"\n", None, None).unwrap().store,
+            StoreSpec::Sqlite("/srv/s.db".into())
+        );
+        let e = format!(
+            "{:#}",
+            with("store = \"redis://h:1\"\n", None, None).unwrap_err()
+        );
+        assert!(e.contains("agent.toml: store: unknown store scheme"), "{e}");
+        let e = with("", Some("etcd://nope"), None).unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), crate::error::ErrorKind::Invalid);
+    }
+
+    #[test]
     fn refusals() {
         let e =
             |text: &str, tweak: fn(&mut AgentArgs)| format!("{:#}", load(text, tweak).unwrap_err());

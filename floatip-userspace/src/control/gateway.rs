@@ -132,10 +132,7 @@ impl Gateway {
     pub fn status(&self, state: &StoreSpec) -> Result<GatewayStatus> {
         let dataplane = Dataplane::open(&self.bpffs)?.status()?;
         let (sync, sync_error) = if !state.exists() {
-            (
-                None,
-                Some(format!("there is no state database at {state}")),
-            )
+            (None, Some(format!("there is no state database at {state}")))
         } else {
             match Control::open(state, &self.bpffs).and_then(|mut c| c.check()) {
                 Ok(report) => (Some(report), None),

@@ -266,7 +266,10 @@ impl EtcdStore {
         if rev == 0 {
             return Err(error(
                 ErrorKind::Unavailable,
-                format!("etcd at {} holds no floatip state (no {META} key)", self.path.display()),
+                format!(
+                    "etcd at {} holds no floatip state (no {META} key)",
+                    self.path.display()
+                ),
             ));
         }
         Ok((state, rev))
@@ -534,11 +537,19 @@ impl EtcdTx {
         Ok(s.ips
             .values()
             .filter(|r| filter.pool.is_none_or(|p| r.pool == p))
-            .filter(|r| filter.project.is_none_or(|p| r.project.as_deref() == Some(p)))
+            .filter(|r| {
+                filter
+                    .project
+                    .is_none_or(|p| r.project.as_deref() == Some(p))
+            })
             .filter(|r| filter.associated.is_none_or(|a| r.fixed_ip.is_some() == a))
             .filter(|r| filter.address.is_none_or(|a| r.address == a))
             .filter(|r| filter.fixed_ip.is_none_or(|f| r.fixed_ip == Some(f)))
-            .filter(|r| filter.instance.is_none_or(|i| r.instance.as_deref() == Some(i)))
+            .filter(|r| {
+                filter
+                    .instance
+                    .is_none_or(|i| r.instance.as_deref() == Some(i))
+            })
             .cloned()
             .collect())
     }
@@ -801,6 +812,9 @@ mod tests {
     fn timestamps_are_sqlites_format() {
         let t = now_utc();
         assert_eq!(t.len(), 20, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T", "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
+            "{t}"
+        );
     }
 }
