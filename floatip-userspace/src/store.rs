@@ -1,14 +1,16 @@
-//! The control-plane state in SQLite: pools, floating IPs and their associations, quotas and
-//! the association generation. The only module that speaks SQL.
+//! The control-plane state: pools, floating IPs and their associations, quotas, ports, users
+//! and the association generation, behind one interface ([`StoreTx`], through [`Store`]) with
+//! two backends: SQLite (this file and its submodules, the only SQL) and etcd (`etcd.rs`, the
+//! only etcd client).
 //!
-//! Every mutation runs in one `BEGIN IMMEDIATE` transaction ([`SqliteStore::write`]): the write lock is
-//! taken up front, so checks made inside the transaction still hold when it commits, even with
-//! several `floatip` processes running at once.
+//! SQLite: every mutation runs in one `BEGIN IMMEDIATE` transaction ([`SqliteStore::write`]):
+//! the write lock is taken up front, so checks made inside the transaction still hold when it
+//! commits, even with several `floatip` processes running at once.
 //!
 //! The agent groups the requests queued at its control thread into one such transaction (a
-//! batch, [`SqliteStore::begin_batch`]): each of its reads and writes is then a savepoint, which a
-//! failing change rolls back alone, and the one commit at the end makes them all durable with
-//! one sync of the WAL.
+//! batch, [`SqliteStore::begin_batch`]): each of its reads and writes is then a savepoint, which
+//! a failing change rolls back alone, and the one commit at the end makes them all durable with
+//! one sync of the WAL. etcd has no batch: see [`EtcdStore`].
 
 use std::{
     cell::Cell,
@@ -116,12 +118,16 @@ impl std::fmt::Display for StoreSpec {
 /// Declares the store interface once: the [`StoreTx`] trait, and for each backend's
 /// transaction type an implementation that calls its inherent methods of the same names.
 macro_rules! store_tx {
-    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+    (
+        $($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*
+        provided { $($provided:item)* }
+    ) => {
         /// One transaction of a store backend: every query and mutation of the state the
         /// control layer makes. Runs inside [`Store::read`] or [`Store::write`]; a write's
         /// changes become visible to others only when its closure returns `Ok`.
         pub trait StoreTx {
             $($(#[$doc])* fn $name(&self $(, $arg: $ty)*) -> $ret;)*
+            $($provided)*
         }
         impl StoreTx for SqliteTx<'_> {
             $(fn $name(&self $(, $arg: $ty)*) -> $ret { SqliteTx::$name(self $(, $arg)*) })*
@@ -158,7 +164,6 @@ store_tx! {
     fn associations(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>>;
     fn quota_set(&self, project: &str, floating_ips: u32) -> Result<()>;
     fn quota_get(&self, project: &str) -> Result<Option<u32>>;
-    fn quota_row(&self, project: &str) -> Result<QuotaRow>;
     fn quota_list(&self) -> Result<Vec<QuotaRow>>;
     fn ip_get_by_id(&self, id: i64) -> Result<Option<FloatingIpRow>>;
     fn ip_set_description(&self, id: i64, description: Option<&str>) -> Result<()>;
@@ -177,6 +182,16 @@ store_tx! {
     fn user_list(&self) -> Result<Vec<UserRow>>;
     fn user_delete(&self, name: &str) -> Result<bool>;
     fn project_names(&self) -> Result<Vec<String>>;
+    provided {
+        /// Usage and limit of `project`.
+        fn quota_row(&self, project: &str) -> Result<QuotaRow> {
+            Ok(QuotaRow {
+                project: project.to_owned(),
+                used: self.ip_count_for_project(project)?,
+                limit: self.quota_get(project)?,
+            })
+        }
+    }
 }
 
 /// What the control layer's closures get: a transaction of whichever backend.
@@ -1041,15 +1056,6 @@ impl<'c> SqliteTx<'c> {
             .optional()?)
     }
 
-    /// Usage and limit of `project`.
-    pub fn quota_row(&self, project: &str) -> Result<QuotaRow> {
-        Ok(QuotaRow {
-            project: project.to_owned(),
-            used: self.ip_count_for_project(project)?,
-            limit: self.quota_get(project)?,
-        })
-    }
-
     /// Usage and limit of every project that has a quota or a floating IP.
     pub fn quota_list(&self) -> Result<Vec<QuotaRow>> {
         let mut stmt = self.tx.prepare_cached(
@@ -1100,10 +1106,9 @@ impl Drop for TempDir {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeSet, os::unix::fs::PermissionsExt, sync::Arc};
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::addr::PoolRanges;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -1113,38 +1118,8 @@ mod tests {
         SqliteStore::open(&dir.0.join("state/state.db")).unwrap()
     }
 
-    fn add_pool(store: &mut SqliteStore, name: &str, range: &str) -> PoolRanges {
-        let ranges = PoolRanges::parse(&[range], &[]).unwrap();
-        store
-            .write(|tx| {
-                tx.pool_insert(
-                    name,
-                    &ranges.ranges_text(),
-                    &ranges.excludes_text(),
-                    None,
-                    None,
-                )
-            })
-            .unwrap();
-        ranges
-    }
-
-    /// What `ip create` does, minus the checks.
-    fn allocate(
-        store: &mut SqliteStore,
-        pool: &str,
-        ranges: &PoolRanges,
-        project: Option<&str>,
-    ) -> Result<Ipv4Addr> {
-        store.write(|tx| {
-            let taken = tx.ip_addresses_in_pool(pool)?;
-            let Some(a) = ranges.lowest_free(&taken) else {
-                bail!("no more floating IPs in pool {pool}")
-            };
-            tx.ip_insert(a, pool, project, None)?;
-            Ok(a)
-        })
-    }
+    // What both backends must do (allocation, constraints, generation, quotas, races) is
+    // tested once for both: tests/tests/store_conformance.rs.
 
     #[test]
     fn store_spec_parses_urls_and_paths() {
@@ -1215,208 +1190,6 @@ mod tests {
     }
 
     #[test]
-    fn pools_and_lowest_allocation() {
-        let dir = TempDir::new("store-alloc");
-        let mut store = open(&dir);
-        let ranges = add_pool(&mut store, "public", "203.0.113.0/29");
-        let pool = store.read(|tx| tx.pool_get("public")).unwrap().unwrap();
-        assert_eq!(pool.ranges, "203.0.113.0/29");
-        assert!(pool.created_at.ends_with('Z'));
-        assert!(
-            store
-                .write(|tx| tx.pool_insert("public", "10.0.0.0/8", "", None, None))
-                .is_err()
-        );
-
-        let got: Vec<_> = (0..3)
-            .map(|_| allocate(&mut store, "public", &ranges, Some("demo")).unwrap())
-            .collect();
-        assert_eq!(
-            got,
-            [ip("203.0.113.1"), ip("203.0.113.2"), ip("203.0.113.3")]
-        );
-        // Freeing one makes it the lowest again.
-        store.write(|tx| tx.ip_delete(ip("203.0.113.2"))).unwrap();
-        assert_eq!(
-            allocate(&mut store, "public", &ranges, None).unwrap(),
-            ip("203.0.113.2")
-        );
-        for _ in 0..3 {
-            allocate(&mut store, "public", &ranges, None).unwrap();
-        }
-        let e = allocate(&mut store, "public", &ranges, None)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(e, "no more floating IPs in pool public");
-        assert_eq!(store.read(|tx| tx.ip_count_in_pool("public")).unwrap(), 6);
-
-        // A pool with addresses cannot be deleted; an empty one can.
-        assert!(store.write(|tx| tx.pool_delete("public")).is_err());
-        add_pool(&mut store, "spare", "198.51.100.0/30");
-        assert!(store.write(|tx| tx.pool_delete("spare")).unwrap());
-        assert!(!store.write(|tx| tx.pool_delete("spare")).unwrap());
-        assert_eq!(store.read(|tx| tx.pool_list()).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn unique_constraints_and_rollback() {
-        let dir = TempDir::new("store-unique");
-        let mut store = open(&dir);
-        add_pool(&mut store, "public", "203.0.113.0/24");
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
-            .unwrap();
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
-            .unwrap();
-        assert!(
-            store
-                .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
-                .is_err()
-        );
-        // Unknown pool: foreign key.
-        assert!(
-            store
-                .write(|tx| tx.ip_insert(ip("203.0.113.9"), "nope", None, None))
-                .is_err()
-        );
-        store
-            .write(|tx| tx.ip_set_association(ip("203.0.113.5"), Some(ip("10.0.0.5")), Some("vm")))
-            .unwrap();
-        // One fixed IP, one floating IP.
-        assert!(
-            store
-                .write(|tx| tx.ip_set_association(ip("203.0.113.6"), Some(ip("10.0.0.5")), None))
-                .is_err()
-        );
-        assert_eq!(
-            store
-                .read(|tx| tx.ip_by_fixed(ip("10.0.0.5")))
-                .unwrap()
-                .unwrap()
-                .address,
-            ip("203.0.113.5")
-        );
-        // An error in the closure rolls back what the closure did.
-        let r: Result<()> = store.write(|tx| {
-            tx.ip_insert(ip("203.0.113.7"), "public", None, None)?;
-            bail!("map update failed")
-        });
-        assert!(r.is_err());
-        assert!(
-            store
-                .read(|tx| tx.ip_get(ip("203.0.113.7")))
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn generation_bumps_once_per_association_change() {
-        let dir = TempDir::new("store-gen");
-        let mut store = open(&dir);
-        add_pool(&mut store, "public", "203.0.113.0/24");
-        let g = |s: &mut SqliteStore| s.read(|tx| tx.generation()).unwrap();
-        assert_eq!(g(&mut store), 0);
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
-            .unwrap();
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
-            .unwrap();
-        assert_eq!(g(&mut store), 0, "allocation does not change associations");
-        store
-            .write(|tx| {
-                tx.ip_set_association(ip("203.0.113.5"), Some(ip("10.0.0.5")), None)?;
-                tx.ip_set_association(ip("203.0.113.6"), Some(ip("10.0.0.6")), None)?;
-                assert_eq!(tx.generation()?, 1, "visible inside the transaction");
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(g(&mut store), 1);
-        assert_eq!(
-            store.read(|tx| tx.associations()).unwrap(),
-            [
-                (ip("203.0.113.5"), ip("10.0.0.5")),
-                (ip("203.0.113.6"), ip("10.0.0.6"))
-            ]
-        );
-        // Rolled back: not bumped.
-        let _ = store.write(|tx| -> Result<()> {
-            tx.ip_set_association(ip("203.0.113.5"), None, None)?;
-            bail!("no")
-        });
-        assert_eq!(g(&mut store), 1);
-        store.write(|tx| tx.ip_delete(ip("203.0.113.6"))).unwrap();
-        assert_eq!(
-            g(&mut store),
-            2,
-            "deleting an associated address changes associations"
-        );
-        store
-            .write(|tx| tx.ip_set_association(ip("203.0.113.5"), None, None))
-            .unwrap();
-        store.write(|tx| tx.ip_delete(ip("203.0.113.5"))).unwrap();
-        assert_eq!(g(&mut store), 3);
-    }
-
-    #[test]
-    fn quotas() {
-        let dir = TempDir::new("store-quota");
-        let mut store = open(&dir);
-        add_pool(&mut store, "public", "203.0.113.0/24");
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", Some("demo"), None))
-            .unwrap();
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
-            .unwrap();
-        assert_eq!(store.read(|tx| tx.quota_get("demo")).unwrap(), None);
-        store.write(|tx| tx.quota_set("demo", 2)).unwrap();
-        store.write(|tx| tx.quota_set("demo", 3)).unwrap();
-        store.write(|tx| tx.quota_set("idle", 0)).unwrap();
-        assert_eq!(
-            store.read(|tx| tx.quota_row("demo")).unwrap(),
-            QuotaRow {
-                project: "demo".into(),
-                used: 1,
-                limit: Some(3)
-            }
-        );
-        let all = store.read(|tx| tx.quota_list()).unwrap();
-        assert_eq!(
-            all,
-            [
-                QuotaRow {
-                    project: "demo".into(),
-                    used: 1,
-                    limit: Some(3)
-                },
-                QuotaRow {
-                    project: "idle".into(),
-                    used: 0,
-                    limit: Some(0)
-                },
-            ]
-        );
-        let demo = IpFilter {
-            project: Some("demo"),
-            ..Default::default()
-        };
-        assert_eq!(store.read(|tx| tx.ip_list(&demo)).unwrap().len(), 1);
-        let unassociated = IpFilter {
-            associated: Some(false),
-            ..Default::default()
-        };
-        assert_eq!(store.read(|tx| tx.ip_list(&unassociated)).unwrap().len(), 2);
-        let associated = IpFilter {
-            associated: Some(true),
-            ..Default::default()
-        };
-        assert_eq!(store.read(|tx| tx.ip_list(&associated)).unwrap().len(), 0);
-    }
-
-    #[test]
     fn migration_4_keeps_rows_and_tags_go_with_their_address() {
         let dir = TempDir::new("store-tags");
         let path = dir.0.join("state.db");
@@ -1469,36 +1242,5 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM floating_ip_tags", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0, "deleting the address deletes its tags");
-    }
-
-    #[test]
-    fn concurrent_allocation_hands_out_each_address_once() {
-        let dir = TempDir::new("store-race");
-        let path = dir.0.join("state/state.db");
-        let mut store = SqliteStore::open(&path).unwrap();
-        // 20 usable addresses: 198.51.100.1-20.
-        let ranges = Arc::new(add_pool(&mut store, "public", "198.51.100.1-198.51.100.20"));
-        drop(store);
-        let threads: Vec<_> = (0..32)
-            .map(|_| {
-                let (path, ranges) = (path.clone(), ranges.clone());
-                std::thread::spawn(move || {
-                    let mut store = SqliteStore::open(&path)?;
-                    allocate(&mut store, "public", &ranges, None)
-                })
-            })
-            .collect();
-        let results: Vec<Result<Ipv4Addr>> =
-            threads.into_iter().map(|t| t.join().unwrap()).collect();
-        let won: BTreeSet<Ipv4Addr> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok().copied())
-            .collect();
-        let ok = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(ok, 20, "{results:?}");
-        assert_eq!(won.len(), 20);
-        for r in results.iter().filter_map(|r| r.as_ref().err()) {
-            assert_eq!(r.to_string(), "no more floating IPs in pool public");
-        }
     }
 }

@@ -185,22 +185,18 @@ fn lab_ok(lab: &Lab, url: &str, args: &[&str]) -> Output {
     out
 }
 
-fn lab_build() -> Lab {
-    Lab::build(
+/// A lab whose gateway runs an etcd cluster of `members` on its loopback, with pool `public`
+/// in it and the data plane attached; and the cluster's `etcd://` URL.
+fn etcd_lab(members: usize) -> (Lab, Cluster, String) {
+    let lab = Lab::build(
         netns::mode_from_env(),
         &netns::floatip_binary(),
         Path::new(NETPROBE),
     )
-    .unwrap_or_else(|e| panic!("cannot build the namespace topology: {e:#}"))
-}
-
-#[test]
-fn associate_through_the_cli_on_etcd() {
-    netns::require_root();
-    let _serial = netns::serialize();
-    let lab = lab_build();
-    let mut etcd = Cluster::in_netns(1, &lab.gw).unwrap_or_else(|e| panic!("{e:#}"));
+    .unwrap_or_else(|e| panic!("cannot build the namespace topology: {e:#}"));
+    let etcd = Cluster::in_netns(members, &lab.gw).unwrap_or_else(|e| panic!("{e:#}"));
     let url = etcd.url();
+    let range = "203.0.113.10-203.0.113.20";
     lab_ok(
         &lab,
         &url,
@@ -209,12 +205,20 @@ fn associate_through_the_cli_on_etcd() {
             "create",
             "public",
             "--range",
-            "203.0.113.10-203.0.113.20",
+            range,
             "--external",
             "gw-ext",
         ],
     );
     lab_ok(&lab, &url, &lab.attach_args(&[]));
+    (lab, etcd, url)
+}
+
+#[test]
+fn associate_through_the_cli_on_etcd() {
+    netns::require_root();
+    let _serial = netns::serialize();
+    let (lab, mut etcd, url) = etcd_lab(1);
     lab_ok(&lab, &url, &["ip", "create", "public", "--project", "demo"]);
     lab_ok(&lab, &url, &["ip", "create", "public", "--project", "demo"]);
     lab_ok(
@@ -270,26 +274,10 @@ fn associate_through_the_cli_on_etcd() {
 fn api_without_quorum_is_503() {
     netns::require_root();
     let _serial = netns::serialize();
-    let lab = lab_build();
-    let mut etcd = Cluster::in_netns(3, &lab.gw).unwrap_or_else(|e| panic!("{e:#}"));
-    let url = etcd.url();
+    let (lab, mut etcd, url) = etcd_lab(3);
     let admin = ("admin", "admin-password-1");
     agent::user_create_with(&lab, &["--store", &url], admin.0, "admin", "admin", admin.1)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    lab_ok(
-        &lab,
-        &url,
-        &[
-            "pool",
-            "create",
-            "public",
-            "--range",
-            "203.0.113.10-203.0.113.20",
-            "--external",
-            "gw-ext",
-        ],
-    );
-    lab_ok(&lab, &url, &lab.attach_args(&[]));
     let env = format!("FLOATIP_STORE={url}");
     let _agent = agent::start_with_env(&lab, &[&env], &[]).unwrap_or_else(|e| panic!("{e:#}"));
     let create_ip = |client: &Client, network: &str| {

@@ -32,7 +32,7 @@ use anyhow::{Result, bail};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use super::{FloatingIpRow, IpFilter, PoolRow, PortRow, QuotaRow, Tx, UserRow};
+use super::{FloatingIpRow, IpFilter, PoolRow, PortRow, QuotaRow, StoreTx, Tx, UserRow};
 use crate::error::{ErrorKind, error};
 
 const PREFIX: &str = "/floatip/";
@@ -631,14 +631,6 @@ impl EtcdTx {
 
     pub fn quota_get(&self, project: &str) -> Result<Option<u32>> {
         Ok(self.state.borrow().quotas.get(project).copied())
-    }
-
-    pub fn quota_row(&self, project: &str) -> Result<QuotaRow> {
-        Ok(QuotaRow {
-            project: project.to_owned(),
-            used: self.ip_count_for_project(project)?,
-            limit: self.quota_get(project)?,
-        })
     }
 
     pub fn quota_list(&self) -> Result<Vec<QuotaRow>> {
