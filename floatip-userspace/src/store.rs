@@ -200,7 +200,8 @@ pub type Tx<'c> = dyn StoreTx + 'c;
 /// The state store the control layer uses: SQLite (embedded, the default) or etcd.
 pub enum Store {
     Sqlite(SqliteStore),
-    Etcd(EtcdStore),
+    /// Boxed: the client is large, and a `Store` is moved around.
+    Etcd(Box<EtcdStore>),
 }
 
 impl Store {
@@ -220,7 +221,9 @@ impl Store {
         match spec {
             StoreSpec::Sqlite(p) if create => Self::open(p),
             StoreSpec::Sqlite(p) => Self::open_existing(p),
-            StoreSpec::Etcd(endpoints) => EtcdStore::connect(endpoints).map(Self::Etcd),
+            StoreSpec::Etcd(endpoints) => {
+                EtcdStore::connect(endpoints).map(|e| Self::Etcd(Box::new(e)))
+            }
         }
     }
 

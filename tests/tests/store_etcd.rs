@@ -234,11 +234,11 @@ fn associate_through_the_cli_on_etcd() {
         ],
     );
     let pair = ("203.0.113.10".to_owned(), INST1_IP.to_owned());
-    assert_eq!(lab.nat_pairs(), [pair.clone()]);
+    assert_eq!(lab.nat_pairs(), std::slice::from_ref(&pair));
     // One fixed IP, one floating IP.
     let out = lab_floatip(&lab, &url, &["ip", "associate", "203.0.113.11", INST1_IP]);
     assert_one_line_error(&out, 4, "already has floating IP 203.0.113.10");
-    assert_eq!(lab.nat_pairs(), [pair.clone()]);
+    assert_eq!(lab.nat_pairs(), std::slice::from_ref(&pair));
     // The SQLite database of --state was never used for any of it.
     let sqlite = lab.floatip(&["ip", "list", "-f", "json"]);
     assert!(
@@ -249,7 +249,7 @@ fn associate_through_the_cli_on_etcd() {
     etcd.kill(0);
     let out = lab_floatip(&lab, &url, &["ip", "associate", "203.0.113.11", INST2_IP]);
     assert_one_line_error(&out, 5, "is unavailable");
-    assert_eq!(lab.nat_pairs(), [pair.clone()]);
+    assert_eq!(lab.nat_pairs(), std::slice::from_ref(&pair));
     etcd.restart(0).unwrap_or_else(|e| panic!("{e:#}"));
     let ips = lab_ok(&lab, &url, &["ip", "list", "-f", "json"]);
     let ips: Value = serde_json::from_str(&ips.stdout).unwrap();
