@@ -138,6 +138,9 @@ pub struct EtcdStore {
     path: PathBuf,
 }
 
+/// The largest state one read takes in.
+const MAX_STATE_BYTES: usize = 512 << 20;
+
 /// Between two tries of a request no member took.
 const RETRY_GAP: Duration = Duration::from_millis(20);
 
@@ -260,8 +263,13 @@ impl EtcdStore {
 
     /// The whole state at one revision, and `meta`'s `mod_revision` in it.
     fn load(&mut self) -> Result<(State, i64)> {
-        let resp =
-            self.read_call(async |c| c.get(PREFIX, Some(GetOptions::new().with_prefix())).await)?;
+        let resp = self.read_call(async |c| {
+            // tonic refuses answers over 4 MiB by default: some 15,000 floating IPs.
+            c.kv_client()
+                .max_decoding_message_size(MAX_STATE_BYTES)
+                .get(PREFIX, Some(GetOptions::new().with_prefix()))
+                .await
+        })?;
         let (state, rev) = State::decode(resp.kvs())?;
         if rev == 0 {
             return Err(error(
@@ -319,7 +327,14 @@ impl EtcdStore {
                 Err(e) => match self.committed(meta_rev, token) {
                     Ok(true) => return Ok(value),
                     Ok(false) => {}
-                    Err(_) => return Err(e),
+                    // Quorum lost between the read and the commit: etcd may still apply it
+                    // when quorum returns (if no other write came first), so say so.
+                    Err(_) => {
+                        return Err(error(
+                            ErrorKind::Unavailable,
+                            format!("{e:#}; the change may still be applied once etcd recovers"),
+                        ));
+                    }
                 },
             }
             if Instant::now() >= deadline {
