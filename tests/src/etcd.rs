@@ -261,6 +261,31 @@ impl Cluster {
         Err(last.expect("tried"))
     }
 
+    /// The running member that is the leader, if one is (asked through etcd's HTTP gateway:
+    /// `/v3/maintenance/status` names the leader and the member answering). Test's namespace
+    /// only.
+    pub fn leader(&self) -> Option<usize> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(500))
+            .build();
+        (0..self.members.len()).find(|&i| {
+            if self.members[i].child.is_none() {
+                return false;
+            }
+            let url = format!(
+                "http://127.0.0.1:{}/v3/maintenance/status",
+                self.members[i].client
+            );
+            let Ok(reply) = agent.post(&url).send_string("{}") else {
+                return false;
+            };
+            let Ok(v) = reply.into_json::<serde_json::Value>() else {
+                return false;
+            };
+            v["leader"].is_string() && v["leader"] == v["header"]["member_id"]
+        })
+    }
+
     /// A fresh `etcd://` address with nothing listening (a port just released by the kernel).
     pub fn unused_url() -> Result<String> {
         Ok(format!("etcd://127.0.0.1:{}", free_port()?))

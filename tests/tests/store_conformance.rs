@@ -684,6 +684,88 @@ fn ids_ports_users_and_tags(b: Backend) {
     assert_eq!(store.read(|tx| tx.user_get("bob")).unwrap(), None);
 }
 
+/// etcd only: writers keep allocating while the leader is killed, five times. Every allocation
+/// answered Ok is stored, once; one answered with an error is not, unless the error said the
+/// outcome was unknown (see the etcd store: a `Txn` without an answer is looked up, not
+/// simply sent again).
+#[test]
+fn etcd_writes_through_leader_loss_apply_exactly_once() {
+    let mut cluster = Cluster::three().unwrap_or_else(|e| panic!("{e:#}"));
+    let spec = StoreSpec::parse(&cluster.url()).unwrap();
+    let mut store = Store::open_spec(&spec, true).unwrap();
+    let ranges = Arc::new(add_pool(&mut store, "public", "198.18.0.0/16"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..6)
+        .map(|_| {
+            let (spec, ranges, stop) = (spec.clone(), ranges.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut store = Store::open_spec(&spec, true).unwrap();
+                let mut results = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && results.len() < 5000 {
+                    results.push(allocate(&mut store, "public", &ranges, None));
+                }
+                results
+            })
+        })
+        .collect();
+    let mut killed = 0;
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let leader = cluster.leader().expect("a leader");
+        cluster.kill(leader);
+        killed += 1;
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        cluster.restart(leader).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<Result<Ipv4Addr>> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let ok: Vec<Ipv4Addr> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let ok_set: BTreeSet<Ipv4Addr> = ok.iter().copied().collect();
+    assert_eq!(
+        ok.len(),
+        ok_set.len(),
+        "an address handed out twice: {results:?}"
+    );
+    let unknown = results
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("may still be applied"))
+        })
+        .count();
+    let stored: BTreeSet<Ipv4Addr> = store
+        .read(|tx| tx.ip_addresses_in_pool("public"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(
+        stored.is_superset(&ok_set),
+        "an answered allocation is missing"
+    );
+    let extra = stored.difference(&ok_set).count();
+    assert!(
+        extra <= unknown,
+        "{extra} allocations stored that no Ok answered ({unknown} answers said unknown): {results:?}"
+    );
+    assert!(
+        ok.len() > 20,
+        "writes stalled: {} ok after {killed} leader kills",
+        ok.len()
+    );
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
+    eprintln!("{} ok, {} errors: {errors:?}", ok.len(), errors.len());
+}
+
 fn identity_is_fixed(b: Backend) {
     let env = Env::new(b, "identity");
     let first = env.open().identity().unwrap();

@@ -207,16 +207,21 @@ impl EtcdStore {
         self.call_retrying(not_sent, f)
     }
 
-    /// [`Self::call`] for a request that is safe to repeat (a read): also sent again on the
-    /// errors of a cluster between leaders.
+    /// [`Self::call`] for a request that is safe to repeat (a read): also sent again when
+    /// the member died under it or the cluster is between leaders.
     fn read_call<T>(
         &mut self,
         f: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
     ) -> Result<T> {
         self.call_retrying(
             |e| {
+                // A member killed under the request (a broken stream), or one between leaders.
                 let text = format!("{e:?}");
-                not_sent(e) || text.contains("no leader") || text.contains("leader changed")
+                not_sent(e)
+                    || matches!(e, etcd_client::Error::TransportError(_))
+                    || ["transport error", "no leader", "leader changed"]
+                        .iter()
+                        .any(|t| text.contains(t))
             },
             f,
         )
