@@ -41,6 +41,8 @@ pub struct Cluster {
     token: String,
     /// The network namespace the members run in (`None`: the test's own).
     netns: Option<String>,
+    /// Why the starts before the one that worked failed.
+    pub failed_starts: Vec<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -50,36 +52,43 @@ fn free_port() -> Result<u16> {
 impl Cluster {
     /// One member.
     pub fn single() -> Result<Self> {
-        Self::start(1, None)
+        Self::start(1, None, None)
     }
 
     /// Three members (quorum 2).
     pub fn three() -> Result<Self> {
-        Self::start(3, None)
+        Self::start(3, None, None)
     }
 
     /// `size` members on the loopback of network namespace `netns` (a lab's gateway, where
     /// the `floatip` under test runs).
     pub fn in_netns(size: usize, netns: &str) -> Result<Self> {
-        Self::start(size, Some(netns.to_owned()))
+        Self::start(size, Some(netns.to_owned()), None)
     }
 
-    fn start(size: usize, netns: Option<String>) -> Result<Self> {
+    /// One member whose first start is given client port `port` (the harness's own test: a
+    /// port taken by someone else must cost a retry, not the test).
+    pub fn single_trying_port(port: u16) -> Result<Self> {
+        Self::start(1, None, Some(port))
+    }
+
+    fn start(size: usize, netns: Option<String>, first_port: Option<u16>) -> Result<Self> {
         if !Path::new(ETCD).exists() {
             bail!("{ETCD} not found: `cargo xtask setup` installs Debian's etcd-server");
         }
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("floatip-etcd-{}-{n}", std::process::id()));
-        let mut last = None;
+        let mut failed = Vec::new();
         for attempt in 0..START_ATTEMPTS {
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir)?;
             let mut members = Vec::new();
             for i in 0..size {
+                let forced = first_port.filter(|_| attempt == 0 && i == 0);
                 members.push(Member {
                     name: format!("m{i}"),
-                    client: free_port()?,
+                    client: forced.map_or_else(free_port, Ok)?,
                     peer: free_port()?,
                     child: None,
                 });
@@ -89,16 +98,21 @@ impl Cluster {
                 members,
                 token: format!("floatip-test-{}-{n}-{attempt}", std::process::id()),
                 netns: netns.clone(),
+                failed_starts: Vec::new(),
             };
             match cluster.boot() {
-                Ok(()) => return Ok(cluster),
+                Ok(()) => {
+                    cluster.failed_starts = failed;
+                    return Ok(cluster);
+                }
                 // Dropping `cluster` kills what started and removes the directory.
-                Err(e) => last = Some(e),
+                Err(e) => failed.push(format!("{e:#}")),
             }
         }
-        Err(last.expect("at least one attempt")).context(format!(
-            "etcd cluster of {size} did not start in {START_ATTEMPTS} attempts"
-        ))
+        bail!(
+            "etcd cluster of {size} did not start in {START_ATTEMPTS} attempts: {}",
+            failed.join("; ")
+        )
     }
 
     fn boot(&mut self) -> Result<()> {
@@ -217,6 +231,19 @@ impl Cluster {
             .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    /// Where the members keep their data and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The running members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// The members' `127.0.0.1:PORT` client addresses.

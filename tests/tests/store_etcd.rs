@@ -81,6 +81,46 @@ fn addresses(v: &Value) -> Vec<String> {
     a
 }
 
+/// The harness itself: a client port already taken makes the member fail to start, and the
+/// cluster comes up on fresh ports instead; members and their directory are gone after a
+/// test that panicked.
+#[test]
+fn etcd_harness_retries_taken_ports_and_cleans_up_after_a_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cluster = Cluster::single_trying_port(port).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_ne!(cluster.endpoints(), [format!("127.0.0.1:{port}")]);
+    assert_eq!(
+        cluster.failed_starts.len(),
+        1,
+        "{:?}",
+        cluster.failed_starts
+    );
+    assert!(
+        cluster.failed_starts[0].contains("address already in use"),
+        "{:?}",
+        cluster.failed_starts
+    );
+    drop(cluster);
+    let left = std::thread::spawn(|| {
+        let cluster = Cluster::single().unwrap();
+        let found = (cluster.dir().to_owned(), cluster.pids());
+        std::panic::panic_any(found);
+    })
+    .join()
+    .expect_err("the thread panics");
+    let (dir, pids) = *left.downcast::<(std::path::PathBuf, Vec<u32>)>().unwrap();
+    assert_eq!(pids.len(), 1);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    for pid in pids {
+        // Reaped by the drop: no such process any more.
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "etcd {pid} still runs"
+        );
+    }
+}
+
 #[test]
 fn store_urls_and_etcd_down() {
     netns::require_root();
