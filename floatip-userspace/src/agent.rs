@@ -37,7 +37,7 @@ pub fn run(config: Config) -> Result<()> {
             counters: None,
         };
         // As `floatip attach`: maps pinned from another database are refused, not reloaded.
-        let report = Gateway::new(&config.bpffs).attach(&config.state, &opts, false)?;
+        let report = Gateway::new(&config.bpffs).attach(&config.store, &opts, false)?;
         for w in &report.warnings {
             eprintln!("floatip agent: warning: {w}");
         }
@@ -52,7 +52,7 @@ pub fn run(config: Config) -> Result<()> {
     let announcer =
         Arc::new(Announcer::start().context("cannot open a socket for gratuitous ARP")?);
     let worker = Worker::start(
-        config.state.clone(),
+        config.store.clone(),
         config.bpffs.clone(),
         announcer.clone(),
     )?;

@@ -45,7 +45,7 @@ use crate::{
     dataplane::{self, Dataplane},
     error::{ErrorKind, error},
     garp::Announcer,
-    store::Store,
+    store::{Store, StoreSpec},
 };
 
 /// Map generation meaning "being changed, or changed without the control plane": never equal
@@ -68,10 +68,10 @@ impl Control {
     /// Opens the state at `state` together with the data plane pinned under `bpffs`, if one is.
     /// The two must belong together: while maps are pinned, no database is created, and one
     /// the maps were not loaded from is refused, so a typo in `--state` changes nothing.
-    pub fn open(state: &Path, bpffs: &Path) -> Result<Self> {
+    pub fn open(state: &StoreSpec, bpffs: &Path) -> Result<Self> {
         if !Dataplane::is_attached(bpffs) {
             return Ok(Self {
-                store: Store::open(state)?,
+                store: Store::open_spec(state, true)?,
                 bpffs: bpffs.to_owned(),
                 maps: Some(None),
                 announcer: None,
@@ -81,7 +81,7 @@ impl Control {
             // Maps this floatip cannot read (nor tell the database of): the database alone
             // stays usable; every command that needs the maps reports the layout.
             return Ok(Self {
-                store: Store::open_existing(state)?,
+                store: Store::open_spec(state, false)?,
                 bpffs: bpffs.to_owned(),
                 maps: None,
                 announcer: None,
@@ -95,7 +95,7 @@ impl Control {
 
     /// [`Self::open`] without the identity check, for `attach --adopt`, which is about to make
     /// the maps this database's.
-    fn open_adopting(state: &Path, bpffs: &Path) -> Result<Self> {
+    fn open_adopting(state: &StoreSpec, bpffs: &Path) -> Result<Self> {
         let maps = Dataplane::open(bpffs)?;
         let store = open_existing_for(state, bpffs, &maps)?;
         Ok(Self::new(store, bpffs, Some(maps)))
@@ -152,10 +152,10 @@ impl Control {
 
 /// The database at `state`, which must exist: maps are pinned, so a missing file is a mistake
 /// (creating one would "repair" the maps into emptiness).
-fn open_existing_for(state: &Path, bpffs: &Path, maps: &Dataplane) -> Result<Store> {
+fn open_existing_for(state: &StoreSpec, bpffs: &Path, maps: &Dataplane) -> Result<Store> {
     if maps.db_identity()? == 0 {
         // Maps no database has claimed yet (attach records its database at the end).
-        return Store::open(state);
+        return Store::open_spec(state, true);
     }
     if !state.exists() {
         return Err(error(
@@ -163,13 +163,13 @@ fn open_existing_for(state: &Path, bpffs: &Path, maps: &Dataplane) -> Result<Sto
             format!(
                 "there is no state database at {}, but the data plane in {} was loaded from one \
                  (identity {:016x}); check --state / FLOATIP_STATE",
-                state.display(),
+                state,
                 bpffs.display(),
                 maps.db_identity()?
             ),
         ));
     }
-    Store::open_existing(state)
+    Store::open_spec(state, false)
 }
 
 /// Refuses maps that were loaded from another database. Maps that record no database yet

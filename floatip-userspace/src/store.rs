@@ -1,14 +1,16 @@
-//! The control-plane state in SQLite: pools, floating IPs and their associations, quotas and
-//! the association generation. The only module that speaks SQL.
+//! The control-plane state: pools, floating IPs and their associations, quotas, ports, users
+//! and the association generation, behind one interface ([`StoreTx`], through [`Store`]) with
+//! two backends: SQLite (this file and its submodules, the only SQL) and etcd (`etcd.rs`, the
+//! only etcd client).
 //!
-//! Every mutation runs in one `BEGIN IMMEDIATE` transaction ([`Store::write`]): the write lock is
-//! taken up front, so checks made inside the transaction still hold when it commits, even with
-//! several `floatip` processes running at once.
+//! SQLite: every mutation runs in one `BEGIN IMMEDIATE` transaction ([`SqliteStore::write`]):
+//! the write lock is taken up front, so checks made inside the transaction still hold when it
+//! commits, even with several `floatip` processes running at once.
 //!
 //! The agent groups the requests queued at its control thread into one such transaction (a
-//! batch, [`Store::begin_batch`]): each of its reads and writes is then a savepoint, which a
-//! failing change rolls back alone, and the one commit at the end makes them all durable with
-//! one sync of the WAL.
+//! batch, [`SqliteStore::begin_batch`]): each of its reads and writes is then a savepoint, which
+//! a failing change rolls back alone, and the one commit at the end makes them all durable with
+//! one sync of the WAL. etcd has no batch: see [`EtcdStore`].
 
 use std::{
     cell::Cell,
@@ -29,6 +31,272 @@ mod users;
 
 pub use ports::PortRow;
 pub use users::UserRow;
+
+mod etcd;
+
+pub use etcd::EtcdStore;
+
+/// Where the state lives: `--store` (or `store` in agent.toml). A plain path (or `sqlite:PATH`)
+/// is the embedded SQLite database; `etcd://HOST:PORT[,HOST:PORT...]` an etcd cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    Sqlite(PathBuf),
+    /// The members' `HOST:PORT`s, as given.
+    Etcd(Vec<String>),
+}
+
+impl StoreSpec {
+    /// Parses `--store`: an unknown scheme or a malformed etcd address list is an error of
+    /// one line (no network is touched here).
+    pub fn parse(text: &str) -> Result<Self> {
+        if let Some(rest) = text.strip_prefix("etcd://") {
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            let mut endpoints = Vec::new();
+            for member in rest.split(',') {
+                let Some((host, port)) = member.rsplit_once(':') else {
+                    bail!(
+                        "malformed store {text:?}: {member:?} is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])"
+                    );
+                };
+                let host_ok = !host.is_empty()
+                    && host.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':')
+                    });
+                if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+                    bail!(
+                        "malformed store {text:?}: {member:?} is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])"
+                    );
+                }
+                endpoints.push(member.to_owned());
+            }
+            return Ok(Self::Etcd(endpoints));
+        }
+        let path = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"));
+        if let Some(path) = path {
+            if path.is_empty() {
+                bail!("malformed store {text:?}: sqlite:PATH needs a path");
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            bail!(
+                "unknown store scheme {scheme:?} in {text:?}: use etcd://HOST:PORT[,HOST:PORT...] or a SQLite path"
+            );
+        }
+        if text.is_empty() {
+            bail!("empty store: use etcd://HOST:PORT[,HOST:PORT...] or a SQLite path");
+        }
+        Ok(Self::Sqlite(PathBuf::from(text)))
+    }
+
+    /// How messages name the store: the database's path, or the etcd URL.
+    pub fn display_path(&self) -> PathBuf {
+        match self {
+            Self::Sqlite(p) => p.clone(),
+            Self::Etcd(e) => PathBuf::from(format!("etcd://{}", e.join(","))),
+        }
+    }
+
+    /// Whether the state already exists (a SQLite file; for etcd, always assumed: opening
+    /// tells).
+    pub fn exists(&self) -> bool {
+        match self {
+            Self::Sqlite(p) => p.exists(),
+            Self::Etcd(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.display_path().display())
+    }
+}
+
+/// Declares the store interface once: the [`StoreTx`] trait, and for each backend's
+/// transaction type an implementation that calls its inherent methods of the same names.
+macro_rules! store_tx {
+    (
+        $($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*
+        provided { $($provided:item)* }
+    ) => {
+        /// One transaction of a store backend: every query and mutation of the state the
+        /// control layer makes. Runs inside [`Store::read`] or [`Store::write`]; a write's
+        /// changes become visible to others only when its closure returns `Ok`.
+        pub trait StoreTx {
+            $($(#[$doc])* fn $name(&self $(, $arg: $ty)*) -> $ret;)*
+            $($provided)*
+        }
+        impl StoreTx for SqliteTx<'_> {
+            $(fn $name(&self $(, $arg: $ty)*) -> $ret { SqliteTx::$name(self $(, $arg)*) })*
+        }
+        impl StoreTx for etcd::EtcdTx {
+            $(fn $name(&self $(, $arg: $ty)*) -> $ret { etcd::EtcdTx::$name(self $(, $arg)*) })*
+        }
+    };
+}
+
+store_tx! {
+    /// Generation of the associations: bumped once by every transaction that changes them.
+    fn generation(&self) -> Result<u64>;
+    /// The store's identity: non-zero, fixed at creation.
+    fn identity(&self) -> Result<u64>;
+    fn pool_insert(&self, name: &str, ranges: &str, excludes: &str, external_iface: Option<&str>, description: Option<&str>) -> Result<PoolRow>;
+    fn pool_get(&self, name: &str) -> Result<Option<PoolRow>>;
+    /// By name.
+    fn pool_list(&self) -> Result<Vec<PoolRow>>;
+    fn pool_set_description(&self, name: &str, description: Option<&str>) -> Result<bool>;
+    /// Fails while the pool has addresses.
+    fn pool_delete(&self, name: &str) -> Result<bool>;
+    fn ip_insert(&self, address: Ipv4Addr, pool: &str, project: Option<&str>, description: Option<&str>) -> Result<FloatingIpRow>;
+    fn ip_get(&self, address: Ipv4Addr) -> Result<Option<FloatingIpRow>>;
+    fn ip_by_fixed(&self, fixed: Ipv4Addr) -> Result<Option<FloatingIpRow>>;
+    /// By address.
+    fn ip_list(&self, filter: &IpFilter<'_>) -> Result<Vec<FloatingIpRow>>;
+    fn ip_addresses_in_pool(&self, pool: &str) -> Result<Vec<Ipv4Addr>>;
+    fn ip_count_in_pool(&self, pool: &str) -> Result<u64>;
+    fn ip_count_for_project(&self, project: &str) -> Result<u64>;
+    /// One fixed IP has at most one floating IP: a second is refused.
+    fn ip_set_association(&self, address: Ipv4Addr, fixed: Option<Ipv4Addr>, instance: Option<&str>) -> Result<()>;
+    fn ip_delete(&self, address: Ipv4Addr) -> Result<bool>;
+    fn associations(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>>;
+    fn quota_set(&self, project: &str, floating_ips: u32) -> Result<()>;
+    fn quota_get(&self, project: &str) -> Result<Option<u32>>;
+    fn quota_list(&self) -> Result<Vec<QuotaRow>>;
+    fn ip_get_by_id(&self, id: i64) -> Result<Option<FloatingIpRow>>;
+    fn ip_set_description(&self, id: i64, description: Option<&str>) -> Result<()>;
+    fn quota_delete(&self, project: &str) -> Result<bool>;
+    fn port_insert(&self, p: &PortRow) -> Result<PortRow>;
+    fn port_get(&self, id: &str) -> Result<Option<PortRow>>;
+    fn port_by_fixed(&self, fixed: Ipv4Addr) -> Result<Option<PortRow>>;
+    /// In creation order.
+    fn port_list(&self, project: Option<&str>) -> Result<Vec<PortRow>>;
+    fn port_update(&self, p: &PortRow) -> Result<()>;
+    fn port_delete(&self, id: &str) -> Result<bool>;
+    fn ip_tags_add(&self, id: i64, tags: &[String]) -> Result<()>;
+    fn ip_tags_remove(&self, id: i64, tags: Option<&[String]>) -> Result<()>;
+    fn user_insert(&self, name: &str, project: &str, role: &str, hash: &str) -> Result<()>;
+    fn user_get(&self, name: &str) -> Result<Option<UserRow>>;
+    fn user_list(&self) -> Result<Vec<UserRow>>;
+    fn user_delete(&self, name: &str) -> Result<bool>;
+    fn project_names(&self) -> Result<Vec<String>>;
+    provided {
+        /// Usage and limit of `project`.
+        fn quota_row(&self, project: &str) -> Result<QuotaRow> {
+            Ok(QuotaRow {
+                project: project.to_owned(),
+                used: self.ip_count_for_project(project)?,
+                limit: self.quota_get(project)?,
+            })
+        }
+    }
+}
+
+/// What the control layer's closures get: a transaction of whichever backend.
+pub type Tx<'c> = dyn StoreTx + 'c;
+
+/// The state store the control layer uses: SQLite (embedded, the default) or etcd.
+pub enum Store {
+    Sqlite(SqliteStore),
+    /// Boxed: the client is large, and a `Store` is moved around.
+    Etcd(Box<EtcdStore>),
+}
+
+impl Store {
+    /// The SQLite database at `path`, created if needed ([`SqliteStore::open`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        SqliteStore::open(path).map(Self::Sqlite)
+    }
+
+    /// The SQLite database at `path`, which must exist.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        SqliteStore::open_existing(path).map(Self::Sqlite)
+    }
+
+    /// The store `spec` names; `create`: a SQLite file may be created (etcd's keys are
+    /// created by the first write whatever `create` says, as a cluster has no file to mistype).
+    pub fn open_spec(spec: &StoreSpec, create: bool) -> Result<Self> {
+        match spec {
+            StoreSpec::Sqlite(p) if create => Self::open(p),
+            StoreSpec::Sqlite(p) => Self::open_existing(p),
+            StoreSpec::Etcd(endpoints) => {
+                EtcdStore::connect(endpoints).map(|e| Self::Etcd(Box::new(e)))
+            }
+        }
+    }
+
+    /// The SQLite backend, if this is one.
+    pub fn as_sqlite(&mut self) -> Option<&mut SqliteStore> {
+        match self {
+            Self::Sqlite(s) => Some(s),
+            Self::Etcd(_) => None,
+        }
+    }
+
+    /// How messages name the store: the database's path, or the etcd URL.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Sqlite(s) => s.path(),
+            Self::Etcd(e) => e.path(),
+        }
+    }
+
+    /// SQLite: `PRAGMA quick_check`. etcd checks its own data.
+    pub fn check_integrity(&mut self) -> Result<()> {
+        match self {
+            Self::Sqlite(s) => s.check_integrity(),
+            Self::Etcd(_) => Ok(()),
+        }
+    }
+
+    pub fn identity(&mut self) -> Result<u64> {
+        self.read(|tx| tx.identity())
+    }
+
+    /// Runs `f` on a consistent snapshot of the state.
+    pub fn read<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        match self {
+            Self::Sqlite(s) => s.read(|tx| f(tx)),
+            Self::Etcd(e) => e.read(f),
+        }
+    }
+
+    /// Runs `f` in a write transaction, made durable only if `f` succeeds. On etcd `f` may run
+    /// more than once (a compare-and-swap lost to another writer runs it again on the newer
+    /// state), so everything `f` does besides the store must be safe to redo.
+    pub fn write<T>(&mut self, mut f: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
+        match self {
+            Self::Sqlite(s) => s.write(|tx| f(tx)),
+            Self::Etcd(e) => e.write(&mut f),
+        }
+    }
+
+    /// Opens a group-commit batch. etcd has none: each request commits on its own (see
+    /// [`EtcdStore`]), so this only succeeds.
+    pub fn begin_batch(&mut self) -> Result<()> {
+        match self {
+            Self::Sqlite(s) => s.begin_batch(),
+            Self::Etcd(_) => Ok(()),
+        }
+    }
+
+    /// Writes made in the open batch and not yet durable (etcd: none, each is committed).
+    pub fn batch_writes(&self) -> u64 {
+        match self {
+            Self::Sqlite(s) => s.batch_writes(),
+            Self::Etcd(_) => 0,
+        }
+    }
+
+    pub fn end_batch(&mut self, commit: bool) -> Result<()> {
+        match self {
+            Self::Sqlite(s) => s.end_batch(commit),
+            Self::Etcd(_) => Ok(()),
+        }
+    }
+}
 
 /// Schema migrations; `PRAGMA user_version` is the number already applied. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -108,7 +376,7 @@ const TABLES: &[&str] = &[
 ];
 
 /// A pool as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolRow {
     pub name: String,
     /// Canonical text of [`crate::addr::PoolRanges::ranges_text`].
@@ -120,7 +388,7 @@ pub struct PoolRow {
 }
 
 /// A floating IP as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FloatingIpRow {
     pub id: i64,
     pub address: Ipv4Addr,
@@ -134,7 +402,7 @@ pub struct FloatingIpRow {
     pub created_at: String,
 }
 
-/// Filter of [`Tx::ip_list`]; `None` matches everything.
+/// Filter of [`SqliteTx::ip_list`]; `None` matches everything.
 #[derive(Clone, Debug, Default)]
 pub struct IpFilter<'a> {
     pub pool: Option<&'a str>,
@@ -155,7 +423,7 @@ pub struct QuotaRow {
 }
 
 /// A connection to the state database.
-pub struct Store {
+pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     /// On a read-only filesystem: [`Self::write`] refuses.
@@ -164,7 +432,7 @@ pub struct Store {
     batch: Option<u64>,
 }
 
-/// What a [`Tx`] runs in: a transaction of its own, or a savepoint of the open batch.
+/// What a [`SqliteTx`] runs in: a transaction of its own, or a savepoint of the open batch.
 enum Scope<'c> {
     Transaction(rusqlite::Transaction<'c>),
     Savepoint(rusqlite::Savepoint<'c>),
@@ -201,7 +469,7 @@ fn ip_from_sql(v: i64) -> rusqlite::Result<Ipv4Addr> {
         .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, v))
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database at `path`: parent directory 0700, file 0600, WAL,
     /// a 5 s busy timeout, foreign keys on, schema migrated to the current version.
     pub fn open(path: &Path) -> Result<Self> {
@@ -336,7 +604,7 @@ impl Store {
 
     /// Runs `f` in a read transaction: a consistent snapshot, no lock held against writers. In
     /// a batch, a savepoint of it, which sees the batch's changes so far.
-    pub fn read<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    pub fn read<T>(&mut self, f: impl FnOnce(&SqliteTx<'_>) -> Result<T>) -> Result<T> {
         let scope = if self.batch.is_some() {
             Scope::Savepoint(self.conn.savepoint()?)
         } else {
@@ -345,7 +613,7 @@ impl Store {
                     .transaction_with_behavior(TransactionBehavior::Deferred)?,
             )
         };
-        f(&Tx::new(scope))
+        f(&SqliteTx::new(scope))
         // Dropping the transaction ends it; nothing was written.
     }
 
@@ -391,12 +659,12 @@ impl Store {
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits only if `f` succeeds; any error
     /// rolls everything back. `f` may do other work (map updates) that must succeed for the
     /// transaction to commit.
-    pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    pub fn write<T>(&mut self, f: impl FnOnce(&SqliteTx<'_>) -> Result<T>) -> Result<T> {
         let path = self.path.clone();
         self.write_inner(f).map_err(|e| disk_full(e, &path))
     }
 
-    fn write_inner<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    fn write_inner<T>(&mut self, f: impl FnOnce(&SqliteTx<'_>) -> Result<T>) -> Result<T> {
         if self.read_only {
             bail!(
                 "the state database {} is on a read-only filesystem; this command changes it",
@@ -413,7 +681,7 @@ impl Store {
                     .context("cannot lock the state database")?,
             )
         };
-        let tx = Tx::new(scope);
+        let tx = SqliteTx::new(scope);
         let value = f(&tx)?;
         tx.tx
             .commit()
@@ -505,7 +773,7 @@ fn check_schema(conn: &Connection) -> Result<()> {
 }
 
 /// An open transaction: every query and mutation of the state.
-pub struct Tx<'c> {
+pub struct SqliteTx<'c> {
     tx: Scope<'c>,
     /// Whether this transaction already bumped the generation: once is enough.
     bumped: Cell<bool>,
@@ -544,7 +812,7 @@ fn pool_row(r: &Row<'_>) -> rusqlite::Result<PoolRow> {
     })
 }
 
-impl<'c> Tx<'c> {
+impl<'c> SqliteTx<'c> {
     fn new(tx: Scope<'c>) -> Self {
         Self {
             tx,
@@ -791,15 +1059,6 @@ impl<'c> Tx<'c> {
             .optional()?)
     }
 
-    /// Usage and limit of `project`.
-    pub fn quota_row(&self, project: &str) -> Result<QuotaRow> {
-        Ok(QuotaRow {
-            project: project.to_owned(),
-            used: self.ip_count_for_project(project)?,
-            limit: self.quota_get(project)?,
-        })
-    }
-
     /// Usage and limit of every project that has a quota or a floating IP.
     pub fn quota_list(&self) -> Result<Vec<QuotaRow>> {
         let mut stmt = self.tx.prepare_cached(
@@ -850,50 +1109,54 @@ impl Drop for TempDir {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeSet, os::unix::fs::PermissionsExt, sync::Arc};
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::addr::PoolRanges;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
 
-    fn open(dir: &TempDir) -> Store {
-        Store::open(&dir.0.join("state/state.db")).unwrap()
+    fn open(dir: &TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.0.join("state/state.db")).unwrap()
     }
 
-    fn add_pool(store: &mut Store, name: &str, range: &str) -> PoolRanges {
-        let ranges = PoolRanges::parse(&[range], &[]).unwrap();
-        store
-            .write(|tx| {
-                tx.pool_insert(
-                    name,
-                    &ranges.ranges_text(),
-                    &ranges.excludes_text(),
-                    None,
-                    None,
-                )
-            })
-            .unwrap();
-        ranges
-    }
+    // What both backends must do (allocation, constraints, generation, quotas, races) is
+    // tested once for both: tests/tests/store_conformance.rs.
 
-    /// What `ip create` does, minus the checks.
-    fn allocate(
-        store: &mut Store,
-        pool: &str,
-        ranges: &PoolRanges,
-        project: Option<&str>,
-    ) -> Result<Ipv4Addr> {
-        store.write(|tx| {
-            let taken = tx.ip_addresses_in_pool(pool)?;
-            let Some(a) = ranges.lowest_free(&taken) else {
-                bail!("no more floating IPs in pool {pool}")
-            };
-            tx.ip_insert(a, pool, project, None)?;
-            Ok(a)
-        })
+    #[test]
+    fn store_spec_parses_urls_and_paths() {
+        let etcd = |e: &[&str]| StoreSpec::Etcd(e.iter().map(|s| (*s).to_owned()).collect());
+        let ok = |s: &str| StoreSpec::parse(s).unwrap();
+        assert_eq!(ok("etcd://127.0.0.1:2379"), etcd(&["127.0.0.1:2379"]));
+        assert_eq!(
+            ok("etcd://a.example:1,10.0.0.2:2379/"),
+            etcd(&["a.example:1", "10.0.0.2:2379"])
+        );
+        assert_eq!(ok("etcd://[::1]:2379"), etcd(&["[::1]:2379"]));
+        assert_eq!(
+            ok("/var/lib/floatip/state.db"),
+            StoreSpec::Sqlite("/var/lib/floatip/state.db".into())
+        );
+        assert_eq!(ok("sqlite:rel.db"), StoreSpec::Sqlite("rel.db".into()));
+        assert_eq!(ok("sqlite:///abs.db"), StoreSpec::Sqlite("/abs.db".into()));
+        let bad = |s: &str| format!("{:#}", StoreSpec::parse(s).unwrap_err());
+        for (s, needle) in [
+            ("etcd://", "is not HOST:PORT"),
+            ("etcd://h", "is not HOST:PORT"),
+            ("etcd://h:0", "is not HOST:PORT"),
+            ("etcd://h:1,", "is not HOST:PORT"),
+            ("etcd://h:x", "is not HOST:PORT"),
+            ("etcd://h h:1", "is not HOST:PORT"),
+            ("http://h:1", "unknown store scheme \"http\""),
+            ("sqlite:", "needs a path"),
+            ("", "empty store"),
+        ] {
+            let e = bad(s);
+            assert!(e.contains(needle), "{s:?}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        assert_eq!(etcd(&["h:1", "g:2"]).to_string(), "etcd://h:1,g:2");
     }
 
     #[test]
@@ -922,211 +1185,11 @@ mod tests {
         drop(store);
         let e = format!(
             "{:#}",
-            Store::open(&dir.0.join("state/state.db")).err().unwrap()
+            SqliteStore::open(&dir.0.join("state/state.db"))
+                .err()
+                .unwrap()
         );
         assert!(e.contains("schema version 99 is newer"), "{e}");
-    }
-
-    #[test]
-    fn pools_and_lowest_allocation() {
-        let dir = TempDir::new("store-alloc");
-        let mut store = open(&dir);
-        let ranges = add_pool(&mut store, "public", "203.0.113.0/29");
-        let pool = store.read(|tx| tx.pool_get("public")).unwrap().unwrap();
-        assert_eq!(pool.ranges, "203.0.113.0/29");
-        assert!(pool.created_at.ends_with('Z'));
-        assert!(
-            store
-                .write(|tx| tx.pool_insert("public", "10.0.0.0/8", "", None, None))
-                .is_err()
-        );
-
-        let got: Vec<_> = (0..3)
-            .map(|_| allocate(&mut store, "public", &ranges, Some("demo")).unwrap())
-            .collect();
-        assert_eq!(
-            got,
-            [ip("203.0.113.1"), ip("203.0.113.2"), ip("203.0.113.3")]
-        );
-        // Freeing one makes it the lowest again.
-        store.write(|tx| tx.ip_delete(ip("203.0.113.2"))).unwrap();
-        assert_eq!(
-            allocate(&mut store, "public", &ranges, None).unwrap(),
-            ip("203.0.113.2")
-        );
-        for _ in 0..3 {
-            allocate(&mut store, "public", &ranges, None).unwrap();
-        }
-        let e = allocate(&mut store, "public", &ranges, None)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(e, "no more floating IPs in pool public");
-        assert_eq!(store.read(|tx| tx.ip_count_in_pool("public")).unwrap(), 6);
-
-        // A pool with addresses cannot be deleted; an empty one can.
-        assert!(store.write(|tx| tx.pool_delete("public")).is_err());
-        add_pool(&mut store, "spare", "198.51.100.0/30");
-        assert!(store.write(|tx| tx.pool_delete("spare")).unwrap());
-        assert!(!store.write(|tx| tx.pool_delete("spare")).unwrap());
-        assert_eq!(store.read(|tx| tx.pool_list()).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn unique_constraints_and_rollback() {
-        let dir = TempDir::new("store-unique");
-        let mut store = open(&dir);
-        add_pool(&mut store, "public", "203.0.113.0/24");
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
-            .unwrap();
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
-            .unwrap();
-        assert!(
-            store
-                .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
-                .is_err()
-        );
-        // Unknown pool: foreign key.
-        assert!(
-            store
-                .write(|tx| tx.ip_insert(ip("203.0.113.9"), "nope", None, None))
-                .is_err()
-        );
-        store
-            .write(|tx| tx.ip_set_association(ip("203.0.113.5"), Some(ip("10.0.0.5")), Some("vm")))
-            .unwrap();
-        // One fixed IP, one floating IP.
-        assert!(
-            store
-                .write(|tx| tx.ip_set_association(ip("203.0.113.6"), Some(ip("10.0.0.5")), None))
-                .is_err()
-        );
-        assert_eq!(
-            store
-                .read(|tx| tx.ip_by_fixed(ip("10.0.0.5")))
-                .unwrap()
-                .unwrap()
-                .address,
-            ip("203.0.113.5")
-        );
-        // An error in the closure rolls back what the closure did.
-        let r: Result<()> = store.write(|tx| {
-            tx.ip_insert(ip("203.0.113.7"), "public", None, None)?;
-            bail!("map update failed")
-        });
-        assert!(r.is_err());
-        assert!(
-            store
-                .read(|tx| tx.ip_get(ip("203.0.113.7")))
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn generation_bumps_once_per_association_change() {
-        let dir = TempDir::new("store-gen");
-        let mut store = open(&dir);
-        add_pool(&mut store, "public", "203.0.113.0/24");
-        let g = |s: &mut Store| s.read(|tx| tx.generation()).unwrap();
-        assert_eq!(g(&mut store), 0);
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", None, None))
-            .unwrap();
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
-            .unwrap();
-        assert_eq!(g(&mut store), 0, "allocation does not change associations");
-        store
-            .write(|tx| {
-                tx.ip_set_association(ip("203.0.113.5"), Some(ip("10.0.0.5")), None)?;
-                tx.ip_set_association(ip("203.0.113.6"), Some(ip("10.0.0.6")), None)?;
-                assert_eq!(tx.generation()?, 1, "visible inside the transaction");
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(g(&mut store), 1);
-        assert_eq!(
-            store.read(|tx| tx.associations()).unwrap(),
-            [
-                (ip("203.0.113.5"), ip("10.0.0.5")),
-                (ip("203.0.113.6"), ip("10.0.0.6"))
-            ]
-        );
-        // Rolled back: not bumped.
-        let _ = store.write(|tx| -> Result<()> {
-            tx.ip_set_association(ip("203.0.113.5"), None, None)?;
-            bail!("no")
-        });
-        assert_eq!(g(&mut store), 1);
-        store.write(|tx| tx.ip_delete(ip("203.0.113.6"))).unwrap();
-        assert_eq!(
-            g(&mut store),
-            2,
-            "deleting an associated address changes associations"
-        );
-        store
-            .write(|tx| tx.ip_set_association(ip("203.0.113.5"), None, None))
-            .unwrap();
-        store.write(|tx| tx.ip_delete(ip("203.0.113.5"))).unwrap();
-        assert_eq!(g(&mut store), 3);
-    }
-
-    #[test]
-    fn quotas() {
-        let dir = TempDir::new("store-quota");
-        let mut store = open(&dir);
-        add_pool(&mut store, "public", "203.0.113.0/24");
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.5"), "public", Some("demo"), None))
-            .unwrap();
-        store
-            .write(|tx| tx.ip_insert(ip("203.0.113.6"), "public", None, None))
-            .unwrap();
-        assert_eq!(store.read(|tx| tx.quota_get("demo")).unwrap(), None);
-        store.write(|tx| tx.quota_set("demo", 2)).unwrap();
-        store.write(|tx| tx.quota_set("demo", 3)).unwrap();
-        store.write(|tx| tx.quota_set("idle", 0)).unwrap();
-        assert_eq!(
-            store.read(|tx| tx.quota_row("demo")).unwrap(),
-            QuotaRow {
-                project: "demo".into(),
-                used: 1,
-                limit: Some(3)
-            }
-        );
-        let all = store.read(|tx| tx.quota_list()).unwrap();
-        assert_eq!(
-            all,
-            [
-                QuotaRow {
-                    project: "demo".into(),
-                    used: 1,
-                    limit: Some(3)
-                },
-                QuotaRow {
-                    project: "idle".into(),
-                    used: 0,
-                    limit: Some(0)
-                },
-            ]
-        );
-        let demo = IpFilter {
-            project: Some("demo"),
-            ..Default::default()
-        };
-        assert_eq!(store.read(|tx| tx.ip_list(&demo)).unwrap().len(), 1);
-        let unassociated = IpFilter {
-            associated: Some(false),
-            ..Default::default()
-        };
-        assert_eq!(store.read(|tx| tx.ip_list(&unassociated)).unwrap().len(), 2);
-        let associated = IpFilter {
-            associated: Some(true),
-            ..Default::default()
-        };
-        assert_eq!(store.read(|tx| tx.ip_list(&associated)).unwrap().len(), 0);
     }
 
     #[test]
@@ -1145,7 +1208,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let mut store = Store::open(&path).unwrap();
+        let mut store = SqliteStore::open(&path).unwrap();
         let row = store
             .read(|tx| tx.ip_get(ip("203.0.113.5")))
             .unwrap()
@@ -1182,36 +1245,5 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM floating_ip_tags", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0, "deleting the address deletes its tags");
-    }
-
-    #[test]
-    fn concurrent_allocation_hands_out_each_address_once() {
-        let dir = TempDir::new("store-race");
-        let path = dir.0.join("state/state.db");
-        let mut store = Store::open(&path).unwrap();
-        // 20 usable addresses: 198.51.100.1-20.
-        let ranges = Arc::new(add_pool(&mut store, "public", "198.51.100.1-198.51.100.20"));
-        drop(store);
-        let threads: Vec<_> = (0..32)
-            .map(|_| {
-                let (path, ranges) = (path.clone(), ranges.clone());
-                std::thread::spawn(move || {
-                    let mut store = Store::open(&path)?;
-                    allocate(&mut store, "public", &ranges, None)
-                })
-            })
-            .collect();
-        let results: Vec<Result<Ipv4Addr>> =
-            threads.into_iter().map(|t| t.join().unwrap()).collect();
-        let won: BTreeSet<Ipv4Addr> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok().copied())
-            .collect();
-        let ok = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(ok, 20, "{results:?}");
-        assert_eq!(won.len(), 20);
-        for r in results.iter().filter_map(|r| r.as_ref().err()) {
-            assert_eq!(r.to_string(), "no more floating IPs in pool public");
-        }
     }
 }

@@ -39,25 +39,26 @@ pub fn user_create(
     role: &str,
     password: &str,
 ) -> Result<Output> {
+    user_create_with(lab, &[], name, project, role, password)
+}
+
+/// [`user_create`] with global flags `extra` (e.g. `--store URL`) after the lab's.
+pub fn user_create_with(
+    lab: &Lab,
+    extra: &[&str],
+    name: &str,
+    project: &str,
+    role: &str,
+    password: &str,
+) -> Result<Output> {
     let bin = lab.floatip_bin.to_string_lossy().into_owned();
     let (bpffs, state) = (
         lab.bpffs.to_string_lossy().into_owned(),
         lab.state.to_string_lossy().into_owned(),
     );
-    let argv = [
-        bin.as_str(),
-        "--bpffs",
-        &bpffs,
-        "--state",
-        &state,
-        "user",
-        "create",
-        name,
-        "--project",
-        project,
-        "--role",
-        role,
-    ];
+    let mut argv = vec![bin.as_str(), "--bpffs", &bpffs, "--state", &state];
+    argv.extend_from_slice(extra);
+    argv.extend(["user", "create", name, "--project", project, "--role", role]);
     let mut child = ns_command(&lab.gw, &argv)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod differential;
+pub mod etcd;
 pub mod fixture;
 pub mod malformed;
 pub mod model;

@@ -46,6 +46,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "man-db",
     "systemd",
     "dpkg-dev",
+    // The etcd store backend: etcd-client's build script compiles etcd's .proto files with
+    // protoc; the tests run real etcd members (etcd-server) and etcdctl (etcd-client).
+    "protobuf-compiler",
+    "etcd-server",
+    "etcd-client",
 ];
 
 /// The openstack CLI the agent's tests drive, pinned so that what was tried is what runs.

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 
-use crate::dataplane::Mode;
+use crate::{dataplane::Mode, store::StoreSpec};
 
 pub const DEFAULT_CONFIG: &str = "/etc/floatip/agent.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9696";
@@ -63,6 +63,8 @@ struct File {
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     state: Option<PathBuf>,
+    /// `etcd://HOST:PORT[,...]` or a SQLite path; wins over `state`.
+    store: Option<String>,
     bpffs: Option<PathBuf>,
     allow_insecure: Option<bool>,
     max_body_bytes: Option<usize>,
@@ -102,7 +104,9 @@ struct AuthFile {
 pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
-    pub state: PathBuf,
+    /// Where the state lives: `--store`, else `--state`, else the file's `store`, else its
+    /// `state`, else the default SQLite path.
+    pub store: StoreSpec,
     pub bpffs: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Interfaces to attach at start; empty: use whatever is attached.
@@ -119,10 +123,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the file and applies the flags; `state` and `bpffs` are the global flags when the
-    /// user gave them (`None`: the file's, else their defaults `default_state`/`default_bpffs`).
+    /// Reads the file and applies the flags; `store`, `state` and `bpffs` are the global flags
+    /// when the user gave them (`None`: the file's, else their defaults
+    /// `default_state`/`default_bpffs`).
     pub fn load(
         args: &AgentArgs,
+        store: Option<&str>,
         state: Option<&Path>,
         bpffs: Option<&Path>,
         defaults: (&Path, &Path),
@@ -154,10 +160,14 @@ impl Config {
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
-            state: state
-                .map(Path::to_owned)
-                .or(file.state)
-                .unwrap_or_else(|| defaults.0.to_owned()),
+            store: match (store, state, file.store, file.state) {
+                (Some(s), ..) => crate::error::invalid(StoreSpec::parse(s))?,
+                (None, Some(p), ..) => StoreSpec::Sqlite(p.to_owned()),
+                (None, None, Some(s), _) => StoreSpec::parse(&s)
+                    .map_err(|e| anyhow::anyhow!("{}: store: {e:#}", path.display()))?,
+                (None, None, None, Some(p)) => StoreSpec::Sqlite(p),
+                (None, None, None, None) => StoreSpec::Sqlite(defaults.0.to_owned()),
+            },
             bpffs: bpffs
                 .map(Path::to_owned)
                 .or(file.bpffs)
@@ -225,6 +235,7 @@ mod tests {
             &a,
             None,
             None,
+            None,
             (Path::new(DEFAULTS.0), Path::new(DEFAULTS.1)),
         )
     }
@@ -233,7 +244,7 @@ mod tests {
     fn the_shipped_example_loads_with_defaults() {
         let c = load(include_str!("../../../packaging/agent.toml"), |_| {}).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.state, Path::new(DEFAULTS.0));
+        assert_eq!(c.store, StoreSpec::Sqlite(DEFAULTS.0.into()));
         assert!(c.tls.is_none() && c.external.is_empty() && c.metrics_listen.is_none());
         assert_eq!(
             (c.max_body_bytes, c.max_failures, c.lockout_seconds),
@@ -249,7 +260,7 @@ mod tests {
             (c.listen.to_string().as_str(), c.mode),
             ("127.0.0.2:9000", Mode::Tc)
         );
-        assert_eq!(c.state, Path::new("/srv/state.db"));
+        assert_eq!(c.store, StoreSpec::Sqlite("/srv/state.db".into()));
         let c = load(text, |a| {
             a.listen = Some("127.0.0.3:1".parse().unwrap());
             a.internal = vec!["i1".into()];
@@ -260,6 +271,47 @@ mod tests {
             (c.listen.to_string().as_str(), c.internal.as_slice(), c.mode),
             ("127.0.0.3:1", &["i1".to_string()][..], Mode::Xdp)
         );
+    }
+
+    #[test]
+    fn store_from_the_file_or_the_flags() {
+        let dir = crate::store::TempDir::new("agent-config-store");
+        let path = dir.0.join("agent.toml");
+        let with = |text: &str, store: Option<&str>, state: Option<&Path>| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(
+                &args(&path),
+                store,
+                state,
+                None,
+                (Path::new(DEFAULTS.0), Path::new(DEFAULTS.1)),
+            )
+        };
+        let etcd = |e: &[&str]| StoreSpec::Etcd(e.iter().map(|s| (*s).to_owned()).collect());
+        let file = "store = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\nstate = \"/srv/s.db\"\n";
+        assert_eq!(
+            with(file, None, None).unwrap().store,
+            etcd(&["10.0.0.1:2379", "10.0.0.2:2379"])
+        );
+        assert_eq!(
+            with(file, Some("etcd://h:1"), None).unwrap().store,
+            etcd(&["h:1"])
+        );
+        assert_eq!(
+            with(file, None, Some(Path::new("/x.db"))).unwrap().store,
+            StoreSpec::Sqlite("/x.db".into())
+        );
+        assert_eq!(
+            with("state = \"/srv/s.db\"\n", None, None).unwrap().store,
+            StoreSpec::Sqlite("/srv/s.db".into())
+        );
+        let e = format!(
+            "{:#}",
+            with("store = \"redis://h:1\"\n", None, None).unwrap_err()
+        );
+        assert!(e.contains("agent.toml: store: unknown store scheme"), "{e}");
+        let e = with("", Some("etcd://nope"), None).unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), crate::error::ErrorKind::Invalid);
     }
 
     #[test]

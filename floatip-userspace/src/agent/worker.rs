@@ -31,7 +31,7 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use tokio::sync::oneshot;
 
-use crate::{control::Control, garp::Announcer};
+use crate::{control::Control, garp::Announcer, store::StoreSpec};
 
 /// Sends a job's answer: with `None` as it is, with `Some` the error of a batch that did not
 /// become durable instead of a success.
@@ -75,7 +75,7 @@ fn run_job(control: &mut Control, job: Job) -> Option<Answer> {
 impl Worker {
     /// Starts the thread with a control plane over `state` and `bpffs` that announces through
     /// `announcer`; fails if the state cannot be opened.
-    pub fn start(state: PathBuf, bpffs: PathBuf, announcer: Arc<Announcer>) -> Result<Self> {
+    pub fn start(state: StoreSpec, bpffs: PathBuf, announcer: Arc<Announcer>) -> Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let stats = Arc::new(Stats::default());

@@ -17,6 +17,7 @@ pub fn run(cli: &super::Cli, args: &AgentArgs) -> Result<()> {
     };
     let config = Config::load(
         args,
+        cli.store.as_deref(),
         given("state").then_some(cli.state.as_path()),
         given("bpffs").then_some(cli.bpffs.as_path()),
         (&cli.state, &cli.bpffs),

@@ -104,7 +104,7 @@ pub fn attach(cli: &Cli, args: &AttachArgs) -> Result<()> {
         max_associations: args.max_associations,
         counters: args.counters.map(Counters::from),
     };
-    let report = Gateway::new(&cli.bpffs).attach(&cli.state, &opts, args.adopt)?;
+    let report = Gateway::new(&cli.bpffs).attach(&cli.store_spec()?, &opts, args.adopt)?;
     for w in &report.warnings {
         eprintln!("floatip: warning: {w}");
     }
@@ -149,7 +149,7 @@ pub fn follow(cli: &Cli, args: &FollowArgs) -> Result<()> {
 }
 
 pub fn status(cli: &Cli) -> Result<()> {
-    let full = Gateway::new(&cli.bpffs).status(&cli.state)?;
+    let full = Gateway::new(&cli.bpffs).status(&cli.store_spec()?)?;
     if cli.format.is_json() {
         return output::print_one(&cli.format, &full);
     }
@@ -304,7 +304,7 @@ fn sync_line(r: &SyncReport) -> String {
 
 /// `check`: the comparison; non-zero exit when the maps differ from the database.
 pub fn check(cli: &Cli) -> Result<()> {
-    let report = Control::open(&cli.state, &cli.bpffs)?.check()?;
+    let report = Control::open(&cli.store_spec()?, &cli.bpffs)?.check()?;
     print_sync(cli, &report)?;
     if report.state != SyncState::Clean {
         fail!(
@@ -318,7 +318,7 @@ pub fn check(cli: &Cli) -> Result<()> {
 
 /// `repair`: makes the maps match the database; prints what differed.
 pub fn repair(cli: &Cli) -> Result<()> {
-    let report = Control::open(&cli.state, &cli.bpffs)?.repair()?;
+    let report = Control::open(&cli.store_spec()?, &cli.bpffs)?.repair()?;
     print_sync(cli, &report)?;
     if cli.format.style == output::Style::Table {
         let n = report.differences.len();

@@ -155,7 +155,7 @@ fn ip(s: &Option<String>) -> Result<Option<Ipv4Addr>> {
 
 pub fn run(cli: &super::Cli, cmd: &IpCmd) -> Result<()> {
     let fmt = &cli.format;
-    let open = || Control::open(&cli.state, &cli.bpffs);
+    let open = || Control::open(&cli.store_spec()?, &cli.bpffs);
     match cmd {
         IpCmd::Create {
             pool,

@@ -16,7 +16,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{error, output::Format};
+use crate::{error, output::Format, store::StoreSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +41,10 @@ pub struct Cli {
         default_value = "/var/lib/floatip/state.db"
     )]
     pub state: PathBuf,
+    /// Where the state lives: etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster) or a SQLite
+    /// path; default: the SQLite database of --state.
+    #[arg(long, global = true, env = "FLOATIP_STORE", value_name = "URL|PATH")]
+    pub store: Option<String>,
     #[command(flatten)]
     pub format: Format,
     #[command(subcommand)]
@@ -88,6 +92,17 @@ pub enum Command {
     /// Write the man pages (DIR/man) and shell completions (DIR/completions); for packaging.
     #[command(hide = true)]
     GenDocs { dir: PathBuf },
+}
+
+impl Cli {
+    /// The store `--store` names, else the SQLite database of `--state`. Parsed here rather
+    /// than by clap, so that a bad URL is the usual one-line error.
+    pub fn store_spec(&self) -> anyhow::Result<StoreSpec> {
+        match &self.store {
+            Some(text) => error::invalid(StoreSpec::parse(text)),
+            None => Ok(StoreSpec::Sqlite(self.state.clone())),
+        }
+    }
 }
 
 /// Parses the command line, runs the command and turns any error into one line on stderr.

@@ -48,7 +48,7 @@ pub fn run(cli: &super::Cli, cmd: &PoolCmd) -> Result<()> {
         } => Some(invalid(PoolRanges::parse(ranges, excludes))?),
         _ => None,
     };
-    let mut control = Control::open(&cli.state, &cli.bpffs)?;
+    let mut control = Control::open(&cli.store_spec()?, &cli.bpffs)?;
     match cmd {
         PoolCmd::Create {
             name,

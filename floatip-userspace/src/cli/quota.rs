@@ -19,7 +19,7 @@ pub enum QuotaCmd {
 }
 
 pub fn run(cli: &super::Cli, cmd: &QuotaCmd) -> Result<()> {
-    let mut control = Control::open(&cli.state, &cli.bpffs)?;
+    let mut control = Control::open(&cli.store_spec()?, &cli.bpffs)?;
     match cmd {
         QuotaCmd::Set {
             project,

@@ -56,7 +56,7 @@ pub fn run(cli: &super::Cli, cmd: &UserCmd) -> Result<()> {
         UserCmd::Create { .. } => Some(read_password()?),
         _ => None,
     };
-    let mut control = Control::open(&cli.state, &cli.bpffs)?;
+    let mut control = Control::open(&cli.store_spec()?, &cli.bpffs)?;
     match cmd {
         UserCmd::Create {
             name,

@@ -18,7 +18,7 @@ use crate::{
     error::fail,
     garp::{self, Announcer},
     iface,
-    store::Store,
+    store::{Store, StoreSpec},
 };
 
 /// `floatip status`: the data plane, and how it compares with the database.
@@ -58,11 +58,16 @@ impl Gateway {
     /// brings the maps in line with the database at `state`: fresh maps (after a reboot) get
     /// every pool and association back. Maps already pinned must belong to that database,
     /// unless `adopt` says to reload them from it.
-    pub fn attach(&self, state: &Path, opts: &AttachOptions, adopt: bool) -> Result<AttachReport> {
+    pub fn attach(
+        &self,
+        state: &StoreSpec,
+        opts: &AttachOptions,
+        adopt: bool,
+    ) -> Result<AttachReport> {
         Dataplane::check_nics_free(&self.bpffs, opts)?;
         if !Dataplane::is_attached(&self.bpffs) {
             // Fresh maps: the database may be created, before anything is pinned.
-            Store::open(state)?.check_integrity()?;
+            Store::open_spec(state, true)?.check_integrity()?;
         } else {
             // Checked before anything changes: a wrong --state must not touch the data plane.
             let mut pinned = Control::open_adopting(state, &self.bpffs)?;
@@ -124,13 +129,10 @@ impl Gateway {
 
     /// Interfaces, sizes, generation and per-outcome counters of the attached data plane, and
     /// whether its maps are in step with the database at `state` (never created here).
-    pub fn status(&self, state: &Path) -> Result<GatewayStatus> {
+    pub fn status(&self, state: &StoreSpec) -> Result<GatewayStatus> {
         let dataplane = Dataplane::open(&self.bpffs)?.status()?;
         let (sync, sync_error) = if !state.exists() {
-            (
-                None,
-                Some(format!("there is no state database at {}", state.display())),
-            )
+            (None, Some(format!("there is no state database at {state}")))
         } else {
             match Control::open(state, &self.bpffs).and_then(|mut c| c.check()) {
                 Ok(report) => (Some(report), None),
@@ -139,7 +141,7 @@ impl Gateway {
         };
         Ok(GatewayStatus {
             dataplane,
-            state_database: state.to_owned(),
+            state_database: state.display_path(),
             sync,
             sync_error,
         })

@@ -115,7 +115,7 @@ impl Control {
 
     /// `pool delete`: only once no address is allocated from it.
     pub fn pool_delete(&mut self, name: &str) -> Result<()> {
-        let (store, maps) = self.parts()?;
+        let (store, mut maps) = self.parts()?;
         store.write(|tx| {
             let pool = get_pool(tx, name)?;
             let allocated = tx.ip_count_in_pool(name)?;
@@ -127,7 +127,7 @@ impl Control {
                 );
             }
             tx.pool_delete(name)?;
-            if let Some(m) = maps {
+            if let Some(m) = maps.as_deref_mut() {
                 let nic = pool_nic(pool.external_iface.as_deref());
                 trie_del(m, &stored_ranges(&pool)?.trie_entries(), nic)?;
             }

@@ -4,9 +4,9 @@
 use anyhow::Result;
 use rusqlite::OptionalExtension;
 
-use super::{FloatingIpRow, IP_COLUMNS, Tx, ip_row};
+use super::{FloatingIpRow, IP_COLUMNS, SqliteTx, ip_row};
 
-impl Tx<'_> {
+impl SqliteTx<'_> {
     pub fn ip_get_by_id(&self, id: i64) -> Result<Option<FloatingIpRow>> {
         Ok(self
             .tx

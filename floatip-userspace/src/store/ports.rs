@@ -7,10 +7,10 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Tx, ip_from_sql, ip_to_sql};
+use super::{SqliteTx, ip_from_sql, ip_to_sql};
 
 /// A port as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortRow {
     pub id: String,
     /// The internal network: the gateway's internal interface the fixed IP lies behind.
@@ -41,7 +41,7 @@ fn port_row(r: &Row<'_>) -> rusqlite::Result<PortRow> {
     })
 }
 
-impl Tx<'_> {
+impl SqliteTx<'_> {
     pub fn port_insert(&self, p: &PortRow) -> Result<PortRow> {
         self.tx.execute(
             "INSERT INTO ports (id, network, fixed_ip, name, device_id, device_owner, project, description)

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use super::Tx;
+use super::SqliteTx;
 
 /// The tags of [`super::IP_COLUMNS`]' joined column.
 pub(super) fn split(joined: Option<String>) -> Vec<String> {
@@ -13,7 +13,7 @@ pub(super) fn split(joined: Option<String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-impl Tx<'_> {
+impl SqliteTx<'_> {
     /// Adds `tags` to the floating IP with row id `id`; tags it has already stay as they are.
     pub fn ip_tags_add(&self, id: i64, tags: &[String]) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(

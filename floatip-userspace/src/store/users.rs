@@ -4,10 +4,10 @@
 use anyhow::Result;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::Tx;
+use super::SqliteTx;
 
 /// A user as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserRow {
     pub name: String,
     pub project: String,
@@ -28,7 +28,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
     })
 }
 
-impl Tx<'_> {
+impl SqliteTx<'_> {
     pub fn user_insert(&self, name: &str, project: &str, role: &str, hash: &str) -> Result<()> {
         self.tx.execute(
             "INSERT INTO users (name, project, role, password_hash) VALUES (?1, ?2, ?3, ?4)",
