@@ -222,6 +222,19 @@ impl Gateway {
         }
         neigh(&l.inst1, INST2, "eth0", &INST2_MAC)?;
         neigh(&l.inst2, INST1, "eth0", &INST1_MAC)?;
+        // No timing in what a case's frames cause. The hosts keep an
+        // incomplete datagram for the whole run: a reassembly timeout (30 s)
+        // would land in the counters of whatever case runs then. No ICMP
+        // rate limit per destination anywhere: whether an error is sent
+        // would depend on how long ago the last one to that address was,
+        // which differs between the two gateways' runs. (Route errors keep
+        // their host-wide limit, see `Case::rate_limited`.)
+        for ns in [&l.ext, &l.rtr, &l.gw, &l.inst1, &l.inst2] {
+            sysctl(ns, "net.ipv4.icmp_ratelimit=0")?;
+        }
+        for ns in [&l.ext, &l.inst1, &l.inst2] {
+            sysctl(ns, "net.ipv4.ipfrag_time=3600")?;
+        }
         // ARP for the one tenant address without a host gives up after
         // two probes 200 ms apart (not 3 s), so the socket check that waits
         // for the host unreachable is short.
