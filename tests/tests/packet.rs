@@ -236,8 +236,7 @@ fn kernel_errors_leaving_get_the_floating_ip_back_in_their_quote() {
     for untouched in [
         icmp_error_frame(gw, REMOTE, 3, 1, &quoted(other, 12)),
         icmp_error_frame(gw, REMOTE, 3, 1, &quoted(FIP1, 12)),
-        frame(gw, REMOTE, 1, |s, d| {
-            let _ = (s, d);
+        frame(gw, REMOTE, 1, |_, _| {
             pkt::icmp(8, 0, [0, 1, 0, 1], &quoted(FIXED1, 12))
         }),
         frame(FIP1, REMOTE, 17, udp_l4),

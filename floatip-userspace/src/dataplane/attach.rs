@@ -191,31 +191,40 @@ fn attach_one(
             let id = update_or_attach(prog, old, Xdp::attach_to_link, fresh, stale_pin)?;
             prog.take_link(id)?.try_into()?
         }
-        Mode::Tc => {
-            let prog: &mut SchedClassifier = prog.try_into()?;
-            if prog.fd().is_err() {
-                prog.load().context("the kernel rejected the TC program")?;
-            }
-            let fresh = |prog: &mut SchedClassifier| {
-                prog.attach_with_options(
-                    name,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|e| anyhow!("cannot attach TCX to {name}: {e}"))
-            };
-            let old = old.map(SchedClassifierLink::try_from).transpose()?;
-            let id =
-                update_or_attach(prog, old, SchedClassifier::attach_to_link, fresh, stale_pin)?;
-            let link = prog.take_link(id)?;
-            FdLink::try_from(link)?
-        }
+        Mode::Tc => tcx_link(prog, name, TcAttachType::Ingress, old, stale_pin)?,
     };
+    keep_pinned(fd_link, &pin)
+}
+
+/// Attaches the TCX program `prog` to `name` at `at`, or replaces the
+/// program of its existing link `old` in place.
+fn tcx_link(
+    prog: &mut aya::programs::Program,
+    name: &str,
+    at: TcAttachType,
+    old: Option<FdLink>,
+    stale_pin: Option<&Path>,
+) -> Result<FdLink> {
+    let prog: &mut SchedClassifier = prog.try_into()?;
+    if prog.fd().is_err() {
+        prog.load().context("the kernel rejected the TC program")?;
+    }
+    let fresh = |prog: &mut SchedClassifier| {
+        prog.attach_with_options(name, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| anyhow!("cannot attach TCX ({at:?}) to {name}: {e}"))
+    };
+    let old = old.map(SchedClassifierLink::try_from).transpose()?;
+    let id = update_or_attach(prog, old, SchedClassifier::attach_to_link, fresh, stale_pin)?;
+    Ok(FdLink::try_from(prog.take_link(id)?)?)
+}
+
+/// Pins `link` at `pin`, unless it was updated in place (the pin already
+/// refers to it).
+fn keep_pinned(link: FdLink, pin: &Path) -> Result<()> {
     if pin.exists() {
-        // Updated in place: the pin already refers to this link.
-        std::mem::forget(fd_link);
+        std::mem::forget(link);
     } else {
-        fd_link.pin(&pin)?;
+        link.pin(pin)?;
     }
     Ok(())
 }
@@ -225,38 +234,15 @@ fn attach_one(
 /// packets leave through it (see `translate::kernel_error`).
 fn attach_egress(ebpf: &mut Ebpf, bpffs: &Path, name: &str, ifindex: u32) -> Result<()> {
     let pin = egress_pin(bpffs, ifindex);
-    let old = match pin.exists() {
-        true => Some(SchedClassifierLink::try_from(FdLink::from(
-            PinnedLink::from_pin(&pin)?,
-        ))?),
-        false => None,
-    };
-    let prog: &mut SchedClassifier = ebpf
+    let existing = pin.exists().then_some(pin.as_path());
+    let old = existing
+        .map(|p| PinnedLink::from_pin(p).map(FdLink::from))
+        .transpose()?;
+    let prog = ebpf
         .program_mut(programs::TC_EGRESS)
-        .ok_or_else(|| anyhow!("object lacks program {}", programs::TC_EGRESS))?
-        .try_into()?;
-    if prog.fd().is_err() {
-        prog.load()
-            .context("the kernel rejected the TC egress program")?;
-    }
-    let fresh = |prog: &mut SchedClassifier| {
-        prog.attach_with_options(
-            name,
-            TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(|e| anyhow!("cannot attach TCX egress to {name}: {e}"))
-    };
-    let stale = pin.exists().then_some(pin.as_path());
-    let id = update_or_attach(prog, old, SchedClassifier::attach_to_link, fresh, stale)?;
-    let link = FdLink::try_from(prog.take_link(id)?)?;
-    if pin.exists() {
-        // Updated in place: the pin already refers to this link.
-        std::mem::forget(link);
-    } else {
-        link.pin(&pin)?;
-    }
-    Ok(())
+        .ok_or_else(|| anyhow!("object lacks program {}", programs::TC_EGRESS))?;
+    let link = tcx_link(prog, name, TcAttachType::Egress, old, existing)?;
+    keep_pinned(link, &pin)
 }
 
 impl Dataplane {

@@ -270,7 +270,10 @@ impl Dataplane {
             .into_iter()
             .collect();
         let mut map = self.gateway_addrs()?;
-        let have = self.gateway_addresses()?;
+        let have: Vec<Ipv4Addr> = map
+            .keys()
+            .map(|k| k.map(from_key))
+            .collect::<Result<_, _>>()?;
         let mut changed = false;
         for a in &addrs {
             if !have.contains(a) {
