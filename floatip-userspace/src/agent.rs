@@ -3,6 +3,7 @@
 //! programs stay attached through their pins whatever happens to the agent.
 
 mod config;
+mod group;
 mod worker;
 
 use std::{
@@ -22,10 +23,15 @@ pub use self::{
     config::{AgentArgs, Config, DEFAULT_CONFIG, DEFAULT_LISTEN},
     worker::Worker,
 };
-use crate::{api, control::Gateway, dataplane::AttachOptions, garp::Announcer};
+use crate::{api, control::Gateway, dataplane::AttachOptions, garp::Announcer, store::StoreSpec};
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<()> {
+    if config.group.is_some() {
+        // A gateway of a group answers for nothing until it is elected to (attach below
+        // would otherwise have it answer for every pool).
+        crate::control::set_owned(Default::default());
+    }
     if !config.external.is_empty() {
         // The boot case: the interfaces in the configuration get the programs, and fresh maps
         // get every pool and association back from the database.
@@ -56,12 +62,23 @@ pub fn run(config: Config) -> Result<()> {
         config.bpffs.clone(),
         announcer.clone(),
     )?;
+    let group = match (&config.group, &config.store) {
+        (Some(g), StoreSpec::Etcd(endpoints)) => Some(group::GroupTask::start(
+            g.clone(),
+            endpoints.clone(),
+            worker.clone(),
+        )?),
+        _ => None,
+    };
     let served = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
         .block_on(serve(config, worker));
+    if let Some(g) = group {
+        g.stop();
+    }
     // Associations answered just before the stop are still announced.
     announcer.flush();
     served

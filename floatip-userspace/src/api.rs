@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod floatingips;
+mod gateways;
 mod identity;
 mod ids;
 mod metrics;
@@ -137,6 +138,7 @@ pub fn router(api: Shared, with_metrics: bool) -> Router {
         .merge(ports::routes())
         .merge(floatingips::routes())
         .merge(quotas::routes())
+        .merge(gateways::routes())
         .merge(identity::routes())
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
     let mut app = Router::new()

@@ -384,3 +384,55 @@ pub fn xdp_errors(name: &str) -> Result<Option<u64>> {
     }
     Ok(sum)
 }
+
+/// Adds `addr/len` to interface `ifindex` (RTM_NEWADDR, like `ip addr replace`); adding an
+/// address it already has succeeds.
+pub fn address_add(ifindex: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
+    address_request(libc::RTM_NEWADDR, flags as u16, ifindex, addr, len)
+        .map_err(|e| anyhow::anyhow!("cannot add {addr}/{len} to interface {ifindex}: {e}"))
+}
+
+/// Removes `addr/len` from interface `ifindex` (RTM_DELADDR); an address it does not have is
+/// not an error.
+pub fn address_del(ifindex: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    match address_request(libc::RTM_DELADDR, flags, ifindex, addr, len) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        r => r.map_err(|e| {
+            anyhow::anyhow!("cannot remove {addr}/{len} from interface {ifindex}: {e}")
+        }),
+    }
+}
+
+/// One RTM_NEWADDR/RTM_DELADDR of an IPv4 address, answered by the kernel's ack.
+fn address_request(kind: u16, flags: u16, ifindex: u32, addr: Ipv4Addr, len: u8) -> io::Result<()> {
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    // nlmsghdr (16) + ifaddrmsg (8) + IFA_LOCAL (4 + 4) + IFA_ADDRESS (4 + 4).
+    let mut req = [0u8; 40];
+    req[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&kind.to_ne_bytes());
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_INET as u8;
+    req[17] = len;
+    req[19] = libc::RT_SCOPE_UNIVERSE;
+    req[20..24].copy_from_slice(&ifindex.to_ne_bytes());
+    for (at, ty) in [(24, IFA_LOCAL), (32, IFA_ADDRESS)] {
+        req[at..at + 2].copy_from_slice(&8u16.to_ne_bytes());
+        req[at + 2..at + 4].copy_from_slice(&ty.to_ne_bytes());
+        req[at + 4..at + 8].copy_from_slice(&addr.octets());
+    }
+    let sock = Rtnl::send(&req).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; 4096];
+    let msg = sock.recv(&mut buf).map_err(io::Error::other)?;
+    if msg.len() >= 20 && u16::from_ne_bytes([msg[4], msg[5]]) == libc::NLMSG_ERROR as u16 {
+        let code = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
+        if code != 0 {
+            return Err(io::Error::from_raw_os_error(-code));
+        }
+    }
+    Ok(())
+}

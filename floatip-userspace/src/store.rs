@@ -33,8 +33,10 @@ pub use ports::PortRow;
 pub use users::UserRow;
 
 mod etcd;
+mod group;
 
 pub use etcd::EtcdStore;
+pub use group::{Change, GatewayInfo, GroupClient, GroupView, Lease, StateEvent, StateWatch};
 
 /// Where the state lives: `--store` (or `store` in agent.toml). A plain path (or `sqlite:PATH`)
 /// is the embedded SQLite database; `etcd://HOST:PORT[,HOST:PORT...]` an etcd cluster.
@@ -240,6 +242,23 @@ impl Store {
         match self {
             Self::Sqlite(s) => s.path(),
             Self::Etcd(e) => e.path(),
+        }
+    }
+
+    /// etcd: the revision of the last full read, the state a resync of the maps reflects.
+    pub fn last_revision(&self) -> Option<i64> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Etcd(e) => Some(e.last_revision()),
+        }
+    }
+
+    /// etcd: the gateway group (which gateways are alive, what each applied and owns);
+    /// SQLite has one gateway and no group.
+    pub fn group_view(&mut self) -> Result<Option<GroupView>> {
+        match self {
+            Self::Sqlite(_) => Ok(None),
+            Self::Etcd(e) => e.group_view().map(Some),
         }
     }
 

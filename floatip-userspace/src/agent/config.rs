@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 
-use crate::{dataplane::Mode, store::StoreSpec};
+use crate::{control::TenantGateway, dataplane::Mode, store::StoreSpec};
 
 pub const DEFAULT_CONFIG: &str = "/etc/floatip/agent.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9696";
@@ -47,6 +47,17 @@ pub struct AgentArgs {
     /// Do not run the next-hop follower (every packet then asks the FIB).
     #[arg(long)]
     pub no_follow: bool,
+    /// Join the gateway group in etcd under this name: apply every association the group
+    /// stores, and answer for the pools this gateway is elected to own (needs an etcd store).
+    #[arg(long, value_name = "NAME")]
+    pub gateway: Option<String>,
+    /// Seconds of the gateway's etcd lease: how long a dead gateway's pools wait for a new
+    /// owner [default: 2].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub lease_ttl: Option<u64>,
+    /// A tenant-side gateway address held by whichever gateway owns POOL (repeatable).
+    #[arg(long, value_name = "POOL=ADDRESS/LEN@IFACE")]
+    pub tenant_gateway: Vec<TenantGateway>,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -71,6 +82,17 @@ struct File {
     tls: Option<TlsFile>,
     dataplane: Option<DataplaneFile>,
     auth: Option<AuthFile>,
+    group: Option<GroupFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    gateway: Option<String>,
+    lease_ttl: Option<u64>,
+    /// `POOL=ADDRESS/LEN@IFACE`, as `--tenant-gateway`.
+    #[serde(default)]
+    tenant_gateways: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +142,16 @@ pub struct Config {
     /// Failed logins from one client address before it is refused for `lockout_seconds`.
     pub max_failures: u32,
     pub lockout_seconds: u64,
+    /// The gateway group this agent is one of; `None`: the only gateway.
+    pub group: Option<GroupConfig>,
+}
+
+/// A gateway's place in the group (see `agent::group`).
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    pub gateway: String,
+    pub lease_ttl: std::time::Duration,
+    pub tenant: Vec<TenantGateway>,
 }
 
 impl Config {
@@ -154,6 +186,32 @@ impl Config {
             if flag.is_empty() { file } else { flag.clone() }
         };
         let auth = file.auth.unwrap_or_default();
+        let group_file = file.group.unwrap_or_default();
+        let mut tenant = args.tenant_gateway.clone();
+        if tenant.is_empty() {
+            for t in &group_file.tenant_gateways {
+                tenant.push(
+                    t.parse()
+                        .map_err(|e| anyhow::anyhow!("{}: group: {e}", path.display()))?,
+                );
+            }
+        }
+        let lease_ttl = args.lease_ttl.or(group_file.lease_ttl).unwrap_or(2);
+        if !(1..=60).contains(&lease_ttl) {
+            bail!(
+                "{}: group: lease_ttl {lease_ttl} is not 1..=60 seconds",
+                path.display()
+            );
+        }
+        let group = args
+            .gateway
+            .clone()
+            .or(group_file.gateway)
+            .map(|gateway| GroupConfig {
+                gateway,
+                lease_ttl: std::time::Duration::from_secs(lease_ttl),
+                tenant,
+            });
         let config = Self {
             listen: args
                 .listen
@@ -184,6 +242,7 @@ impl Config {
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
             max_failures: auth.max_failures.unwrap_or(5),
             lockout_seconds: auth.lockout_seconds.unwrap_or(60),
+            group,
         };
         let insecure_ok = args.allow_insecure || file.allow_insecure.unwrap_or(false);
         for addr in [Some(config.listen), config.metrics_listen]
@@ -199,6 +258,26 @@ impl Config {
         }
         if config.external.is_empty() != config.internal.is_empty() {
             bail!("attaching at start needs both external and internal interfaces");
+        }
+        if let Some(g) = &config.group {
+            let name_ok = !g.gateway.is_empty()
+                && g.gateway.len() <= 64
+                && g.gateway
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok {
+                bail!(
+                    "gateway name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                    g.gateway
+                );
+            }
+            if !matches!(config.store, StoreSpec::Etcd(_)) {
+                bail!(
+                    "--gateway needs the state in etcd (--store etcd://HOST:PORT[,...]): a gateway group shares it"
+                );
+            }
+        } else if !args.tenant_gateway.is_empty() {
+            bail!("--tenant-gateway needs --gateway: only a gateway group moves tenant addresses");
         }
         Ok(config)
     }
@@ -220,6 +299,9 @@ mod tests {
             internal: Vec::new(),
             mode: None,
             no_follow: false,
+            gateway: None,
+            lease_ttl: None,
+            tenant_gateway: Vec::new(),
         }
     }
 

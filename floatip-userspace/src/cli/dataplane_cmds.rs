@@ -229,6 +229,30 @@ pub fn status(cli: &Cli) -> Result<()> {
         full.state_database.display(),
         st.db_identity
     ))?;
+    if let Some(gateways) = &full.gateways {
+        let rows: Vec<Vec<String>> = gateways
+            .iter()
+            .map(|g| {
+                vec![
+                    g.name.clone(),
+                    if g.alive { "alive" } else { "gone" }.to_owned(),
+                    g.applied_revision.to_string(),
+                    g.pools.join(","),
+                ]
+            })
+            .collect();
+        output::print_text(&format!(
+            "gateway group (store revision {}):\n",
+            full.store_revision.unwrap_or(0)
+        ))?;
+        output::print_table(
+            &cli.format,
+            &["gateway", "state", "applied_revision", "owns"],
+            &rows,
+            &gateways,
+        )?;
+        output::print_text("\n")?;
+    }
     let counters: Vec<Vec<String>> = st
         .counters
         .iter()

@@ -18,7 +18,7 @@ use crate::{
     error::fail,
     garp::{self, Announcer},
     iface,
-    store::{Store, StoreSpec},
+    store::{GatewayInfo, Store, StoreSpec},
 };
 
 /// `floatip status`: the data plane, and how it compares with the database.
@@ -30,6 +30,12 @@ pub struct GatewayStatus {
     /// `None` when the database cannot be compared: `sync_error` says why.
     pub sync: Option<SyncReport>,
     pub sync_error: Option<String>,
+    /// With the state in etcd: the gateway group, each gateway's applied revision and the
+    /// pools it answers for, and the store's revision to compare with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<Vec<GatewayInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_revision: Option<i64>,
 }
 
 /// What `attach` did.
@@ -131,19 +137,28 @@ impl Gateway {
     /// whether its maps are in step with the database at `state` (never created here).
     pub fn status(&self, state: &StoreSpec) -> Result<GatewayStatus> {
         let dataplane = Dataplane::open(&self.bpffs)?.status()?;
-        let (sync, sync_error) = if !state.exists() {
-            (None, Some(format!("there is no state database at {state}")))
+        let (mut sync, mut sync_error, mut group) = (None, None, None);
+        if !state.exists() {
+            sync_error = Some(format!("there is no state database at {state}"));
         } else {
-            match Control::open(state, &self.bpffs).and_then(|mut c| c.check()) {
-                Ok(report) => (Some(report), None),
-                Err(e) => (None, Some(format!("{e:#}"))),
+            match Control::open(state, &self.bpffs) {
+                Ok(mut c) => {
+                    match c.check() {
+                        Ok(report) => sync = Some(report),
+                        Err(e) => sync_error = Some(format!("{e:#}")),
+                    }
+                    group = c.store.group_view().ok().flatten();
+                }
+                Err(e) => sync_error = Some(format!("{e:#}")),
             }
-        };
+        }
         Ok(GatewayStatus {
             dataplane,
             state_database: state.display_path(),
             sync,
             sync_error,
+            store_revision: group.as_ref().map(|g| g.revision),
+            gateways: group.map(|g| g.gateways()),
         })
     }
 

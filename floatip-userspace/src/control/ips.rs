@@ -235,7 +235,10 @@ impl Control {
             Ok((get_ip(tx, floating)?, Some((generation, nic))))
         })?;
         finish(maps, generation.as_ref().map(|(g, _)| *g));
-        if let Some((_, nic)) = generation {
+        // In a group, only the pool's owner announces (see `group`).
+        if let Some((_, nic)) = generation
+            && super::owns(&record.pool)
+        {
             announce(maps, announcer.as_deref(), floating, nic.as_deref());
         }
         Ok(record)

@@ -5,7 +5,8 @@ use floatip_common::MAX_POOL_PREFIXES;
 
 use super::{
     Control, Pool,
-    sync::{pool_nic, trie_add, trie_del},
+    group::{answer_nic, answer_nic_for},
+    sync::{trie_add, trie_del},
     validate::{
         check_external_nic, check_no_gateway_addr, check_not_internal, check_not_reserved,
         get_pool, pool_info, stored_ranges, validate_iface, validate_name, validate_text,
@@ -32,7 +33,7 @@ impl Control {
         }
         check_not_reserved(name, ranges)?;
         let entries = ranges.trie_entries();
-        let nic = pool_nic(external);
+        let nic = answer_nic_for(name, external);
         let (store, mut maps) = self.parts()?;
         if let Some(m) = maps.as_deref() {
             check_not_internal(name, ranges, m)?;
@@ -128,7 +129,7 @@ impl Control {
             }
             tx.pool_delete(name)?;
             if let Some(m) = maps.as_deref_mut() {
-                let nic = pool_nic(pool.external_iface.as_deref());
+                let nic = answer_nic(&pool);
                 trie_del(m, &stored_ranges(&pool)?.trie_entries(), nic)?;
             }
             Ok(())

@@ -66,7 +66,7 @@ impl Control {
             for pool in tx.pool_list()? {
                 let entries = stored_ranges(&pool)?.trie_entries();
                 // Overwrites entries already there: a NIC that came back has another ifindex.
-                trie_add(maps, &entries, pool_nic(pool.external_iface.as_deref()))?;
+                trie_add(maps, &entries, super::group::answer_nic(&pool))?;
                 wanted.extend(entries.iter().map(|e| (e.addr, e.len)));
             }
             // Prefixes of pools this database does not have (maps adopted from another one,

@@ -35,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use super::{FloatingIpRow, IpFilter, PoolRow, PortRow, QuotaRow, StoreTx, Tx, UserRow};
 use crate::error::{ErrorKind, error};
 
-const PREFIX: &str = "/floatip/";
+pub(super) const PREFIX: &str = "/floatip/";
 /// The generation, identity and id counters; rewritten by every write (the CAS sequence).
-const META: &str = "/floatip/meta";
+pub(super) const META: &str = "/floatip/meta";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a write keeps retrying compare-and-swap conflicts before it gives up.
@@ -136,6 +136,8 @@ pub struct EtcdStore {
     rt: tokio::runtime::Runtime,
     client: Client,
     path: PathBuf,
+    /// The revision of the last full read: the state a resync brought the maps to.
+    last_revision: i64,
 }
 
 /// The largest state one read takes in.
@@ -186,7 +188,12 @@ impl EtcdStore {
             })
             .map_err(|e| unavailable(&path, e))?
             .map_err(|e| unavailable(&path, e))?;
-        let mut store = Self { rt, client, path };
+        let mut store = Self {
+            rt,
+            client,
+            path,
+            last_revision: 0,
+        };
         store.init_meta()?;
         Ok(store)
     }
@@ -232,7 +239,9 @@ impl EtcdStore {
         again: fn(&etcd_client::Error) -> bool,
         mut f: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
     ) -> Result<T> {
-        let Self { rt, client, path } = self;
+        let Self {
+            rt, client, path, ..
+        } = self;
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         rt.block_on(async {
             loop {
@@ -276,6 +285,7 @@ impl EtcdStore {
                 .await
         })?;
         let (state, rev) = State::decode(resp.kvs())?;
+        self.last_revision = resp.header().map_or(0, |h| h.revision());
         if rev == 0 {
             return Err(error(
                 ErrorKind::Unavailable,
@@ -286,6 +296,21 @@ impl EtcdStore {
             ));
         }
         Ok((state, rev))
+    }
+
+    /// The revision of the last full read (see [`Self::read`]).
+    pub fn last_revision(&self) -> i64 {
+        self.last_revision
+    }
+
+    /// The gateway group now (see [`super::group`]).
+    pub fn group_view(&mut self) -> Result<super::GroupView> {
+        let resp = self.read_call(async |c| {
+            c.get(super::group::GROUP, Some(GetOptions::new().with_prefix()))
+                .await
+        })?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(super::GroupView::decode(resp.kvs(), revision))
     }
 
     pub fn read<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
