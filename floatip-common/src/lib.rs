@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 8;
+pub const MAP_LAYOUT_VERSION: u32 = 9;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -278,7 +278,10 @@ pub struct PoolValue {
     /// is a longest match), which the loader needs to keep the spoof filter's
     /// counts exact.
     pub prefix_len: u32,
-    pub _pad: u32,
+    /// Non-zero: the entry belongs to a gateway group, and its addresses are answered only
+    /// until [`Meta::answer_until`] (the fence of a gateway that cannot renew its lease, in
+    /// the data plane, so that it holds even when the agent is dead).
+    pub fenced: u32,
 }
 
 /// Counters of one association (per CPU in `ASSOC_STATS`, shared in
@@ -320,6 +323,9 @@ pub struct Meta {
     pub generation: u64,
     /// Identity of the state database the maps were loaded from (0: none yet).
     pub db_identity: u64,
+    /// CLOCK_MONOTONIC_COARSE ns until which fenced pool entries ([`PoolValue::fenced`])
+    /// are answered: the gateway's lease is known alive until then.
+    pub answer_until: u64,
 }
 
 /// Folds a 32-bit one's-complement sum to 16 bits. Here, not in the eBPF
@@ -489,7 +495,7 @@ const _: () = {
     assert!(size_of::<PoolValue>() == 16 && align_of::<PoolValue>() == 4);
     assert!(size_of::<AssocStats>() == 32 && align_of::<AssocStats>() == 8);
     assert!(size_of::<IfaceInfo>() == 8 && align_of::<IfaceInfo>() == 1);
-    assert!(size_of::<Meta>() == 24 && align_of::<Meta>() == 8);
+    assert!(size_of::<Meta>() == 32 && align_of::<Meta>() == 8);
     assert!(size_of::<GenConfig>() == 56 && align_of::<GenConfig>() == 8);
     assert!(size_of::<GenState>() == 24 && align_of::<GenState>() == 8);
     assert!(size_of::<MinNatEntry>() == 20 && align_of::<MinNatEntry>() == 4);

@@ -145,9 +145,21 @@ pub fn is_gateway_address(addr: u32) -> bool {
 #[inline(always)]
 pub fn pool_answers_on(addr: u32, ifindex: u32) -> bool {
     match POOLS.get(Key::new(32, addr)) {
-        Some(v) if v.kind == POOL_MEMBER => v.ifindex == POOL_ANY_NIC || v.ifindex == ifindex,
+        Some(v) if v.kind == POOL_MEMBER => {
+            (v.ifindex == POOL_ANY_NIC || v.ifindex == ifindex) && (v.fenced == 0 || lease_alive())
+        }
         _ => true,
     }
+}
+
+/// Whether this gateway's lease in its group is known alive (the agent renews the deadline
+/// with every keep-alive): only then does it answer for its group's pools. A clock read, on
+/// the ARP path only.
+#[inline(always)]
+fn lease_alive() -> bool {
+    META
+        .get(0)
+        .is_some_and(|m| unsafe { bpf_ktime_get_coarse_ns() } < m.answer_until)
 }
 
 /// The MAC of `ifindex` if floatip manages that NIC.

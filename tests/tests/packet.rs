@@ -9,7 +9,7 @@
 //! addresses (see `Fixture`). Forwarding itself is covered by the namespace
 //! tests.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use floatip::dataplane::{Counters, TestProgram};
 use tests::{
@@ -864,6 +864,36 @@ fn arp_is_answered_only_on_the_pools_nic() {
         Expect::Reply,
         &reply(outside),
     );
+}
+
+/// A pool of a gateway group is answered only while the gateway's lease is known alive: its
+/// entries are fenced, and the programs answer for them until `answer_until` (which the agent
+/// renews with every keep-alive), so a gateway whose agent died or lost etcd goes quiet by
+/// itself. Entries that are not fenced (one gateway) ignore the deadline.
+#[test]
+fn fenced_pools_are_answered_only_until_the_deadline() {
+    let router_mac = [0x02, 0, 0, 0, 0, 0x01];
+    let req = pkt::arp([0xff; 6], router_mac, 1, router_mac, ROUTER, [0; 6], FIP1);
+    let reply = pkt::arp(router_mac, MAC_A, 2, MAC_A, FIP1, router_mac, ROUTER);
+    let mut fx = Fixture::new();
+    let fence = |fx: &Fixture, fenced: bool| {
+        let mut dp = fx.progs().dataplane().unwrap();
+        dp.pool_prefix_add_fenced(Ipv4Addr::new(203, 0, 113, 0), 24, false, LO, fenced)
+            .unwrap();
+    };
+    let until =
+        |fx: &Fixture, d: Duration| fx.progs().dataplane().unwrap().set_answer_until(d).unwrap();
+    fence(&fx, true);
+    // Never renewed: quiet.
+    check_with(&mut fx, Side::External, &req, Expect::Pass, &req);
+    until(&fx, Duration::from_secs(30));
+    check_with(&mut fx, Side::External, &req, Expect::Reply, &reply);
+    // The deadline passed (the agent stopped renewing): quiet again.
+    until(&fx, Duration::ZERO);
+    check_with(&mut fx, Side::External, &req, Expect::Pass, &req);
+    // Not fenced: the deadline does not matter.
+    fence(&fx, false);
+    check_with(&mut fx, Side::External, &req, Expect::Reply, &reply);
 }
 
 /// Martian sources (RFC 1812 §5.3.7: 0/8, 127/8, multicast, class E and

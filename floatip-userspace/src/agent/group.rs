@@ -141,6 +141,10 @@ impl Member {
     async fn run(mut self, stop: Arc<AtomicBool>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Tenant addresses a killed agent left behind go before anything else.
+        if let Err(e) = self.own(BTreeSet::new()).await {
+            self.report("cannot clear what an earlier run answered for", &e);
+        }
         while !stop.load(Ordering::SeqCst) {
             tokio::select! {
                 event = next_event(&mut self.watch) => self.on_event(event).await,
@@ -235,17 +239,19 @@ impl Member {
             self.watch = None;
         }
         let applied = self.applied.unwrap_or(0);
-        let client = self.client.as_mut().expect("connected above");
         if self.watch.is_none() {
+            let client = self.client.as_mut().expect("connected above");
             self.watch = Some(client.watch_state(applied + 1).await?);
         }
         if self.lease.is_none() {
             let sent = Instant::now();
+            let client = self.client.as_mut().expect("connected above");
             let lease = client.join(&self.name, self.ttl, applied).await?;
             self.reported = applied;
             self.lease = Some(lease);
             self.alive_since = Some(sent);
             self.last_keepalive = Some(sent);
+            self.renew().await?;
             if lease.ttl != self.ttl {
                 eprintln!(
                     "floatip agent: group: etcd granted a lease of {:?}, not {:?}",
@@ -264,8 +270,12 @@ impl Member {
         {
             let sent = Instant::now();
             self.last_keepalive = Some(sent);
+            let client = self.client.as_mut().expect("connected above");
             match client.keep_alive(lease, lease.ttl / 3).await {
-                Ok(ttl) if ttl > 0 => self.alive_since = Some(sent),
+                Ok(ttl) if ttl > 0 => {
+                    self.alive_since = Some(sent);
+                    self.renew().await?;
+                }
                 Err(e) if !format!("{e:#}").contains("lease not found") => {
                     return Err(e.context("keep-alive"));
                 }
@@ -285,13 +295,24 @@ impl Member {
         self.reconcile().await
     }
 
-    /// Whether the lease is known to live for a while yet.
-    fn answering_allowed(&self) -> bool {
+    /// How long the lease is known to live yet, less a margin for clocks and the time it
+    /// takes to stop answering; zero: no longer.
+    fn answering_left(&self) -> Duration {
         let margin = (self.ttl / 4).max(Duration::from_millis(200));
         match (self.lease, self.alive_since) {
-            (Some(lease), Some(t)) => t.elapsed() + margin < lease.ttl,
-            _ => false,
+            (Some(lease), Some(t)) => lease.ttl.saturating_sub(margin + t.elapsed()),
+            _ => Duration::ZERO,
         }
+    }
+
+    fn answering_allowed(&self) -> bool {
+        !self.answering_left().is_zero()
+    }
+
+    /// Moves the data plane's own fence to the end of what the lease is known to live.
+    async fn renew(&mut self) -> Result<()> {
+        let left = self.answering_left();
+        self.worker.run(move |c| c.group_renew(left)).await
     }
 
     async fn fence(&mut self) {

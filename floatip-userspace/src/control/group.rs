@@ -38,6 +38,12 @@ pub fn owns(pool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this process is a gateway of a group: its pools' trie entries are then fenced
+/// (answered only until the deadline [`Control::group_renew`] sets).
+pub fn in_group() -> bool {
+    OWNED.read().is_ok_and(|o| o.is_some())
+}
+
 /// A tenant-side gateway address: held (on `iface`) by whichever gateway owns `pool`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantGateway {
@@ -91,6 +97,15 @@ impl Control {
     /// The gateway group, when the state is in etcd.
     pub fn group_view(&mut self) -> Result<Option<crate::store::GroupView>> {
         self.store.group_view()
+    }
+
+    /// The lease is known alive for `left` more: the data plane answers for the pools this
+    /// gateway owns until then, and stops by itself if no renewal follows.
+    pub fn group_renew(&mut self, left: std::time::Duration) -> Result<()> {
+        if let (_, Some(maps)) = self.parts()? {
+            maps.set_answer_until(left)?;
+        }
+        Ok(())
     }
 
     /// Brings the maps to the state as it is now, in full (a gateway's start, or a watch

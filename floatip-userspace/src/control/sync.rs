@@ -194,7 +194,9 @@ pub(super) fn trie_add(maps: &mut Dataplane, entries: &[TrieEntry], nic: u32) ->
     let mut ordered: Vec<&TrieEntry> = entries.iter().collect();
     ordered.sort_by_key(|e| !e.excluded);
     for (i, e) in ordered.iter().enumerate() {
-        if let Err(err) = maps.pool_prefix_add(e.addr, e.len, e.excluded, nic) {
+        if let Err(err) =
+            maps.pool_prefix_add_fenced(e.addr, e.len, e.excluded, nic, super::group::in_group())
+        {
             for done in &ordered[..i] {
                 let _ = maps.pool_prefix_del(done.addr, done.len);
             }

@@ -6,6 +6,7 @@ use std::{
     io::ErrorKind,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Result, anyhow, bail};
@@ -541,11 +542,24 @@ impl Dataplane {
         excluded: bool,
         nic: u32,
     ) -> Result<()> {
+        self.pool_prefix_add_fenced(addr, len, excluded, nic, false)
+    }
+
+    /// [`Self::pool_prefix_add`]; `fenced`: answered only until [`Self::set_answer_until`]
+    /// (a pool of a gateway group).
+    pub fn pool_prefix_add_fenced(
+        &mut self,
+        addr: Ipv4Addr,
+        len: u8,
+        excluded: bool,
+        nic: u32,
+        fenced: bool,
+    ) -> Result<()> {
         let value = PoolValue {
             kind: if excluded { POOL_EXCLUDED } else { POOL_MEMBER },
             ifindex: nic,
             prefix_len: len as u32,
-            _pad: 0,
+            fenced: u32::from(fenced),
         };
         let key = Key::new(len as u32, to_key(addr));
         // Members count in the spoof filter: up before the trie has it, down if it had it.
@@ -613,6 +627,14 @@ impl Dataplane {
     pub fn set_generation(&mut self, generation: u64) -> Result<()> {
         let mut m = self.meta.get(&0, 0)?;
         m.generation = generation;
+        self.meta.set(0, m, 0)?;
+        Ok(())
+    }
+
+    /// Fenced pool entries are answered until `deadline` from now (none if it has passed).
+    pub fn set_answer_until(&mut self, deadline: Duration) -> Result<()> {
+        let mut m = self.meta.get(&0, 0)?;
+        m.answer_until = super::hops::coarse_now_ns() + deadline.as_nanos() as u64;
         self.meta.set(0, m, 0)?;
         Ok(())
     }
