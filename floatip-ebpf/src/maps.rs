@@ -157,8 +157,7 @@ pub fn pool_answers_on(addr: u32, ifindex: u32) -> bool {
 /// the ARP path only.
 #[inline(always)]
 fn lease_alive() -> bool {
-    META
-        .get(0)
+    META.get(0)
         .is_some_and(|m| unsafe { bpf_ktime_get_coarse_ns() } < m.answer_until)
 }
 

@@ -253,6 +253,14 @@ impl Store {
         }
     }
 
+    /// etcd: the revision that last changed floating IP `address` (as last read or written).
+    pub fn ip_revision(&self, address: Ipv4Addr) -> Option<i64> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Etcd(e) => e.ip_revision(address),
+        }
+    }
+
     /// etcd: the gateway group (which gateways are alive, what each applied and owns);
     /// SQLite has one gateway and no group.
     pub fn group_view(&mut self) -> Result<Option<GroupView>> {

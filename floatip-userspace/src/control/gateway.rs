@@ -248,6 +248,11 @@ pub(super) fn announce(
     floating: Ipv4Addr,
     nic: Option<&str>,
 ) {
+    // In a group, only the pool's owner moves the neighbours' caches (a CLI run on another
+    // gateway included): the others must not draw its traffic.
+    if dp.answered_elsewhere(floating).unwrap_or(false) {
+        return;
+    }
     let only = nic.and_then(|n| iface::index(n).ok());
     match dp.nics(Role::External) {
         Ok(nics) => {

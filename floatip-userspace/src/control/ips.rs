@@ -181,11 +181,30 @@ impl Control {
 
     /// Records as the gateway serves them: an association is ACTIVE only while a data plane
     /// is attached to carry it.
+    /// In a gateway group, it is ACTIVE once every live gateway has applied it (every one
+    /// carries every association), DOWN until then.
     fn as_served(&mut self, mut records: Vec<FloatingIp>) -> Vec<FloatingIp> {
         if !matches!(self.parts(), Ok((_, Some(_)))) {
             for r in &mut records {
                 if r.status == IpStatus::Active {
                     r.status = IpStatus::Detached;
+                }
+            }
+            return records;
+        }
+        let applied_everywhere = match self.store.group_view() {
+            Ok(Some(view)) => view.live.values().min().copied(),
+            _ => None,
+        };
+        if let Some(applied) = applied_everywhere {
+            for r in &mut records {
+                if r.status == IpStatus::Active
+                    && self
+                        .store
+                        .ip_revision(r.floating_ip_address)
+                        .is_some_and(|rev| rev > applied)
+                {
+                    r.status = IpStatus::Down;
                 }
             }
         }
@@ -235,13 +254,11 @@ impl Control {
             Ok((get_ip(tx, floating)?, Some((generation, nic))))
         })?;
         finish(maps, generation.as_ref().map(|(g, _)| *g));
-        // In a group, only the pool's owner announces (see `group`).
-        if let Some((_, nic)) = generation
-            && super::owns(&record.pool)
-        {
+        if let Some((_, nic)) = generation {
             announce(maps, announcer.as_deref(), floating, nic.as_deref());
         }
-        Ok(record)
+        // In a group: DOWN until every gateway has it.
+        Ok(self.as_served(vec![record]).remove(0))
     }
 
     /// `ip associate --from-file`: every line in one transaction and one batched map update;

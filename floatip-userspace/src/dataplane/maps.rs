@@ -604,6 +604,19 @@ impl Dataplane {
         }
     }
 
+    /// Whether another gateway of this one's group answers for `addr`: it lies in a pool
+    /// whose fenced entry names no NIC here.
+    pub fn answered_elsewhere(&self, addr: Ipv4Addr) -> Result<bool> {
+        match self.pools.get(&Key::new(32, to_key(addr)), 0) {
+            Ok(v) => Ok(v.kind == POOL_MEMBER
+                && v.fenced != 0
+                && v.ifindex == floatip_common::POOL_NO_NIC),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every pool prefix: (address, length, excluded, NIC ifindex).
     pub fn pool_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8, bool, u32)>> {
         let mut out = Vec::new();

@@ -138,6 +138,9 @@ pub struct EtcdStore {
     path: PathBuf,
     /// The revision of the last full read: the state a resync brought the maps to.
     last_revision: i64,
+    /// Each floating IP's `mod_revision` as last read or written: a gateway that has applied
+    /// that revision carries its current association.
+    ip_revisions: std::collections::HashMap<Ipv4Addr, i64>,
 }
 
 /// The largest state one read takes in.
@@ -193,6 +196,7 @@ impl EtcdStore {
             client,
             path,
             last_revision: 0,
+            ip_revisions: Default::default(),
         };
         store.init_meta()?;
         Ok(store)
@@ -286,6 +290,19 @@ impl EtcdStore {
         })?;
         let (state, rev) = State::decode(resp.kvs())?;
         self.last_revision = resp.header().map_or(0, |h| h.revision());
+        self.ip_revisions = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                let a = key
+                    .strip_prefix(PREFIX)?
+                    .strip_prefix("ip/")?
+                    .parse()
+                    .ok()?;
+                Some((a, kv.mod_revision()))
+            })
+            .collect();
         if rev == 0 {
             return Err(error(
                 ErrorKind::Unavailable,
@@ -296,6 +313,11 @@ impl EtcdStore {
             ));
         }
         Ok((state, rev))
+    }
+
+    /// The `mod_revision` of floating IP `address` as last read or written.
+    pub fn ip_revision(&self, address: Ipv4Addr) -> Option<i64> {
+        self.ip_revisions.get(&address).copied()
     }
 
     /// The revision of the last full read (see [`Self::read`]).
@@ -351,7 +373,17 @@ impl EtcdStore {
                 .when([Compare::mod_revision(META, CompareOp::Equal, meta_rev)])
                 .and_then(ops);
             match self.call(async |c| c.txn(txn.clone()).await) {
-                Ok(r) if r.succeeded() => return Ok(value),
+                Ok(r) if r.succeeded() => {
+                    let revision = r.header().map_or(0, |h| h.revision());
+                    for (k, _) in new.iter().filter(|(k, v)| old.get(*k) != Some(v)) {
+                        if let Some(a) = k.strip_prefix(PREFIX).and_then(|r| r.strip_prefix("ip/"))
+                            && let Ok(a) = a.parse()
+                        {
+                            self.ip_revisions.insert(a, revision);
+                        }
+                    }
+                    return Ok(value);
+                }
                 Ok(_) => {}
                 // No answer (a leader change, a timeout): it may have committed all the same.
                 Err(e) => match self.committed(meta_rev, token) {
