@@ -422,5 +422,34 @@ mod tests {
         assert!(e("colour = 1\n", |_| {}).contains("unknown field `colour`"));
         assert!(e("[dataplane]\nexternal = [\"e0\"]\n", |_| {}).contains("needs both"));
         assert!(e("[dataplane]\nmode = \"fast\"\n", |_| {}).contains("mode 'fast'"));
+        // A group needs etcd, a valid name, tenant addresses in the one syntax.
+        assert!(e("[group]\ngateway = \"gw1\"\n", |_| {}).contains("needs the state in etcd"));
+        let etcd = "store = \"etcd://h:1\"\n[group]\n";
+        assert!(e(&format!("{etcd}gateway = \"gw 1\"\n"), |_| {}).contains("gateway name"));
+        assert!(
+            e(
+                &format!("{etcd}gateway = \"g\"\ntenant_gateways = [\"x\"]\n"),
+                |_| {}
+            )
+            .contains("POOL=ADDRESS/LEN@IFACE")
+        );
+        assert!(
+            e(&format!("{etcd}gateway = \"g\"\nlease_ttl = 0\n"), |_| {}).contains("lease_ttl")
+        );
+        let c = load(
+            &format!("{etcd}gateway = \"g\"\ntenant_gateways = [\"p=10.0.0.1/24@i0\"]\n"),
+            |_| {},
+        )
+        .unwrap();
+        let g = c.group.unwrap();
+        assert_eq!(
+            (g.gateway.as_str(), g.lease_ttl.as_secs(), g.tenant.len()),
+            ("g", 2, 1)
+        );
+        assert!(
+            e("", |a| a.tenant_gateway =
+                vec!["p=10.0.0.1/24@i0".parse().unwrap()])
+            .contains("needs --gateway")
+        );
     }
 }
