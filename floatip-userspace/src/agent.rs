@@ -32,6 +32,7 @@ pub fn run(config: Config) -> Result<()> {
         // would otherwise have it answer for every pool).
         crate::control::set_owned(Default::default());
     }
+    let mut synced_at = None;
     if !config.external.is_empty() {
         // The boot case: the interfaces in the configuration get the programs, and fresh maps
         // get every pool and association back from the database.
@@ -39,7 +40,7 @@ pub fn run(config: Config) -> Result<()> {
             external: config.external.clone(),
             internal: config.internal.clone(),
             mode: config.mode,
-            max_associations: None,
+            max_associations: config.max_associations,
             counters: None,
         };
         // As `floatip attach`: maps pinned from another database are refused, not reloaded.
@@ -48,6 +49,7 @@ pub fn run(config: Config) -> Result<()> {
             eprintln!("floatip agent: warning: {w}");
         }
         let restored = report.restored;
+        synced_at = report.store_revision.map(|r| (r, report.pools.clone()));
         eprintln!(
             "floatip agent: attached in {} mode: external {}, internal {}; {restored} associations repaired",
             opts.mode.as_str(),
@@ -66,7 +68,9 @@ pub fn run(config: Config) -> Result<()> {
         (Some(g), StoreSpec::Etcd(endpoints)) => Some(group::GroupTask::start(
             g.clone(),
             endpoints.clone(),
+            config.bpffs.clone(),
             worker.clone(),
+            synced_at,
         )?),
         _ => None,
     };

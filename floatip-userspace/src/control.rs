@@ -38,7 +38,7 @@ use anyhow::Result;
 
 pub use self::{
     gateway::{AttachReport, Gateway, GatewayStatus},
-    group::{TenantGateway, owns, preferred_owner, set_owned},
+    group::{Fence, TenantGateway, owns, preferred_owner, set_owned},
     ips::MAX_TAGS,
     records::{Associate, FloatingIp, IpChange, IpQuery, IpStatus, Pool, Quota},
     sync::{PairDifference, RepairCounts, SyncReport, SyncState, repair_counts, take_maps_written},

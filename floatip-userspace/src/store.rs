@@ -253,6 +253,14 @@ impl Store {
         }
     }
 
+    /// Benchmark seeding of an etcd state (see [`EtcdStore::seed_pairs`]).
+    pub fn seed_pairs(&mut self, pool: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Result<()> {
+        match self {
+            Self::Sqlite(_) => bail!("seeding is for etcd stores"),
+            Self::Etcd(e) => e.seed_pairs(pool, pairs),
+        }
+    }
+
     /// etcd: the revision that last changed floating IP `address` (as last read or written).
     pub fn ip_revision(&self, address: Ipv4Addr) -> Option<i64> {
         match self {

@@ -47,6 +47,9 @@ pub struct AgentArgs {
     /// Do not run the next-hop follower (every packet then asks the FIB).
     #[arg(long)]
     pub no_follow: bool,
+    /// Size of the maps the attach at start creates (as `floatip attach --max-associations`).
+    #[arg(long, value_name = "N")]
+    pub max_associations: Option<u32>,
     /// Join the gateway group in etcd under this name: apply every association the group
     /// stores, and answer for the pools this gateway is elected to own (needs an etcd store).
     #[arg(long, value_name = "NAME")]
@@ -112,6 +115,7 @@ struct DataplaneFile {
     mode: Option<String>,
     /// Run the next-hop follower (default true).
     follow: Option<bool>,
+    max_associations: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +139,8 @@ pub struct Config {
     pub external: Vec<String>,
     pub internal: Vec<String>,
     pub mode: Mode,
+    /// Map size of the attach at start (`None`: attach's default).
+    pub max_associations: Option<u32>,
     /// Run the next-hop follower in the agent.
     pub follow: bool,
     /// Largest request body accepted (413 beyond).
@@ -238,6 +244,7 @@ impl Config {
             external: pick(&args.external, dp.external),
             internal: pick(&args.internal, dp.internal),
             mode,
+            max_associations: args.max_associations.or(dp.max_associations),
             follow: !args.no_follow && dp.follow.unwrap_or(true),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
             max_failures: auth.max_failures.unwrap_or(5),
@@ -299,6 +306,7 @@ mod tests {
             internal: Vec::new(),
             mode: None,
             no_follow: false,
+            max_associations: None,
             gateway: None,
             lease_ttl: None,
             tenant_gateway: Vec::new(),

@@ -1,83 +1,211 @@
 //! `floatip agent --gateway NAME`: this gateway's part in a group sharing its state in etcd.
 //!
-//! One task, on a thread of its own, does three things:
-//! - **apply**: it watches the state from the revision it last applied and hands every change
-//!   to the control thread ([`Control::group_apply`]), so that this gateway's maps hold every
-//!   association whichever gateway's API made it. It resumes after a broken watch from the
-//!   last revision applied, resyncs in full when that history was compacted, and publishes
-//!   the revision it has applied beside its lease.
-//! - **own**: each pool is owned by the live gateway its name hashes to
-//!   ([`preferred_owner`]); the owner key is created with the owner's lease, so it vanishes
-//!   when the owner dies, and the next preferred gateway takes it and announces it. A
-//!   gateway that is no longer preferred (one that was returned) first stops answering, then
-//!   deletes its key.
-//! - **fence**: a gateway answers only while it knows its lease alive: when no keep-alive
-//!   has been answered for the lease's TTL minus a margin, counted from when the last
-//!   answered one was sent, it stops answering for everything. etcd can expire the lease
-//!   only after the TTL from that same moment, so another gateway can own a pool only after
-//!   this one has stopped answering for it.
+//! Two threads, each with a current-thread runtime and an etcd connection of its own:
+//! - **the lease thread** keeps this gateway's lease alive (a keep-alive every TTL/3) and,
+//!   with each answered one, moves the data plane's fence ([`Fence::renew`]) to what the lease
+//!   is known to live yet: (send time of that keep-alive) + TTL − margin. etcd can expire the
+//!   lease no earlier than the TTL after that send, and only then can another gateway own a
+//!   pool of ours, so we have stopped answering by then, whatever this agent is doing (or if
+//!   it is dead). It is a thread of its own so that no long job of the control thread (a full
+//!   resync of 100,000 pairs) delays a keep-alive.
+//! - **the member thread** does the rest:
+//!   - *apply*: it watches the state from the revision it last applied and hands every change
+//!     to the control thread ([`Control::group_apply`]), so that this gateway's maps hold
+//!     every association whichever gateway's API made it. It resumes after a broken watch from
+//!     the last revision applied, resyncs in full at start and when that history was
+//!     compacted, and publishes the revision it has applied on its live key.
+//!   - *own*: each pool is owned by the live gateway its name hashes to
+//!     ([`preferred_owner`]); the owner key is created with the owner's lease, so it vanishes
+//!     when the owner dies, and the next preferred gateway takes it and announces it. A
+//!     gateway that is no longer preferred (another one came back) first stops answering,
+//!     then deletes its key.
+//!   - *fence*: when the lease is no longer known alive it drops ownership itself too (the
+//!     tenant addresses are the kernel's, which the data plane's fence does not cover).
 //!
 //! With etcd unreachable the maps keep the last state applied and forwarding goes on; only
-//! ownership stops (after the fence), as it must, since another gateway may own the pools by
-//! then.
+//! ownership stops (at the fence), as it must, since another gateway may own the pools by then.
+//!
+//! [`Control::group_apply`]: crate::control::Control::group_apply
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 
 use super::{Worker, config::GroupConfig};
 use crate::{
-    control::{TenantGateway, preferred_owner},
-    store::{Change, GroupClient, Lease, StateEvent, StateWatch},
+    control::{Fence, TenantGateway, preferred_owner},
+    store::{Change, GroupClient, Lease, PoolRow, StateEvent, StateWatch},
 };
 
 /// How often ownership is reconsidered and the fence checked.
 const TICK: Duration = Duration::from_millis(100);
 
-/// The running task's handle: [`Self::stop`] gives up ownership and the lease.
+/// The lease and since when it is known alive, shared by the two threads.
+#[derive(Default)]
+struct LeaseState {
+    lease: Option<Lease>,
+    /// When the last keep-alive that was answered (or the grant) was sent.
+    alive_since: Option<Instant>,
+}
+
+impl LeaseState {
+    /// How long the lease is known to live yet, less a margin for clocks and for the time it
+    /// takes to stop answering; zero: no longer.
+    fn left(&self, ttl: Duration) -> Duration {
+        let margin = (ttl / 4).max(Duration::from_millis(200));
+        match (self.lease, self.alive_since) {
+            (Some(lease), Some(t)) => lease.ttl.saturating_sub(margin + t.elapsed()),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+type Shared = Arc<Mutex<LeaseState>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, LeaseState> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The running threads: [`Self::stop`] gives up ownership and the lease.
 pub struct GroupTask {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("floatip agent: group: cannot start a runtime: {e}");
+            None
+        }
+    }
 }
 
 impl GroupTask {
-    pub fn start(config: GroupConfig, endpoints: Vec<String>, worker: Worker) -> Result<Self> {
+    pub fn start(
+        config: GroupConfig,
+        endpoints: Vec<String>,
+        bpffs: PathBuf,
+        worker: Worker,
+        synced_at: Option<(i64, Vec<PoolRow>)>,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let shared: Shared = Arc::default();
+        let (flag, state, ttl, eps) = (
+            stop.clone(),
+            shared.clone(),
+            config.lease_ttl,
+            endpoints.clone(),
+        );
+        let member_bpffs = bpffs.clone();
+        let lease = std::thread::Builder::new()
+            .name("floatip-lease".into())
+            .spawn(move || {
+                if let Some(rt) = runtime() {
+                    rt.block_on(keep_alive(eps, ttl, bpffs, state, flag));
+                }
+            })?;
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
+        let member = std::thread::Builder::new()
             .name("floatip-group".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("floatip agent: group: cannot start a runtime: {e}");
-                        return;
+                if let Some(rt) = runtime() {
+                    let mut member = Member::new(config, endpoints, &member_bpffs, worker, shared);
+                    // The attach at start has just brought the maps to this revision.
+                    if let Some((revision, pools)) = synced_at {
+                        member.applied = Some(revision);
+                        member.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
                     }
-                };
-                rt.block_on(Member::new(config, endpoints, worker).run(flag));
+                    rt.block_on(member.run(flag));
+                }
             })?;
         Ok(Self {
             stop,
-            thread: Some(thread),
+            threads: vec![member, lease],
         })
     }
 
     /// Stops answering, releases the pools (by revoking the lease, so the others take over at
-    /// once) and waits for the task.
-    pub fn stop(mut self) {
+    /// once) and waits for the threads.
+    pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// The lease thread (see the module).
+async fn keep_alive(
+    endpoints: Vec<String>,
+    ttl: Duration,
+    bpffs: PathBuf,
+    state: Shared,
+    stop: Arc<AtomicBool>,
+) {
+    let mut fence = Fence::new(&bpffs);
+    let mut client: Option<GroupClient> = None;
+    let mut last_error = String::new();
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(ttl / 3).await;
+        let Some(lease) = lock(&state).lease else {
+            continue;
+        };
+        let sent = Instant::now();
+        let answered = async {
+            if client.is_none() {
+                client = Some(GroupClient::connect(&endpoints).await?);
+            }
+            client
+                .as_mut()
+                .expect("connected above")
+                .keep_alive(lease, ttl / 3)
+                .await
+        }
+        .await;
+        match answered {
+            Ok(ttl_left) if ttl_left > 0 => {
+                let left = {
+                    let mut s = lock(&state);
+                    if s.lease.map(|l| l.id) == Some(lease.id) {
+                        s.alive_since = Some(sent);
+                    }
+                    s.left(ttl)
+                };
+                if let Err(e) = fence.renew(left) {
+                    eprintln!("floatip agent: group: cannot renew the fence: {e:#}");
+                }
+                last_error.clear();
+            }
+            other => {
+                let e = match other {
+                    Err(e) => format!("{e:#}"),
+                    Ok(_) => "lease not found".to_owned(),
+                };
+                if e.contains("lease not found") {
+                    // Expired while we were cut off: the member thread joins again.
+                    let mut s = lock(&state);
+                    if s.lease.map(|l| l.id) == Some(lease.id) {
+                        *s = LeaseState::default();
+                    }
+                }
+                if e != last_error {
+                    eprintln!("floatip agent: group: keep-alive: {e}");
+                    last_error = e;
+                }
+            }
         }
     }
 }
@@ -88,43 +216,50 @@ struct Member {
     tenant: Vec<TenantGateway>,
     endpoints: Vec<String>,
     worker: Worker,
+    shared: Shared,
+    /// Set once at joining, so that the pools claimed right after are answered before the
+    /// lease thread's first keep-alive.
+    fence: Fence,
     client: Option<GroupClient>,
+    /// The lease this thread last saw (a new one means joining again).
     lease: Option<Lease>,
-    /// When the last keep-alive that was answered was sent: the lease lives at least the TTL
-    /// from then.
-    alive_since: Option<Instant>,
-    last_keepalive: Option<Instant>,
     watch: Option<StateWatch>,
     /// The revision the maps reflect; `None` until the first full sync.
     applied: Option<i64>,
     reported: i64,
-    pools: BTreeSet<String>,
+    pools: BTreeMap<String, PoolRow>,
     /// What the data plane answers for now.
     owned: BTreeSet<String>,
     /// Since when each pool has had no owner (a preferred gateway that never claims it is
     /// passed over after a while).
-    unowned_since: std::collections::BTreeMap<String, Instant>,
+    unowned_since: BTreeMap<String, Instant>,
     last_error: String,
 }
 
 impl Member {
-    fn new(config: GroupConfig, endpoints: Vec<String>, worker: Worker) -> Self {
+    fn new(
+        config: GroupConfig,
+        endpoints: Vec<String>,
+        bpffs: &std::path::Path,
+        worker: Worker,
+        shared: Shared,
+    ) -> Self {
         Self {
+            fence: Fence::new(bpffs),
             name: config.gateway,
             ttl: config.lease_ttl,
             tenant: config.tenant,
             endpoints,
             worker,
+            shared,
             client: None,
             lease: None,
-            alive_since: None,
-            last_keepalive: None,
             watch: None,
             applied: None,
             reported: 0,
-            pools: BTreeSet::new(),
+            pools: BTreeMap::new(),
             owned: BTreeSet::new(),
-            unowned_since: Default::default(),
+            unowned_since: BTreeMap::new(),
             last_error: String::new(),
         }
     }
@@ -158,7 +293,8 @@ impl Member {
         if let Err(e) = self.own(BTreeSet::new()).await {
             self.report("cannot stop answering", &e);
         }
-        if let (Some(client), Some(lease)) = (self.client.as_mut(), self.lease) {
+        let lease = std::mem::take(&mut *lock(&self.shared)).lease;
+        if let (Some(client), Some(lease)) = (self.client.as_mut(), lease) {
             let _ = client.leave(lease).await;
         }
         eprintln!("floatip agent: group: {} left the group", self.name);
@@ -169,11 +305,10 @@ impl Member {
             Ok(StateEvent::Changes { revision, changes }) => {
                 for c in &changes {
                     if let Change::Pool { name, now, .. } = c {
-                        if now.is_some() {
-                            self.pools.insert(name.clone());
-                        } else {
-                            self.pools.remove(name);
-                        }
+                        match now {
+                            Some(row) => self.pools.insert(name.clone(), row.clone()),
+                            None => self.pools.remove(name),
+                        };
                     }
                 }
                 let applied = self.worker.run(move |c| c.group_apply(&changes)).await;
@@ -220,6 +355,10 @@ impl Member {
         }
     }
 
+    fn answering_allowed(&self) -> bool {
+        !lock(&self.shared).left(self.ttl).is_zero()
+    }
+
     async fn step(&mut self) {
         self.fence().await;
         if let Err(e) = self.try_step().await {
@@ -235,7 +374,7 @@ impl Member {
         if self.applied.is_none() {
             let (revision, pools) = self.worker.run(|c| c.group_resync()).await?;
             self.applied = Some(revision);
-            self.pools = pools;
+            self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
             self.watch = None;
         }
         let applied = self.applied.unwrap_or(0);
@@ -243,15 +382,25 @@ impl Member {
             let client = self.client.as_mut().expect("connected above");
             self.watch = Some(client.watch_state(applied + 1).await?);
         }
-        if self.lease.is_none() {
+        let current = lock(&self.shared).lease;
+        if current.is_none() {
+            if !self.owned.is_empty() {
+                // A lease that expired: the fence has already stopped every answer.
+                self.own(BTreeSet::new()).await?;
+            }
             let sent = Instant::now();
             let client = self.client.as_mut().expect("connected above");
             let lease = client.join(&self.name, self.ttl, applied).await?;
+            let left = {
+                let mut s = lock(&self.shared);
+                *s = LeaseState {
+                    lease: Some(lease),
+                    alive_since: Some(sent),
+                };
+                s.left(self.ttl)
+            };
+            self.fence.renew(left)?;
             self.reported = applied;
-            self.lease = Some(lease);
-            self.alive_since = Some(sent);
-            self.last_keepalive = Some(sent);
-            self.renew().await?;
             if lease.ttl != self.ttl {
                 eprintln!(
                     "floatip agent: group: etcd granted a lease of {:?}, not {:?}",
@@ -263,56 +412,11 @@ impl Member {
                 self.name, lease.ttl
             );
         }
-        let lease = self.lease.expect("set above");
-        if self
-            .last_keepalive
-            .is_none_or(|t| t.elapsed() >= lease.ttl / 3)
-        {
-            let sent = Instant::now();
-            self.last_keepalive = Some(sent);
-            let client = self.client.as_mut().expect("connected above");
-            match client.keep_alive(lease, lease.ttl / 3).await {
-                Ok(ttl) if ttl > 0 => {
-                    self.alive_since = Some(sent);
-                    self.renew().await?;
-                }
-                Err(e) if !format!("{e:#}").contains("lease not found") => {
-                    return Err(e.context("keep-alive"));
-                }
-                _ => {
-                    // Expired (we were cut off for longer than the TTL): a new lease, and the
-                    // fence has already stopped every answer.
-                    self.lease = None;
-                    self.alive_since = None;
-                    self.fence().await;
-                    return Err(anyhow!("the lease expired; joining again"));
-                }
-            }
-        }
+        self.lease = lock(&self.shared).lease;
         if !self.answering_allowed() {
             return Ok(());
         }
         self.reconcile().await
-    }
-
-    /// How long the lease is known to live yet, less a margin for clocks and the time it
-    /// takes to stop answering; zero: no longer.
-    fn answering_left(&self) -> Duration {
-        let margin = (self.ttl / 4).max(Duration::from_millis(200));
-        match (self.lease, self.alive_since) {
-            (Some(lease), Some(t)) => lease.ttl.saturating_sub(margin + t.elapsed()),
-            _ => Duration::ZERO,
-        }
-    }
-
-    fn answering_allowed(&self) -> bool {
-        !self.answering_left().is_zero()
-    }
-
-    /// Moves the data plane's own fence to the end of what the lease is known to live.
-    async fn renew(&mut self) -> Result<()> {
-        let left = self.answering_left();
-        self.worker.run(move |c| c.group_renew(left)).await
     }
 
     async fn fence(&mut self) {
@@ -331,7 +435,9 @@ impl Member {
     /// Claims the pools this gateway is preferred for, gives up the ones it is not, and makes
     /// the data plane answer for what it owns.
     async fn reconcile(&mut self) -> Result<()> {
-        let lease = self.lease.expect("checked by the caller");
+        let Some(lease) = self.lease else {
+            return Ok(());
+        };
         let client = self.client.as_mut().expect("checked by the caller");
         let view = client.view(lease.ttl / 3).await?;
         let mut live: Vec<&str> = view.live.keys().map(String::as_str).collect();
@@ -340,7 +446,7 @@ impl Member {
         }
         let mut want = BTreeSet::new();
         let mut release = Vec::new();
-        for pool in &self.pools {
+        for pool in self.pools.keys() {
             let preferred = preferred_owner(pool, live.iter().copied());
             let me = preferred == Some(self.name.as_str());
             match view.owners.get(pool) {
@@ -375,7 +481,7 @@ impl Member {
         }
         // Owner keys of pools that are gone.
         for (pool, owner) in &view.owners {
-            if *owner == self.name && !self.pools.contains(pool) {
+            if *owner == self.name && !self.pools.contains_key(pool) {
                 release.push(pool.clone());
             }
         }
@@ -394,14 +500,15 @@ impl Member {
         Ok(())
     }
 
-    /// Makes the data plane answer for `pools` (and remembers it only once it does).
-    async fn own(&mut self, pools: BTreeSet<String>) -> Result<()> {
+    /// Makes the data plane answer for `owned` (and remembers it only once it does).
+    async fn own(&mut self, owned: BTreeSet<String>) -> Result<()> {
         let tenant = self.tenant.clone();
-        let wanted = pools.clone();
+        let pools: Vec<PoolRow> = self.pools.values().cloned().collect();
+        let wanted = owned.clone();
         self.worker
-            .run(move |c| c.group_own(&wanted, &tenant))
+            .run(move |c| c.group_own(&wanted, &pools, &tenant))
             .await?;
-        self.owned = pools;
+        self.owned = owned;
         Ok(())
     }
 }

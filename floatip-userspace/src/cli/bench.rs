@@ -18,6 +18,38 @@ use crate::{
 pub enum BenchCmd {
     /// Send 64-byte UDP frames out of an interface at the highest rate the CPU allows.
     Gen(GenArgs),
+    /// Fill an etcd state with COUNT associations in POOL, fast (for `bench --only gateways`:
+    /// not atomic, no checks beyond the pool's existence).
+    #[command(hide = true)]
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    #[arg(long)]
+    pool: String,
+    #[arg(long)]
+    count: u32,
+    /// First floating IP; the others follow it.
+    #[arg(long, value_name = "IP")]
+    floating: String,
+    /// First fixed IP; the others follow it.
+    #[arg(long, value_name = "IP")]
+    fixed: String,
+}
+
+pub fn seed(store: &crate::store::StoreSpec, args: &SeedArgs) -> Result<()> {
+    let floating = u32::from(parse_ipv4(&args.floating)?);
+    let fixed = u32::from(parse_ipv4(&args.fixed)?);
+    let pairs: Vec<_> = (0..args.count)
+        .map(|i| {
+            (
+                floating.wrapping_add(i).into(),
+                fixed.wrapping_add(i).into(),
+            )
+        })
+        .collect();
+    crate::store::Store::open_spec(store, false)?.seed_pairs(&args.pool, &pairs)
 }
 
 #[derive(Debug, Args)]
@@ -70,8 +102,11 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-pub fn run(cmd: &BenchCmd) -> Result<()> {
-    let BenchCmd::Gen(a) = cmd;
+pub fn run(cli: &super::Cli, cmd: &BenchCmd) -> Result<()> {
+    let a = match cmd {
+        BenchCmd::Gen(a) => a,
+        BenchCmd::Seed(s) => return seed(&cli.store_spec()?, s),
+    };
     if !(1..=256).contains(&a.batch) {
         bail!("--batch must be between 1 and 256");
     }

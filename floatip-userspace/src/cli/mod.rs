@@ -122,7 +122,7 @@ pub fn main() -> ExitCode {
         Command::Quota(cmd) => quota::run(&cli, cmd),
         Command::User(cmd) => user::run(&cli, cmd),
         Command::Agent(args) => agent::run(&cli, args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => bench::run(&cli, cmd),
         Command::GenDocs { dir } => docs::generate(dir),
     };
     match result {

@@ -45,6 +45,13 @@ pub struct AttachReport {
     pub restored: usize,
     /// Things that work but may not do what the operator expects.
     pub warnings: Vec<String>,
+    /// etcd: the revision of the state the maps were brought to (a gateway group's agent
+    /// watches from the next one instead of reading everything again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_revision: Option<i64>,
+    /// The pools as that revision has them.
+    #[serde(skip)]
+    pub pools: Vec<crate::store::PoolRow>,
 }
 
 /// The data plane of one gateway, for the commands that need only its pins and maps (never
@@ -111,7 +118,8 @@ impl Gateway {
         }
         let attach_warnings = Dataplane::attach(&self.bpffs, opts)?;
         let mut control = Control::open_adopting(state, &self.bpffs)?;
-        let restored = control.resync()?;
+        let (restored, pools) = control.resync_pools()?;
+        let store_revision = control.store.last_revision();
         let mut warnings = unanswered_pools(&mut control)?;
         warnings.extend(attach_warnings);
         if opts.mode == Mode::Xdp {
@@ -125,7 +133,12 @@ impl Gateway {
                 }
             }
         }
-        Ok(AttachReport { restored, warnings })
+        Ok(AttachReport {
+            restored,
+            warnings,
+            store_revision,
+            pools,
+        })
     }
 
     /// Removes the programs of `interfaces` (every one when empty, with every pin).

@@ -7,11 +7,7 @@
 //! and the instances send their frames. A process not in a group (`floatip` on one gateway,
 //! the agent on SQLite) owns every pool.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
-    sync::RwLock,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::RwLock};
 
 use anyhow::{Context, Result};
 
@@ -22,6 +18,7 @@ use super::{
     validate::stored_ranges,
 };
 use crate::{
+    addr::PoolRanges,
     dataplane::Dataplane,
     garp, iface,
     store::{Change, PoolRow},
@@ -39,7 +36,7 @@ pub fn owns(pool: &str) -> bool {
 }
 
 /// Whether this process is a gateway of a group: its pools' trie entries are then fenced
-/// (answered only until the deadline [`Control::group_renew`] sets).
+/// (answered only until the deadline [`Fence::renew`] sets).
 pub fn in_group() -> bool {
     OWNED.read().is_ok_and(|o| o.is_some())
 }
@@ -99,22 +96,13 @@ impl Control {
         self.store.group_view()
     }
 
-    /// The lease is known alive for `left` more: the data plane answers for the pools this
-    /// gateway owns until then, and stops by itself if no renewal follows.
-    pub fn group_renew(&mut self, left: std::time::Duration) -> Result<()> {
-        if let (_, Some(maps)) = self.parts()? {
-            maps.set_answer_until(left)?;
-        }
-        Ok(())
-    }
-
     /// Brings the maps to the state as it is now, in full (a gateway's start, or a watch
     /// that cannot resume): returns the revision read, and the pools.
-    pub fn group_resync(&mut self) -> Result<(i64, BTreeSet<String>)> {
+    pub fn group_resync(&mut self) -> Result<(i64, Vec<PoolRow>)> {
         let (store, maps) = self.parts()?;
         let pools = match maps {
             // Nothing to bring up to date; the revision still counts as applied.
-            None => store.read(|tx| Ok(tx.pool_list()?.into_iter().map(|p| p.name).collect()))?,
+            None => store.read(|tx| tx.pool_list())?,
             Some(maps) => store.read(|tx| {
                 let rows = tx.pool_list()?;
                 for pool in &rows {
@@ -126,7 +114,7 @@ impl Control {
                 repair(tx, maps)?;
                 maps.rebuild_spoof_filter()?;
                 batch::record_generation(maps, tx.generation()?)?;
-                Ok(rows.into_iter().map(|p| p.name).collect())
+                Ok(rows)
             })?,
         };
         Ok((store.last_revision().unwrap_or(0), pools))
@@ -198,7 +186,12 @@ impl Control {
     /// What is given up goes first, so that two gateways never both answer because of this
     /// one. Idempotent: it sets the whole state each time, so a call that failed half way is
     /// completed by the next.
-    pub fn group_own(&mut self, owned: &BTreeSet<String>, tenant: &[TenantGateway]) -> Result<()> {
+    pub fn group_own(
+        &mut self,
+        owned: &BTreeSet<String>,
+        pools: &[PoolRow],
+        tenant: &[TenantGateway],
+    ) -> Result<()> {
         let before = OWNED
             .read()
             .map(|o| o.clone())
@@ -206,17 +199,12 @@ impl Control {
             .unwrap_or_default();
         let gained: BTreeSet<String> = owned.difference(&before).cloned().collect();
         let announcer = self.announcer.clone();
-        let (store, mut maps) = self.parts()?;
-        let rows: HashMap<String, PoolRow> = store
-            .read(|tx| tx.pool_list())?
-            .into_iter()
-            .map(|p| (p.name.clone(), p))
-            .collect();
+        let (_, mut maps) = self.parts()?;
         // Off first (what is kept and nothing else), on after.
         for stage in [before.intersection(owned).cloned().collect(), owned.clone()] {
             set_owned(stage);
             if let Some(maps) = maps.as_deref_mut() {
-                for pool in rows.values() {
+                for pool in pools {
                     trie_add(maps, &stored_ranges(pool)?.trie_entries(), answer_nic(pool))?;
                 }
             }
@@ -245,13 +233,20 @@ impl Control {
             }
         }
         if let Some(maps) = maps {
-            for pool in gained.iter().filter_map(|p| rows.get(p)) {
-                for ip in store.read(|tx| tx.ip_addresses_in_pool(&pool.name))? {
-                    if maps.fixed_of(ip)?.is_some() {
+            let gained: Vec<(&PoolRow, PoolRanges)> = pools
+                .iter()
+                .filter(|p| gained.contains(&p.name))
+                .map(|p| Ok((p, stored_ranges(p)?)))
+                .collect::<Result<_>>()?;
+            if !gained.is_empty() {
+                // From the maps, which hold every association: no read of the whole state.
+                for pair in maps.nat_list()? {
+                    if let Some((pool, _)) = gained.iter().find(|(_, r)| r.contains(pair.floating))
+                    {
                         announce(
                             maps,
                             announcer.as_deref(),
-                            ip,
+                            pair.floating,
                             pool.external_iface.as_deref(),
                         );
                     }
@@ -261,6 +256,42 @@ impl Control {
             maps.refresh_gateway_addresses()?;
         }
         Ok(())
+    }
+}
+
+/// The data plane's fence, renewed off the control thread (a long job there must not let
+/// the deadline pass): a map handle of its own.
+pub struct Fence {
+    bpffs: std::path::PathBuf,
+    maps: Option<Dataplane>,
+}
+
+impl Fence {
+    pub fn new(bpffs: &std::path::Path) -> Self {
+        Self {
+            bpffs: bpffs.to_owned(),
+            maps: None,
+        }
+    }
+
+    /// Fenced pools are answered for `left` more (what the lease is known to live yet, less a margin).
+    pub fn renew(&mut self, left: std::time::Duration) -> Result<()> {
+        if self.maps.is_none() {
+            if !Dataplane::is_attached(&self.bpffs) {
+                return Ok(());
+            }
+            self.maps = Some(Dataplane::open(&self.bpffs)?);
+        }
+        let result = self
+            .maps
+            .as_mut()
+            .expect("opened above")
+            .set_answer_until(left);
+        if result.is_err() {
+            // Detached and attached again: new maps next time.
+            self.maps = None;
+        }
+        result
     }
 }
 
@@ -316,6 +347,8 @@ pub(super) fn answer_nic_for(name: &str, external: Option<&str>) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]

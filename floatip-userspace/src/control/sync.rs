@@ -13,7 +13,12 @@ use anyhow::Result;
 use floatip_common::{POOL_ANY_NIC, POOL_NO_NIC};
 
 use super::{Control, GENERATION_DIRTY, batch, validate::stored_ranges};
-use crate::{addr::TrieEntry, dataplane::Dataplane, iface, store::Tx};
+use crate::{
+    addr::TrieEntry,
+    dataplane::Dataplane,
+    iface,
+    store::{PoolRow, Tx},
+};
 
 // Per process, not per `Control`: the agent opens a new one after a detach and attach, and
 // what `/metrics` shows is counted since the process started, as Prometheus counters are.
@@ -59,14 +64,20 @@ impl Control {
     /// association, and the generation. For `floatip attach`. Needs `pool_prefix_add` to accept
     /// entries that are already there. Returns the number of associations repaired.
     pub fn resync(&mut self) -> Result<usize> {
+        self.resync_pools().map(|(repaired, _)| repaired)
+    }
+
+    /// [`Self::resync`], also returning the pools it read.
+    pub(super) fn resync_pools(&mut self) -> Result<(usize, Vec<PoolRow>)> {
         let (store, maps) = self.parts_attached()?;
         // In a write transaction only for its lock: no other floatip changes state meanwhile.
         store.write(|tx| {
             let mut wanted = HashSet::new();
-            for pool in tx.pool_list()? {
+            let pools = tx.pool_list()?;
+            for pool in &pools {
                 let entries = stored_ranges(&pool)?.trie_entries();
                 // Overwrites entries already there: a NIC that came back has another ifindex.
-                trie_add(maps, &entries, super::group::answer_nic(&pool))?;
+                trie_add(maps, &entries, super::group::answer_nic(pool))?;
                 wanted.extend(entries.iter().map(|e| (e.addr, e.len)));
             }
             // Prefixes of pools this database does not have (maps adopted from another one,
@@ -86,7 +97,7 @@ impl Control {
             }
             maps.set_generation(generation)?;
             maps.set_db_identity(tx.identity()?)?;
-            Ok(repaired)
+            Ok((repaired, pools.clone()))
         })
     }
 }

@@ -28,6 +28,10 @@ use crate::iface;
 pub(super) const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
+/// Serialises this process's read-modify-writes of `META` (the control thread's generation and
+/// the group's fence deadline are written from different threads).
+static META_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Handle on the pinned maps of an attached data plane.
 pub struct Dataplane {
     pub(super) bpffs: PathBuf,
@@ -638,6 +642,7 @@ impl Dataplane {
     }
 
     pub fn set_generation(&mut self, generation: u64) -> Result<()> {
+        let _held = META_LOCK.lock();
         let mut m = self.meta.get(&0, 0)?;
         m.generation = generation;
         self.meta.set(0, m, 0)?;
@@ -646,6 +651,7 @@ impl Dataplane {
 
     /// Fenced pool entries are answered until `deadline` from now (none if it has passed).
     pub fn set_answer_until(&mut self, deadline: Duration) -> Result<()> {
+        let _held = META_LOCK.lock();
         let mut m = self.meta.get(&0, 0)?;
         m.answer_until = super::hops::coarse_now_ns() + deadline.as_nanos() as u64;
         self.meta.set(0, m, 0)?;
@@ -658,6 +664,7 @@ impl Dataplane {
     }
 
     pub fn set_db_identity(&mut self, identity: u64) -> Result<()> {
+        let _held = META_LOCK.lock();
         let mut m = self.meta.get(&0, 0)?;
         m.db_identity = identity;
         self.meta.set(0, m, 0)?;
@@ -666,6 +673,7 @@ impl Dataplane {
 
     /// Whether the programs write their event log (see [`log::follow`]).
     pub fn set_log_enabled(&mut self, on: bool) -> Result<()> {
+        let _held = META_LOCK.lock();
         let mut m = self.meta.get(&0, 0)?;
         m.log_enabled = u32::from(on);
         self.meta.set(0, m, 0)?;
