@@ -41,6 +41,8 @@ pub struct Cluster {
     token: String,
     /// The network namespace the members run in (`None`: the test's own).
     netns: Option<String>,
+    /// The address the members listen on (127.0.0.1 unless a namespace's other address).
+    host: String,
     /// Why the starts before the one that worked failed.
     pub failed_starts: Vec<String>,
 }
@@ -63,7 +65,13 @@ impl Cluster {
     /// `size` members on the loopback of network namespace `netns` (a lab's gateway, where
     /// the `floatip` under test runs).
     pub fn in_netns(size: usize, netns: &str) -> Result<Self> {
-        Self::start(size, Some(netns.to_owned()), None)
+        Self::start_on(size, Some(netns.to_owned()), None, "127.0.0.1")
+    }
+
+    /// `size` members in network namespace `netns` listening on its address `host` (reachable
+    /// from other namespaces, as a gateway group's store must be).
+    pub fn in_netns_on(size: usize, netns: &str, host: &str) -> Result<Self> {
+        Self::start_on(size, Some(netns.to_owned()), None, host)
     }
 
     /// One member whose first start is given client port `port` (the harness's own test: a
@@ -73,6 +81,15 @@ impl Cluster {
     }
 
     fn start(size: usize, netns: Option<String>, first_port: Option<u16>) -> Result<Self> {
+        Self::start_on(size, netns, first_port, "127.0.0.1")
+    }
+
+    fn start_on(
+        size: usize,
+        netns: Option<String>,
+        first_port: Option<u16>,
+        host: &str,
+    ) -> Result<Self> {
         if !Path::new(ETCD).exists() {
             bail!("{ETCD} not found: `cargo xtask setup` installs Debian's etcd-server");
         }
@@ -98,6 +115,7 @@ impl Cluster {
                 members,
                 token: format!("floatip-test-{}-{n}-{attempt}", std::process::id()),
                 netns: netns.clone(),
+                host: host.to_owned(),
                 failed_starts: Vec::new(),
             };
             match cluster.boot() {
@@ -125,7 +143,7 @@ impl Cluster {
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}=http://{}:{}", m.name, self.host, m.peer))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -138,8 +156,8 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))?;
-        let client = format!("http://127.0.0.1:{}", m.client);
-        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let client = format!("http://{}:{}", self.host, m.client);
+        let peer = format!("http://{}:{}", self.host, m.peer);
         let mut cmd = match &self.netns {
             None => Command::new(ETCD),
             Some(ns) => {
@@ -193,6 +211,7 @@ impl Cluster {
                 }
             }
             let ports: Vec<u16> = pending.iter().map(|&i| self.members[i].client).collect();
+            let host = self.host.clone();
             let check = move || -> Vec<bool> {
                 let agent = ureq::AgentBuilder::new()
                     .timeout(Duration::from_millis(500))
@@ -201,7 +220,7 @@ impl Cluster {
                     .iter()
                     .map(|port| {
                         agent
-                            .get(&format!("http://127.0.0.1:{port}/health"))
+                            .get(&format!("http://{host}:{port}/health"))
                             .call()
                             .ok()
                             .and_then(|r| r.into_string().ok())
@@ -246,11 +265,11 @@ impl Cluster {
             .collect()
     }
 
-    /// The members' `127.0.0.1:PORT` client addresses.
+    /// The members' `HOST:PORT` client addresses.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client))
+            .map(|m| format!("{}:{}", self.host, m.client))
             .collect()
     }
 

@@ -2,6 +2,7 @@ pub mod agent;
 pub mod differential;
 pub mod etcd;
 pub mod fixture;
+pub mod gateways;
 pub mod malformed;
 pub mod model;
 pub mod netns;

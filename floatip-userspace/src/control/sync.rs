@@ -75,7 +75,7 @@ impl Control {
             let mut wanted = HashSet::new();
             let pools = tx.pool_list()?;
             for pool in &pools {
-                let entries = stored_ranges(&pool)?.trie_entries();
+                let entries = stored_ranges(pool)?.trie_entries();
                 // Overwrites entries already there: a NIC that came back has another ifindex.
                 trie_add(maps, &entries, super::group::answer_nic(pool))?;
                 wanted.extend(entries.iter().map(|e| (e.addr, e.len)));

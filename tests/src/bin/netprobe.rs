@@ -26,6 +26,10 @@
 //!                                 until its end marker (or 5 s without datagrams);
 //!                                 prints "receiving from IP:PORT" at the first datagram,
 //!                                 then one line "total=.. unique=.. missing=.. ..."
+//! tcp-ping ADDR PORT INTERVAL_MS  one long-lived connection to a tcp-serve: an 8-byte
+//!                                 counter every INTERVAL_MS, each echo checked, until
+//!                                 SIGTERM; prints "ok rounds=N max_round_ms=M" (a reset
+//!                                 or a wrong echo fails it: the connection did not survive)
 //! tcx-count IFACE                 BPF_PROG_QUERY: "ingress=N egress=M" TCX programs
 //! xdp-pass IFACE                  attach a 2-instruction XDP_PASS program (native mode)
 //!                                 through a bpf_link, print "attached", and hold it
@@ -115,9 +119,10 @@ fn main() -> ExitCode {
         Some("garp") => garp(&args),
         Some("udp-stream") => udp_stream(&args),
         Some("udp-sink") => udp_sink(&args),
+        Some("tcp-ping") => tcp_ping(&args),
         Some("tcx-count") => tcx_count(&args),
         Some("xdp-pass") => xdp_pass(&args),
-        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|garp|udp-stream|udp-sink|tcx-count|xdp-pass ...".into()),
+        _ => Err("usage: netprobe tcp-serve|tcp-send|udp-echo|udp-ask|udp-refused|spoof|garp|udp-stream|udp-sink|tcp-ping|tcx-count|xdp-pass ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -543,6 +548,42 @@ fn wall_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn tcp_ping(args: &[String]) -> Res<()> {
+    let addr: Ipv4Addr = arg(args, 1, "ADDR")?;
+    let port: u16 = arg(args, 2, "PORT")?;
+    let interval: u64 = arg(args, 3, "INTERVAL_MS")?;
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t) };
+    let mut conn = TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}:{port}: {e}"))?;
+    // Longer than any failover: the connection is what is tested, not the wait.
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    conn.set_nodelay(true).map_err(|e| e.to_string())?;
+    println!(
+        "connected {}",
+        conn.local_addr().map_err(|e| e.to_string())?
+    );
+    let _ = io::stdout().flush();
+    let (mut rounds, mut worst) = (0u64, Duration::ZERO);
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = Instant::now();
+        conn.write_all(&rounds.to_be_bytes())
+            .map_err(|e| format!("round {rounds}: send: {e}"))?;
+        let mut echo = [0u8; 8];
+        conn.read_exact(&mut echo)
+            .map_err(|e| format!("round {rounds}: echo: {e}"))?;
+        if u64::from_be_bytes(echo) != rounds {
+            return Err(format!("round {rounds}: wrong echo {echo:?}"));
+        }
+        worst = worst.max(started.elapsed());
+        rounds += 1;
+        thread::sleep(Duration::from_millis(interval));
+    }
+    println!("ok rounds={rounds} max_round_ms={}", worst.as_millis());
+    Ok(())
 }
 
 fn udp_stream(args: &[String]) -> Res<()> {
