@@ -79,7 +79,12 @@ impl GatewayLab {
     /// Builds the segments, `count` gateways (not started) and the etcd cluster, and creates
     /// the admin user and the pool.
     pub fn build(count: usize, mode: Mode) -> Result<Self> {
-        let floatip_bin = crate::netns::floatip_binary();
+        Self::build_with(count, mode, &crate::netns::floatip_binary())
+    }
+
+    /// [`Self::build`] with the `floatip` binary at `floatip_bin` (`netprobe` beside it).
+    pub fn build_with(count: usize, mode: Mode, floatip_bin: &std::path::Path) -> Result<Self> {
+        let floatip_bin = floatip_bin.to_path_buf();
         let netprobe_bin = floatip_bin.with_file_name("netprobe");
         let mut topo = Topology::new();
         let rtr = topo.namespace("rtr")?;

@@ -7,6 +7,7 @@ mod api;
 mod control;
 mod cost;
 mod env;
+mod gateways;
 mod memory;
 mod plot;
 mod throughput;
@@ -46,6 +47,8 @@ enum Part {
     Memory,
     /// The agent's API against the CLI.
     Api,
+    /// A gateway group on etcd: propagation, failover, cold start.
+    Gateways,
 }
 
 #[derive(Debug, Parser)]
@@ -135,6 +138,7 @@ struct Results {
     control: Option<ControlResult>,
     memory: Option<MemoryResult>,
     api: Option<ApiResult>,
+    gateways: Option<gateways::GatewaysResult>,
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -248,6 +252,16 @@ fn run(args: &Args) -> Result<()> {
             (&[0, 10_000, 100_000], 200, Duration::from_secs(10))
         };
         res.api = Some(api::run(&floatip, levels, runs, window)?);
+    }
+
+    if want(Part::Gateways) {
+        eprintln!("a gateway group on etcd");
+        let (runs, kills, cold) = if args.quick {
+            (10, 2, 10_000)
+        } else {
+            (50, 5, 100_000)
+        };
+        res.gateways = Some(gateways::run(&floatip, runs, kills, cold)?);
     }
 
     let m = Machine {
@@ -515,6 +529,9 @@ fn markdown(args: &Args, m: &Machine, res: &Results) -> String {
     }
     if let Some(a) = &res.api {
         api_markdown(&mut s, a);
+    }
+    if let Some(g) = &res.gateways {
+        gateways_markdown(&mut s, g);
     }
     let big = res.cost.iter().max_by_key(|c| c.associations);
     if big.is_some() || res.control.as_ref().and_then(|c| c.db_bytes).is_some() {
@@ -820,6 +837,46 @@ impl Target {
 
 /// The targets (issue 13's first, then the control plane's), each computed
 /// from this run's figures; a target whose figures were not measured is left out.
+fn gateways_markdown(s: &mut String, g: &gateways::GatewaysResult) {
+    let _ = writeln!(s, "## A gateway group on etcd\n");
+    let _ = writeln!(
+        s,
+        "3-member etcd cluster (election timeout 500 ms), gateways with `--lease-ttl {}`, in namespaces on this machine.\n",
+        g.lease_ttl_s
+    );
+    let _ = writeln!(
+        s,
+        "| gateways | associations | propagation p50 | p99 |\n|---|---|---|---|"
+    );
+    for p in &g.propagation {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} ms | {:.1} ms |",
+            p.gateways, p.runs, p.p50_ms, p.p99_ms
+        );
+    }
+    s.push('\n');
+    if let Some(m) = g.failover_median() {
+        let each: Vec<String> = g.failovers.iter().map(|f| format!("{f:.2}")).collect();
+        let _ = writeln!(
+            s,
+            "- failover (owner's agent SIGKILLed, its NICs down; UDP at 1,000/s): median outage **{m:.2} s** ({} s)",
+            each.join(", ")
+        );
+    }
+    if let Some((n, t, j)) = g.cold_start {
+        let _ = writeln!(
+            s,
+            "- cold start on empty maps with {} associations in etcd: all applied after **{t:.2} s** (joined the group after {j:.2} s)",
+            thousands(n as u64)
+        );
+    }
+    for note in &g.notes {
+        let _ = writeln!(s, "- {note}");
+    }
+    s.push('\n');
+}
+
 fn targets(res: &Results) -> Vec<Target> {
     let mut out = Vec::new();
     let mut push = |what: String, value: Option<f64>, limit: f64, at_most: bool, unit| {
@@ -940,6 +997,33 @@ fn targets(res: &Results) -> Vec<Target> {
             };
             push(what("p50"), Some(l.p50_ms), 2.0, true, " ms");
             push(what("p99"), Some(l.p99_ms), 10.0, true, " ms");
+        }
+    }
+    if let Some(g) = &res.gateways {
+        for p in &g.propagation {
+            push(
+                format!("propagation p99 with {} gateway(s)", p.gateways),
+                Some(p.p99_ms),
+                50.0,
+                true,
+                " ms",
+            );
+        }
+        push(
+            format!("failover outage, median of {}", g.failovers.len()),
+            g.failover_median(),
+            2.0,
+            true,
+            " s",
+        );
+        if let Some((n, s, _)) = g.cold_start {
+            push(
+                format!("cold start with {} associations", thousands(n as u64)),
+                Some(s),
+                5.0,
+                true,
+                " s",
+            );
         }
     }
     if let Some(c) = res.cost.iter().find(|c| c.associations == 1_000_000) {
@@ -1067,6 +1151,20 @@ fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value 
             "notes": a.notes,
         })
     });
+    let gateways = res.gateways.as_ref().map(|g| {
+        json!({
+            "propagation": g.propagation.iter().map(|p| json!({
+                "gateways": p.gateways, "runs": p.runs, "p50_ms": p.p50_ms, "p99_ms": p.p99_ms,
+            })).collect::<Vec<_>>(),
+            "failover_outage_seconds": g.failovers,
+            "failover_median_seconds": g.failover_median(),
+            "lease_ttl_seconds": g.lease_ttl_s,
+            "cold_start": g.cold_start.map(|(n, s, j)| json!({
+                "associations": n, "seconds_until_applied": s, "seconds_until_joined": j,
+            })),
+            "notes": g.notes,
+        })
+    });
     json!({
         "machine": {"cpu": m.cpu, "cores": m.cores, "kernel": m.kernel, "load_average_at_start": m.load, "load_average_at_end": m.load_end},
         "command": std::env::args().collect::<Vec<_>>(),
@@ -1089,6 +1187,7 @@ fn to_json(args: &Args, m: &Machine, res: &Results, elapsed: Duration) -> Value 
         "control_plane": control,
         "memory_at_scale": res.memory.as_ref().map(memory_json),
         "api": api,
+        "gateways": gateways,
         "targets": targets(res).iter().map(Target::json).collect::<Vec<_>>(),
     })
 }
