@@ -523,7 +523,7 @@ impl GatewayLab {
 }
 
 /// A UDP stream from the router to a floating IP, received by a sink on an instance, logging
-/// every datagram (sequence number, send time) so the outage can be read off it.
+/// every datagram (sequence number, receive time) so the outage can be read off it.
 pub struct Stream {
     sender: Spawned,
     sink: Spawned,
@@ -535,7 +535,7 @@ pub struct Stream {
 pub struct StreamReport {
     pub sent: u64,
     pub received: u64,
-    /// The longest time between two datagrams that arrived, by their send times.
+    /// The longest time between two datagrams arriving (receiver's monotonic clock).
     pub longest_gap: Duration,
     pub sink: String,
 }
@@ -572,15 +572,21 @@ impl Stream {
         let sink = self.sink.finish(Duration::from_secs(15));
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let _ = std::fs::remove_file(&self.log);
+        // (seq, receive time): the gaps are read off the receiver's monotonic clock.
         let mut seqs: Vec<(u64, u64)> = text
             .lines()
             .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+                let w: Vec<&str> = l.split_whitespace().collect();
+                Some((w.first()?.parse().ok()?, w.get(2)?.parse().ok()?))
             })
             .collect();
-        seqs.sort_unstable();
-        seqs.dedup_by_key(|s| s.0);
+        seqs.sort_unstable_by_key(|s| s.1);
+        let received = {
+            let mut unique: Vec<u64> = seqs.iter().map(|s| s.0).collect();
+            unique.sort_unstable();
+            unique.dedup();
+            unique.len() as u64
+        };
         let longest_gap = seqs
             .windows(2)
             .map(|w| Duration::from_micros(w[1].1.saturating_sub(w[0].1)))
@@ -594,7 +600,7 @@ impl Stream {
             .unwrap_or(0);
         Ok(StreamReport {
             sent: sent_n,
-            received: seqs.len() as u64,
+            received,
             longest_gap,
             sink: sink.stdout,
         })

@@ -334,3 +334,71 @@ fn a_gateway_restarted_applies_every_association() {
         started.elapsed()
     );
 }
+
+/// A gateway cut off from etcd (its management link down) keeps forwarding with what it
+/// has, falls silent for its pools at its fence, and catches up when it is back, even when the
+/// history it missed has been compacted meanwhile (then by a full resync).
+#[test]
+fn a_gateway_cut_off_catches_up_even_after_compaction() {
+    require_root();
+    let _serial = serialize();
+    let (mut lab, _) = lab();
+    // Make gw3 the gateway cut off, and keep its agent's output to check the resync.
+    lab.kill(2);
+    lab.start(2).unwrap();
+    lab.associate(0, FIP1, INST[0]).unwrap();
+    everywhere(&lab, FIP1, INST[0], Duration::from_secs(2));
+    let ns3 = lab.gateways[2].ns.clone();
+    exec(&ns3, &["ip", "link", "set", "mgmt", "down"])
+        .check()
+        .unwrap();
+    lab.associate(0, FIP2, INST[1]).unwrap();
+    // gw3 has the old state and still holds it; the others have the new one. Long enough
+    // for gw3's connection to be declared dead (HTTP/2 pings), so its watch must resume.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(lab.has_pair(2, ip(FIP1), ip(INST[0])));
+    assert!(!lab.has_pair(2, ip(FIP2), ip(INST[1])));
+    // Compact the history gw3 has not seen.
+    let endpoints = lab.etcd.endpoints().join(",");
+    let status = exec(
+        &lab.mgmt,
+        &[
+            "etcdctl",
+            "--endpoints",
+            &endpoints,
+            "endpoint",
+            "status",
+            "--write-out=json",
+        ],
+    );
+    assert!(status.success(), "{status}");
+    let v: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    let revision = v[0]["Status"]["header"]["revision"].as_i64().unwrap();
+    let out = exec(
+        &lab.mgmt,
+        &[
+            "etcdctl",
+            "--endpoints",
+            &endpoints,
+            "compact",
+            &revision.to_string(),
+        ],
+    );
+    assert!(out.success(), "{out}");
+    exec(&ns3, &["ip", "link", "set", "mgmt", "up"])
+        .check()
+        .unwrap();
+    everywhere(&lab, FIP2, INST[1], Duration::from_secs(15));
+    let agent = lab.gateways[2].agent.as_ref().unwrap();
+    let log = agent.stderr_so_far();
+    assert!(log.contains("compacted; resyncing"), "{log}");
+    // And it is back in the group.
+    GatewayLab::wait(Duration::from_secs(10), || {
+        lab.group(0).is_ok_and(|v| {
+            v["gateways"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["name"] == "gw3" && g["alive"] == true))
+        })
+    })
+    .expect("gw3 did not join again");
+}

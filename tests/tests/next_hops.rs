@@ -84,8 +84,9 @@ fn stop_stream(mut s: Stream) -> (BTreeMap<u64, u64>, u64) {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let (a, b) = l.split_once(' ')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
+            // "SEQ SENT_WALL_US RECEIVED_MONOTONIC_US"
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
         })
         .collect();
     (received, total)

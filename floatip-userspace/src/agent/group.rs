@@ -313,10 +313,9 @@ impl Member {
                 }
                 let applied = self.worker.run(move |c| c.group_apply(&changes)).await;
                 match applied {
-                    Ok(()) => {
-                        self.applied = Some(revision);
-                        self.heartbeat().await;
-                    }
+                    // Published on the next tick: a write to etcd per change (per gateway)
+                    // would only delay the next change.
+                    Ok(()) => self.applied = Some(revision),
                     Err(e) => {
                         self.report("cannot apply a change; resyncing", &e);
                         self.resync_later();

@@ -159,9 +159,13 @@ async fn timed<T>(
 impl GroupClient {
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
         let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+        // HTTP/2 pings: a watch on a connection that died silently (a link down, a member
+        // gone without a reset) fails within seconds instead of waiting forever.
         let options = ConnectOptions::new()
             .with_connect_timeout(etcd::CONNECT_TIMEOUT)
-            .with_timeout(etcd::REQUEST_TIMEOUT);
+            .with_timeout(etcd::REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
         let client = tokio::time::timeout(
             etcd::CONNECT_TIMEOUT + etcd::REQUEST_TIMEOUT,
             Client::connect(&urls, Some(options)),

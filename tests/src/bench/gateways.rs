@@ -4,8 +4,8 @@
 //!   gateway's maps hold the pair, read from their pins in a tight loop, with 1, 2 and 3
 //!   gateways;
 //! - failover: the outage a UDP stream at 1,000 datagrams/s sees when the owning gateway is
-//!   killed (agent SIGKILLed, NICs down), the longest gap between datagrams that arrived by
-//!   their send times; median of 5 kills, the gateway brought back in between;
+//!   killed (agent SIGKILLed, NICs down), the longest gap between two datagrams arriving
+//!   (receiver's monotonic clock); median of 5 kills, the gateway brought back in between;
 //! - cold start: a gateway started on empty maps with 100,000 associations in etcd, until its
 //!   maps hold them all.
 
@@ -16,12 +16,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-
-use super::env::percentile;
 use tests::{
     gateways::{GatewayLab, INST, POOL, Stream},
     netns::Mode,
 };
+
+use super::env::percentile;
 
 pub struct Propagation {
     pub gateways: usize,

@@ -25,7 +25,8 @@
 //! udp-sink PORT                   receive a udp-stream (SO_RCVBUFFORCE 64 MiB, SO_RXQ_OVFL)
 //!                                 until its end marker (or 5 s without datagrams);
 //!                                 prints "receiving from IP:PORT" at the first datagram,
-//!                                 then one line "total=.. unique=.. missing=.. ..."
+//!                                 then one line "total=.. unique=.. missing=.. ..."; with
+//!                                 LOG, one line "SEQ SENT_WALL_US RECEIVED_MONOTONIC_US" each
 //! tcp-ping ADDR PORT INTERVAL_MS  one long-lived connection to a tcp-serve: an 8-byte
 //!                                 counter every INTERVAL_MS, each echo checked, until
 //!                                 SIGTERM; prints "ok rounds=N max_round_ms=M" (a reset
@@ -723,6 +724,17 @@ impl Sink {
     }
 }
 
+/// CLOCK_MONOTONIC in µs.
+fn mono_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for the kernel to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
 fn udp_sink(args: &[String]) -> Res<()> {
     use std::os::fd::AsRawFd;
     let port: u16 = arg(args, 1, "PORT")?;
@@ -827,7 +839,9 @@ fn udp_sink(args: &[String]) -> Res<()> {
         }
         if let Some(log) = log.as_mut() {
             let sent = u64::from_be_bytes(d[16..24].try_into().unwrap_or_default());
-            let _ = writeln!(log, "{seq} {sent}");
+            // The receive time too, on the monotonic clock: outages are measured by it (the
+            // wall clock can be stepped while a stream runs).
+            let _ = writeln!(log, "{seq} {sent} {}", mono_us());
         }
         sink.record(seq);
     }
