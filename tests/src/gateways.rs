@@ -506,13 +506,22 @@ impl GatewayLab {
     }
 
     /// Waits until `f` holds, polling every 5 ms, for at most `limit`; how long it took.
-    pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    pub fn wait(limit: Duration, f: impl FnMut() -> bool) -> Option<Duration> {
+        Self::wait_every(limit, Duration::from_millis(5), f)
+    }
+
+    /// [`Self::wait`], polling every `step`.
+    pub fn wait_every(
+        limit: Duration,
+        step: Duration,
+        mut f: impl FnMut() -> bool,
+    ) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < limit {
             if f() {
                 return Some(started.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(step);
         }
         None
     }

@@ -1,6 +1,6 @@
 //! `floatip agent --gateway NAME`: this gateway's part in a group sharing its state in etcd.
 //!
-//! Two threads, each with a current-thread runtime and an etcd connection of its own:
+//! Three threads, each with a current-thread runtime and an etcd connection of its own:
 //! - **the lease thread** keeps this gateway's lease alive (a keep-alive every TTL/3) and,
 //!   with each answered one, moves the data plane's fence ([`Fence::renew`]) to what the lease
 //!   is known to live yet: (send time of that keep-alive) + TTL − margin. etcd can expire the
@@ -8,12 +8,14 @@
 //!   pool of ours, so we have stopped answering by then, whatever this agent is doing (or if
 //!   it is dead). It is a thread of its own so that no long job of the control thread (a full
 //!   resync of 100,000 pairs) delays a keep-alive.
-//! - **the member thread** does the rest:
-//!   - *apply*: it watches the state from the revision it last applied and hands every change
-//!     to the control thread ([`Control::group_apply`]), so that this gateway's maps hold
-//!     every association whichever gateway's API made it. It resumes after a broken watch from
-//!     the last revision applied, resyncs in full at start and when that history was
-//!     compacted, and publishes the revision it has applied on its live key.
+//! - **the apply thread** watches the state from the revision it last applied and hands every
+//!   change to the control thread ([`Control::group_apply`]), so that this gateway's maps hold
+//!   every association whichever gateway's API made it. It resumes after a broken watch from
+//!   the last revision applied and resyncs in full at start and when that history was
+//!   compacted. Its own thread, so that nothing ownership waits for delays a change.
+//! - **the member thread** does the rest, every 100 ms:
+//!   - *publish* the revision applied on its live key (a floating IP is ACTIVE once every
+//!     live gateway has published its revision);
 //!   - *own*: each pool is owned by the live gateway its name hashes to
 //!     ([`preferred_owner`]); the owner key is created with the owner's lease, so it vanishes
 //!     when the owner dies, and the next preferred gateway takes it and announces it. A
@@ -70,6 +72,20 @@ impl LeaseState {
 
 type Shared = Arc<Mutex<LeaseState>>;
 
+/// What the apply thread has brought the maps to, for the member thread.
+#[derive(Default)]
+struct ApplyState {
+    /// The revision the maps reflect; `None` until the first full sync.
+    applied: Option<i64>,
+    pools: BTreeMap<String, PoolRow>,
+}
+
+type Applied = Arc<Mutex<ApplyState>>;
+
+fn lock_applied(s: &Applied) -> std::sync::MutexGuard<'_, ApplyState> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lock(s: &Shared) -> std::sync::MutexGuard<'_, LeaseState> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -117,23 +133,39 @@ impl GroupTask {
                     rt.block_on(keep_alive(eps, ttl, bpffs, state, flag));
                 }
             })?;
+        let applied: Applied = Arc::default();
+        if let Some((revision, pools)) = synced_at {
+            // The attach at start has just brought the maps to this revision.
+            let mut a = lock_applied(&applied);
+            a.applied = Some(revision);
+            a.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+        }
+        let (flag, state, eps, w) = (
+            stop.clone(),
+            applied.clone(),
+            endpoints.clone(),
+            worker.clone(),
+        );
+        let apply = std::thread::Builder::new()
+            .name("floatip-apply".into())
+            .spawn(move || {
+                if let Some(rt) = runtime() {
+                    rt.block_on(Applier::new(eps, w, state).run(flag));
+                }
+            })?;
         let flag = stop.clone();
         let member = std::thread::Builder::new()
             .name("floatip-group".into())
             .spawn(move || {
                 if let Some(rt) = runtime() {
-                    let mut member = Member::new(config, endpoints, &member_bpffs, worker, shared);
-                    // The attach at start has just brought the maps to this revision.
-                    if let Some((revision, pools)) = synced_at {
-                        member.applied = Some(revision);
-                        member.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
-                    }
+                    let member =
+                        Member::new(config, endpoints, &member_bpffs, worker, shared, applied);
                     rt.block_on(member.run(flag));
                 }
             })?;
         Ok(Self {
             stop,
-            threads: vec![member, lease],
+            threads: vec![member, apply, lease],
         })
     }
 
@@ -223,11 +255,8 @@ struct Member {
     client: Option<GroupClient>,
     /// The lease this thread last saw (a new one means joining again).
     lease: Option<Lease>,
-    watch: Option<StateWatch>,
-    /// The revision the maps reflect; `None` until the first full sync.
-    applied: Option<i64>,
+    applied: Applied,
     reported: i64,
-    pools: BTreeMap<String, PoolRow>,
     /// What the data plane answers for now.
     owned: BTreeSet<String>,
     /// Since when each pool has had no owner (a preferred gateway that never claims it is
@@ -243,6 +272,7 @@ impl Member {
         bpffs: &std::path::Path,
         worker: Worker,
         shared: Shared,
+        applied: Applied,
     ) -> Self {
         Self {
             fence: Fence::new(bpffs),
@@ -254,10 +284,8 @@ impl Member {
             shared,
             client: None,
             lease: None,
-            watch: None,
-            applied: None,
+            applied,
             reported: 0,
-            pools: BTreeMap::new(),
             owned: BTreeSet::new(),
             unowned_since: BTreeMap::new(),
             last_error: String::new(),
@@ -281,10 +309,8 @@ impl Member {
             self.report("cannot clear what an earlier run answered for", &e);
         }
         while !stop.load(Ordering::SeqCst) {
-            tokio::select! {
-                event = next_event(&mut self.watch) => self.on_event(event).await,
-                _ = tick.tick() => self.step().await,
-            }
+            tick.tick().await;
+            self.step().await;
         }
         self.leave().await;
     }
@@ -300,48 +326,10 @@ impl Member {
         eprintln!("floatip agent: group: {} left the group", self.name);
     }
 
-    async fn on_event(&mut self, event: Result<StateEvent>) {
-        match event {
-            Ok(StateEvent::Changes { revision, changes }) => {
-                for c in &changes {
-                    if let Change::Pool { name, now, .. } = c {
-                        match now {
-                            Some(row) => self.pools.insert(name.clone(), row.clone()),
-                            None => self.pools.remove(name),
-                        };
-                    }
-                }
-                let applied = self.worker.run(move |c| c.group_apply(&changes)).await;
-                match applied {
-                    // Published on the next tick: a write to etcd per change (per gateway)
-                    // would only delay the next change.
-                    Ok(()) => self.applied = Some(revision),
-                    Err(e) => {
-                        self.report("cannot apply a change; resyncing", &e);
-                        self.resync_later();
-                    }
-                }
-            }
-            Ok(StateEvent::Compacted) => {
-                eprintln!("floatip agent: group: the history was compacted; resyncing");
-                self.resync_later();
-            }
-            Err(e) => {
-                // Resumed from the last revision applied on the next tick.
-                self.report("state watch", &e);
-                self.watch = None;
-            }
-        }
-    }
-
-    fn resync_later(&mut self) {
-        self.applied = None;
-        self.watch = None;
-    }
-
     async fn heartbeat(&mut self) {
+        let applied = lock_applied(&self.applied).applied;
         let (Some(client), Some(lease), Some(applied)) =
-            (self.client.as_mut(), self.lease, self.applied)
+            (self.client.as_mut(), self.lease, applied)
         else {
             return;
         };
@@ -370,17 +358,10 @@ impl Member {
         if self.client.is_none() {
             self.client = Some(GroupClient::connect(&self.endpoints).await?);
         }
-        if self.applied.is_none() {
-            let (revision, pools) = self.worker.run(|c| c.group_resync()).await?;
-            self.applied = Some(revision);
-            self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
-            self.watch = None;
-        }
-        let applied = self.applied.unwrap_or(0);
-        if self.watch.is_none() {
-            let client = self.client.as_mut().expect("connected above");
-            self.watch = Some(client.watch_state(applied + 1).await?);
-        }
+        let Some(applied) = lock_applied(&self.applied).applied else {
+            // Not synced yet: nothing to own before the maps hold the state.
+            return Ok(());
+        };
         let current = lock(&self.shared).lease;
         if current.is_none() {
             if !self.owned.is_empty() {
@@ -443,9 +424,10 @@ impl Member {
         if !live.contains(&self.name.as_str()) {
             live.push(&self.name);
         }
+        let pools: BTreeSet<String> = lock_applied(&self.applied).pools.keys().cloned().collect();
         let mut want = BTreeSet::new();
         let mut release = Vec::new();
-        for pool in self.pools.keys() {
+        for pool in &pools {
             let preferred = preferred_owner(pool, live.iter().copied());
             let me = preferred == Some(self.name.as_str());
             match view.owners.get(pool) {
@@ -480,7 +462,7 @@ impl Member {
         }
         // Owner keys of pools that are gone.
         for (pool, owner) in &view.owners {
-            if *owner == self.name && !self.pools.contains_key(pool) {
+            if *owner == self.name && !pools.contains(pool) {
                 release.push(pool.clone());
             }
         }
@@ -502,13 +484,133 @@ impl Member {
     /// Makes the data plane answer for `owned` (and remembers it only once it does).
     async fn own(&mut self, owned: BTreeSet<String>) -> Result<()> {
         let tenant = self.tenant.clone();
-        let pools: Vec<PoolRow> = self.pools.values().cloned().collect();
+        let pools: Vec<PoolRow> = lock_applied(&self.applied)
+            .pools
+            .values()
+            .cloned()
+            .collect();
         let wanted = owned.clone();
         self.worker
             .run(move |c| c.group_own(&wanted, &pools, &tenant))
             .await?;
         self.owned = owned;
         Ok(())
+    }
+}
+
+/// The apply thread (see the module): its own connection, so that nothing the member thread
+/// waits for (a view, a claim) delays a change reaching the maps.
+struct Applier {
+    endpoints: Vec<String>,
+    worker: Worker,
+    state: Applied,
+    client: Option<GroupClient>,
+    watch: Option<StateWatch>,
+    last_error: String,
+}
+
+impl Applier {
+    fn new(endpoints: Vec<String>, worker: Worker, state: Applied) -> Self {
+        Self {
+            endpoints,
+            worker,
+            state,
+            client: None,
+            watch: None,
+            last_error: String::new(),
+        }
+    }
+
+    fn report(&mut self, what: &str, e: &anyhow::Error) {
+        let text = format!("{what}: {e:#}");
+        if text != self.last_error {
+            eprintln!("floatip agent: group: {text}");
+            self.last_error = text;
+        }
+    }
+
+    async fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::SeqCst) {
+            if self.watch.is_none() {
+                if let Err(e) = self.prepare().await {
+                    self.report("state watch", &e);
+                    tokio::time::sleep(TICK).await;
+                }
+                continue;
+            }
+            // Woken at least every tick to see the stop flag.
+            let event = tokio::time::timeout(TICK, next_event(&mut self.watch)).await;
+            if let Ok(event) = event {
+                self.on_event(event).await;
+            }
+        }
+    }
+
+    /// Connects, resyncs in full if the maps reflect no known revision, and watches from the
+    /// next one.
+    async fn prepare(&mut self) -> Result<()> {
+        if self.client.is_none() {
+            self.client = Some(GroupClient::connect(&self.endpoints).await?);
+        }
+        let applied = lock_applied(&self.state).applied;
+        let applied = match applied {
+            Some(a) => a,
+            None => {
+                let (revision, pools) = self.worker.run(|c| c.group_resync()).await?;
+                let mut s = lock_applied(&self.state);
+                s.applied = Some(revision);
+                s.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+                revision
+            }
+        };
+        let client = self.client.as_mut().expect("connected above");
+        self.watch = Some(client.watch_state(applied + 1).await?);
+        self.last_error.clear();
+        Ok(())
+    }
+
+    async fn on_event(&mut self, event: Result<StateEvent>) {
+        match event {
+            Ok(StateEvent::Changes { revision, changes }) => {
+                let pools: Vec<(String, Option<PoolRow>)> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::Pool { name, now, .. } => Some((name.clone(), now.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                match self.worker.run(move |c| c.group_apply(&changes)).await {
+                    Ok(()) => {
+                        let mut s = lock_applied(&self.state);
+                        s.applied = Some(revision);
+                        for (name, row) in pools {
+                            match row {
+                                Some(row) => s.pools.insert(name, row),
+                                None => s.pools.remove(&name),
+                            };
+                        }
+                    }
+                    Err(e) => {
+                        self.report("cannot apply a change; resyncing", &e);
+                        self.resync_later();
+                    }
+                }
+            }
+            Ok(StateEvent::Compacted) => {
+                eprintln!("floatip agent: group: the history was compacted; resyncing");
+                self.resync_later();
+            }
+            Err(e) => {
+                // Resumed from the last revision applied.
+                self.report("state watch", &e);
+                self.watch = None;
+            }
+        }
+    }
+
+    fn resync_later(&mut self) {
+        lock_applied(&self.state).applied = None;
+        self.watch = None;
     }
 }
 
