@@ -129,6 +129,15 @@ pub mod programs {
     pub const BENCH_LOOKUP: &str = "bench_lookup";
     pub const BENCH_FIB: &str = "bench_fib";
     pub const BENCH_MIN_NAT: &str = "bench_min_nat";
+    /// The minimal NAT with, cumulatively, each step a router-grade hit adds (the cost
+    /// staircase of `cargo xtask bench`): the ingress MAC check; the header checksum and
+    /// TTL; the counters; the next-hop lease's clock.
+    pub const BENCH_NAT_STAGES: [&str; 4] = [
+        "bench_nat_mac",
+        "bench_nat_checks",
+        "bench_nat_counted",
+        "bench_nat_leased",
+    ];
     /// Test helper in the `floatip-bench` object (see the packet tests).
     pub const TEST_TC_VLAN: &str = "test_tc_vlan";
 }

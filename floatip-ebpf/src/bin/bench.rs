@@ -17,6 +17,13 @@
 //!   the destination (`MIN_NAT`) whose value holds the new address, both MACs and the
 //!   egress; rewrites the destination and both checksums incrementally, sets the MACs
 //!   and redirects through `MIN_NAT_TX`. Nothing else: no TTL, counters or checks.
+//! - `bench_nat_mac`, `bench_nat_checks`, `bench_nat_counted`, `bench_nat_leased`: the
+//!   minimal NAT plus, cumulatively, what a router-grade hit adds, each step as floatip's
+//!   data plane does it: the ingress MAC check (a hash lookup of the ingress NIC in
+//!   `BENCH_IFACES`); the IPv4 header checksum verified and the TTL checked and decremented;
+//!   a per-CPU outcome counter and the pair's per-CPU packet and byte counters
+//!   (`BENCH_PAIR_STATS`); the next-hop lease read with the coarse clock (`BENCH_LEASE`).
+//!   The staircase of their costs tells what each step costs on the machine.
 //! - `test_tc_vlan` (TC): puts an 802.1Q tag (VID 100) into the skb's metadata, where TC
 //!   ingress finds a frame's outer tag, then tail-calls the program under test in
 //!   `TEST_TC_JUMP[0]`: `BPF_PROG_TEST_RUN` cannot set that metadata itself.
@@ -29,14 +36,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_skb_vlan_push},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_skb_vlan_push},
     macros::{classifier, map, xdp},
     maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
 use floatip_common::{
-    FrameSample, GenConfig, GenState, MinNatEntry, SINK_SAMPLE_SHIFT, SINK_SAMPLE_SLOTS,
-    csum_fold as fold, csum_replace4,
+    AssocStats, FrameSample, GenConfig, GenState, MinNatEntry, SINK_SAMPLE_SHIFT,
+    SINK_SAMPLE_SLOTS, csum_fold as fold, csum_replace4,
 };
 
 /// Length of every generated frame: a 64-byte Ethernet frame without its FCS.
@@ -68,6 +75,26 @@ static MIN_NAT: HashMap<u32, MinNatEntry> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "MIN_NAT_TX")]
 static MIN_NAT_TX: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Ingress ifindex -> its MAC (the first six bytes of a little-endian u64), for the
+/// staircase's MAC check.
+#[map(name = "BENCH_IFACES")]
+static BENCH_IFACES: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
+
+#[map(name = "BENCH_OUTCOMES")]
+static BENCH_OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
+
+/// One slot per pair (the new address's low bits); the loader sizes it (a power of two).
+#[map(name = "BENCH_PAIR_STATS")]
+static BENCH_PAIR_STATS: PerCpuArray<AssocStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// The lease deadline the staircase's last step compares the coarse clock with.
+// Set by the loader: BENCH_PAIR_STATS's size less one.
+#[unsafe(no_mangle)]
+static PAIR_SLOT_MASK: u32 = 0;
+
+#[map(name = "BENCH_LEASE")]
+static BENCH_LEASE: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_JUMP")]
 static BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -208,6 +235,32 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
 /// The minimal NAT (see the module doc); XDP_PASS for whatever it does not translate.
 #[xdp]
 pub fn bench_min_nat(ctx: XdpContext) -> u32 {
+    nat::<0>(&ctx)
+}
+
+#[xdp]
+pub fn bench_nat_mac(ctx: XdpContext) -> u32 {
+    nat::<1>(&ctx)
+}
+
+#[xdp]
+pub fn bench_nat_checks(ctx: XdpContext) -> u32 {
+    nat::<2>(&ctx)
+}
+
+#[xdp]
+pub fn bench_nat_counted(ctx: XdpContext) -> u32 {
+    nat::<3>(&ctx)
+}
+
+#[xdp]
+pub fn bench_nat_leased(ctx: XdpContext) -> u32 {
+    nat::<4>(&ctx)
+}
+
+/// The minimal NAT with the first `STEPS` steps of the staircase (see the module doc).
+#[inline(always)]
+fn nat<const STEPS: u32>(ctx: &XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + 34 > end {
         return xdp_action::XDP_PASS;
@@ -227,6 +280,59 @@ pub fn bench_min_nat(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let e = unsafe { &*e };
+    if STEPS >= 1 {
+        // Addressed to the ingress NIC's own MAC.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        let dst = unsafe { core::ptr::read_unaligned(data as *const u64) } & 0xffff_ffff_ffff;
+        if unsafe { BENCH_IFACES.get(&ifindex) } != Some(&dst) {
+            return xdp_action::XDP_PASS;
+        }
+    }
+    if STEPS >= 2 {
+        // The header checksum holds, the TTL allows forwarding; the TTL goes down by one.
+        let mut sum = 0u32;
+        for i in 0..10 {
+            sum +=
+                u32::from(unsafe { core::ptr::read_unaligned((data + 14 + 2 * i) as *const u16) });
+        }
+        if fold(sum) != 0xffff {
+            return xdp_action::XDP_PASS;
+        }
+        let ttl = unsafe { *((data + 22) as *const u8) };
+        if ttl <= 1 {
+            return xdp_action::XDP_PASS;
+        }
+        unsafe {
+            let check = core::ptr::read_unaligned((data + 24) as *const u16);
+            let (before, after) = (
+                core::ptr::read_unaligned((data + 22) as *const u16),
+                u16::from_ne_bytes([ttl - 1, *((data + 23) as *const u8)]),
+            );
+            *((data + 22) as *mut u8) = ttl - 1;
+            let c = (!check) as u32 + (!before) as u32 + after as u32;
+            put(data, 24, !fold(c));
+        }
+    }
+    if STEPS >= 3 {
+        if let Some(n) = BENCH_OUTCOMES.get_ptr_mut(0) {
+            unsafe { *n += 1 };
+        }
+        let mask = unsafe { core::ptr::read_volatile(&PAIR_SLOT_MASK) };
+        let slot = u32::from_be(e.addr) & mask;
+        if let Some(s) = BENCH_PAIR_STATS.get_ptr_mut(slot) {
+            unsafe {
+                (*s).in_packets += 1;
+                (*s).in_bytes += (end - data) as u64;
+            }
+        }
+    }
+    if STEPS >= 4
+        && BENCH_LEASE
+            .get(0)
+            .is_none_or(|l| unsafe { bpf_ktime_get_coarse_ns() } >= *l)
+    {
+        return xdp_action::XDP_PASS;
+    }
     let new = e.addr;
     unsafe {
         put(data, 30, new);

@@ -348,9 +348,14 @@ impl BenchObject {
         if zipf_len != 0 && !zipf_len.is_power_of_two() {
             bail!("the popularity table's length must be a power of two");
         }
+        // The staircase's per-pair counters: a power of two, one slot per pair.
+        let slots = min_nat.max(1).next_power_of_two();
+        let mask = slots - 1;
         let ebpf = EbpfLoader::new()
             .map_max_entries(GEN_ZIPF, zipf_len.max(1))
             .map_max_entries(MIN_NAT, min_nat.max(1024))
+            .map_max_entries("BENCH_PAIR_STATS", slots)
+            .override_global("PAIR_SLOT_MASK", &mask, true)
             .load(BENCH_OBJECT)
             .context("cannot load the bench object")?;
         Ok(Self {
@@ -590,6 +595,9 @@ pub enum CostTarget {
     Fib,
     /// `bench_min_nat` (the minimal NAT) behind the wrapper.
     MinNat,
+    /// The minimal NAT with the first N (1..=4) steps of the staircase
+    /// ([`programs::BENCH_NAT_STAGES`]).
+    NatStage(u8),
     External,
     Internal,
 }
@@ -663,11 +671,36 @@ impl CostRig {
             }
         }
         let mut bench = BenchObject::load_sized(zipf_len, max_associations)?;
+        {
+            // The staircase's MAC check and lease: the rig's NICs, a lease that never ends.
+            let mut ifaces: HashMap<_, u32, u64> = HashMap::try_from(
+                bench
+                    .ebpf
+                    .map_mut("BENCH_IFACES")
+                    .ok_or_else(|| anyhow!("bench object lacks BENCH_IFACES"))?,
+            )?;
+            for (idx, mac, _) in nics {
+                let mut bits = [0u8; 8];
+                bits[..6].copy_from_slice(mac);
+                ifaces.insert(idx, u64::from_le_bytes(bits), 0)?;
+            }
+            let mut lease: Array<_, u64> = Array::try_from(
+                bench
+                    .ebpf
+                    .map_mut("BENCH_LEASE")
+                    .ok_or_else(|| anyhow!("bench object lacks BENCH_LEASE"))?,
+            )?;
+            lease.set(0, u64::MAX, 0)?;
+        }
         for name in [
             programs::BENCH_PASS,
             programs::BENCH_LOOKUP,
             programs::BENCH_FIB,
             programs::BENCH_MIN_NAT,
+            programs::BENCH_NAT_STAGES[0],
+            programs::BENCH_NAT_STAGES[1],
+            programs::BENCH_NAT_STAGES[2],
+            programs::BENCH_NAT_STAGES[3],
             BENCH_COST,
         ] {
             xdp_prog(&mut bench.ebpf, name)?
@@ -696,6 +729,12 @@ impl CostRig {
             CostTarget::Lookup => (&mut self.bench.ebpf, programs::BENCH_LOOKUP),
             CostTarget::Fib => (&mut self.bench.ebpf, programs::BENCH_FIB),
             CostTarget::MinNat => (&mut self.bench.ebpf, programs::BENCH_MIN_NAT),
+            CostTarget::NatStage(n) => {
+                let name = programs::BENCH_NAT_STAGES
+                    .get(usize::from(n).wrapping_sub(1))
+                    .ok_or_else(|| anyhow!("no staircase step {n}"))?;
+                (&mut self.bench.ebpf, *name)
+            }
             CostTarget::External => (&mut self.ebpf, programs::XDP_EXTERNAL),
             CostTarget::Internal => (&mut self.ebpf, programs::XDP_INTERNAL),
         };

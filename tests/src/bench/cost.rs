@@ -62,6 +62,9 @@ pub enum Case {
     FibFloor,
     /// The wrapper + `bench_min_nat` (a hit): the floor of any NAT.
     MinimalNat,
+    /// The minimal NAT with the first N steps of a router-grade hit (the staircase,
+    /// `programs::BENCH_NAT_STAGES`): MAC check, header checks, counters, lease clock.
+    NatStage(u8),
     Miss,
     Dnat,
     Snat,
@@ -80,6 +83,10 @@ impl Case {
             Case::LookupFloor => "one hash lookup",
             Case::FibFloor => "one fib lookup",
             Case::MinimalNat => "minimal-nat hit",
+            Case::NatStage(1) => "minimal-nat +mac",
+            Case::NatStage(2) => "minimal-nat +mac +hdr",
+            Case::NatStage(3) => "minimal-nat +mac +hdr +counters",
+            Case::NatStage(_) => "minimal-nat +mac +hdr +counters +clock",
             Case::Miss => "miss",
             Case::Dnat => "dnat-hit",
             Case::Snat => "snat-hit",
@@ -109,10 +116,14 @@ pub const CASES: [Case; 2 + DELTA_CASES.len()] = {
 
 /// The cases reported as a difference to [`Case::Pass`]: everything behind
 /// the same wrapper.
-pub const DELTA_CASES: [Case; 10] = [
+pub const DELTA_CASES: [Case; 14] = [
     Case::LookupFloor,
     Case::FibFloor,
     Case::MinimalNat,
+    Case::NatStage(1),
+    Case::NatStage(2),
+    Case::NatStage(3),
+    Case::NatStage(4),
     Case::Miss,
     Case::Dnat,
     Case::Snat,
@@ -367,6 +378,7 @@ fn run_case(
         Case::MinimalNat | Case::MinimalNatZipf => {
             (CostTarget::MinNat, dnat, ext, XDP_REDIRECT, false)
         }
+        Case::NatStage(n) => (CostTarget::NatStage(n), dnat, ext, XDP_REDIRECT, false),
         Case::Miss => (
             CostTarget::External,
             spec(REMOTE, 1, STRANGER, 1, 0),
