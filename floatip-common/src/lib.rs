@@ -44,6 +44,11 @@ pub mod maps {
     pub const OUTCOMES: &str = "OUTCOMES";
     /// ifindex -> [`super::IfaceInfo`] for every NIC floatip manages.
     pub const IFACES: &str = "IFACES";
+    /// Array of [`super::IFACE_SLOTS`] [`super::IfaceSlot`]s, indexed by ifindex modulo its
+    /// size: the managed NICs' MACs for the ingress check of every translated packet, an
+    /// array read instead of a hash lookup. A NIC whose slot another one holds is found in
+    /// `IFACES` instead.
+    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
     /// Every IPv4 address of the gateway's namespace -> 1: a packet from
     /// outside with one of them as source is a spoof (a router drops it,
     /// RFC 1812 §5.3.7), never translated towards an instance. Written at
@@ -71,7 +76,7 @@ pub mod maps {
     pub const SEND_DROPS: &str = "SEND_DROPS";
 
     /// Every pinned map, in the order `detach` removes them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         FIP_TO_FIXED,
         FIXED_TO_FIP,
         SPOOF_FILTER,
@@ -81,6 +86,7 @@ pub mod maps {
         SLOT_OWNERS,
         OUTCOMES,
         IFACES,
+        IFACE_SLOTS,
         GATEWAY_ADDRS,
         REDIRECT,
         ROUTING,
@@ -317,6 +323,36 @@ pub struct IfaceInfo {
     pub _pad: u8,
 }
 
+/// Entries of `IFACE_SLOTS` (a power of two: the slot is `ifindex & (IFACE_SLOTS - 1)`).
+pub const IFACE_SLOTS: u32 = 256;
+
+/// One `IFACE_SLOTS` entry: the NIC whose slot it is (0: none) and its MAC as
+/// a little-endian u64 of the six bytes (the form the programs compare frames' MACs in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceSlot {
+    pub ifindex: u32,
+    pub _pad: u32,
+    pub mac: u64,
+}
+
+impl IfaceSlot {
+    /// The slot of NIC `ifindex`.
+    pub const fn index(ifindex: u32) -> u32 {
+        ifindex & (IFACE_SLOTS - 1)
+    }
+
+    pub fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        let mut bits = [0u8; 8];
+        bits[..6].copy_from_slice(&mac);
+        Self {
+            ifindex,
+            _pad: 0,
+            mac: u64::from_le_bytes(bits),
+        }
+    }
+}
+
 pub const ROLE_EXTERNAL: u8 = 1;
 pub const ROLE_INTERNAL: u8 = 2;
 
@@ -499,6 +535,7 @@ impl Default for FrameSample {
 const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<NatEntry>() == 32 && align_of::<NatEntry>() == 4);
+    assert!(size_of::<IfaceSlot>() == 16 && align_of::<IfaceSlot>() == 8);
     assert!(size_of::<NextHop>() == 24 && align_of::<NextHop>() == 4);
     assert!(size_of::<Routing>() == 16 && align_of::<Routing>() == 8);
     assert!(size_of::<PoolValue>() == 16 && align_of::<PoolValue>() == 4);
@@ -517,6 +554,7 @@ mod pod {
     // SAFETY: all of these are repr(C), hold only integers and have no
     // implicit padding (explicit `_pad` fields fill every hole).
     unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for IfaceSlot {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Routing {}
     unsafe impl aya::Pod for PoolValue {}

@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use floatip_common::{
-    AssocStats, DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAX_GATEWAY_ADDRS, MAX_IFACES,
-    MAX_POOL_PREFIXES, Meta, NatEntry, NextHop, POOL_ANY_NIC, POOL_MEMBER, PoolValue,
-    ROUTE_FILTER_WORDS, Routing, SPOOF_FILTER_BUCKETS, outcome, route_filter_bit,
-    spoof_filter_bucket, stats_slots,
+    AssocStats, DEFAULT_MAX_ASSOCIATIONS, IFACE_SLOTS as IFACE_SLOTS_LEN, IfaceInfo, IfaceSlot,
+    MAX_GATEWAY_ADDRS, MAX_IFACES, MAX_POOL_PREFIXES, Meta, NatEntry, NextHop, POOL_ANY_NIC,
+    POOL_MEMBER, PoolValue, ROUTE_FILTER_WORDS, Routing, SPOOF_FILTER_BUCKETS, outcome,
+    route_filter_bit, spoof_filter_bucket, stats_slots,
 };
 
 use crate::frame::mac_bits;
@@ -57,6 +57,9 @@ pub static OUTCOMES: PerCpuArray<u64> = PerCpuArray::pinned(outcome::COUNT, 0);
 
 #[map(name = "IFACES")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(MAX_IFACES, 0);
+
+#[map(name = "IFACE_SLOTS")]
+pub static IFACE_SLOTS: Array<IfaceSlot> = Array::pinned(IFACE_SLOTS_LEN, 0);
 
 #[map(name = "GATEWAY_ADDRS")]
 pub static GATEWAY_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_GATEWAY_ADDRS, 0);
@@ -161,9 +164,15 @@ fn lease_alive() -> bool {
         .is_some_and(|m| unsafe { bpf_ktime_get_coarse_ns() } < m.answer_until)
 }
 
-/// The MAC of `ifindex` if floatip manages that NIC.
+/// The MAC of `ifindex` if floatip manages that NIC: from its `IFACE_SLOTS`
+/// slot (an array read) when it holds it, else from `IFACES`.
 #[inline(always)]
 pub fn managed_mac(ifindex: u32) -> Option<u64> {
+    if let Some(s) = IFACE_SLOTS.get(IfaceSlot::index(ifindex))
+        && s.ifindex == ifindex
+    {
+        return Some(s.mac);
+    }
     IFACES
         .get_ptr(ifindex)
         .map(|i| mac_bits(unsafe { &(*i).mac }))

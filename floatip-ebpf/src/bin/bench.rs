@@ -19,8 +19,8 @@
 //!   and redirects through `MIN_NAT_TX`. Nothing else: no TTL, counters or checks.
 //! - `bench_nat_mac`, `bench_nat_checks`, `bench_nat_counted`, `bench_nat_leased`: the
 //!   minimal NAT plus, cumulatively, what a router-grade hit adds, each step as floatip's
-//!   data plane does it: the ingress MAC check (a hash lookup of the ingress NIC in
-//!   `BENCH_IFACES`); the IPv4 header checksum verified and the TTL checked and decremented;
+//!   data plane does it: the ingress MAC check (the ingress NIC's slot in `BENCH_IFACES`,
+//!   an array, as `IFACE_SLOTS`); the IPv4 header checksum verified and the TTL checked and decremented;
 //!   a per-CPU outcome counter and the pair's per-CPU packet and byte counters
 //!   (`BENCH_PAIR_STATS`); the next-hop lease read with the coarse clock (`BENCH_LEASE`).
 //!   The staircase of their costs tells what each step costs on the machine.
@@ -42,8 +42,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use floatip_common::{
-    AssocStats, FrameSample, GenConfig, GenState, MinNatEntry, SINK_SAMPLE_SHIFT,
-    SINK_SAMPLE_SLOTS, csum_fold as fold, csum_replace4,
+    AssocStats, FrameSample, GenConfig, GenState, IFACE_SLOTS, IfaceSlot, MinNatEntry,
+    SINK_SAMPLE_SHIFT, SINK_SAMPLE_SLOTS, csum_fold as fold, csum_replace4,
 };
 
 /// Length of every generated frame: a 64-byte Ethernet frame without its FCS.
@@ -76,10 +76,10 @@ static MIN_NAT: HashMap<u32, MinNatEntry> = HashMap::with_max_entries(1024, 0);
 #[map(name = "MIN_NAT_TX")]
 static MIN_NAT_TX: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
-/// Ingress ifindex -> its MAC (the first six bytes of a little-endian u64), for the
-/// staircase's MAC check.
+/// The ingress NICs' MACs by slot, as the data plane's `IFACE_SLOTS`, for the staircase's
+/// MAC check.
 #[map(name = "BENCH_IFACES")]
-static BENCH_IFACES: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
+static BENCH_IFACES: Array<IfaceSlot> = Array::with_max_entries(IFACE_SLOTS, 0);
 
 #[map(name = "BENCH_OUTCOMES")]
 static BENCH_OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
@@ -284,7 +284,10 @@ fn nat<const STEPS: u32>(ctx: &XdpContext) -> u32 {
         // Addressed to the ingress NIC's own MAC.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         let dst = unsafe { core::ptr::read_unaligned(data as *const u64) } & 0xffff_ffff_ffff;
-        if unsafe { BENCH_IFACES.get(&ifindex) } != Some(&dst) {
+        if !BENCH_IFACES
+            .get(IfaceSlot::index(ifindex))
+            .is_some_and(|s| s.ifindex == ifindex && s.mac == dst)
+        {
             return xdp_action::XDP_PASS;
         }
     }

@@ -15,8 +15,8 @@ use aya::{
     },
 };
 use floatip_common::{
-    DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, MAP_LAYOUT_VERSION, Meta, globals, maps as names,
-    programs, stats_slots,
+    DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, IfaceSlot, MAP_LAYOUT_VERSION, Meta, globals,
+    maps as names, programs, stats_slots,
 };
 
 use super::{
@@ -293,29 +293,10 @@ impl Dataplane {
     ) -> Result<Vec<String>> {
         let size = opts.max_associations.unwrap_or(DEFAULT_MAX_ASSOCIATIONS);
         let mut ebpf = load(bpffs, size, opts.counters)?;
-        {
-            let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(
-                ebpf.map_mut(names::IFACES)
-                    .ok_or_else(|| anyhow!("object lacks {}", names::IFACES))?,
-            )?;
-            for (_, idx, role, mac) in nics {
-                let info = IfaceInfo {
-                    mac: *mac,
-                    role: role.to_map(),
-                    _pad: 0,
-                };
-                ifaces.insert(idx, info, 0)?;
-            }
-        }
-        {
-            let mut devmap: DevMapHash<_> = DevMapHash::try_from(
-                ebpf.map_mut(names::REDIRECT)
-                    .ok_or_else(|| anyhow!("object lacks {}", names::REDIRECT))?,
-            )?;
-            for (_, idx, _, _) in nics {
-                devmap.insert(*idx, *idx, None, 0)?;
-            }
-        }
+        register_nics(
+            &mut ebpf,
+            nics.iter().map(|(_, idx, role, mac)| (*idx, *mac, *role)),
+        )?;
         // The gateway's own addresses, before any program runs.
         Dataplane::open(bpffs)?.refresh_gateway_addresses()?;
         for (name, idx, role, _) in nics {
@@ -377,7 +358,7 @@ impl Dataplane {
                     Err(_) => fs::remove_file(&path)?,
                 }
                 if let Some(i) = idx {
-                    let _ = dp.ifaces.remove(&i);
+                    dp.forget_nic(i);
                     let _ = devmap.remove(i);
                     if let Some(d) = drops.as_mut() {
                         let _ = d.remove(&prog);
@@ -448,4 +429,39 @@ impl Dataplane {
     pub fn is_attached(bpffs: &Path) -> bool {
         !matches!(maps_dir(bpffs).join(names::META).try_exists(), Ok(false))
     }
+}
+
+/// Makes `nics` (ifindex, MAC, role) the loaded object's managed NICs: `IFACES`, their
+/// `IFACE_SLOTS` slot where it is free (the ingress check's array read), and a `REDIRECT`
+/// entry each. One place for attach, the test harness and the cost rig alike.
+pub(super) fn register_nics(
+    ebpf: &mut Ebpf,
+    nics: impl Iterator<Item = (u32, [u8; 6], Role)>,
+) -> Result<()> {
+    let nics: Vec<_> = nics.collect();
+    fn map<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut aya::maps::Map> {
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("object lacks {name}"))
+    }
+    let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(map(ebpf, names::IFACES)?)?;
+    for (idx, mac, role) in &nics {
+        let info = IfaceInfo {
+            mac: *mac,
+            role: role.to_map(),
+            _pad: 0,
+        };
+        ifaces.insert(idx, info, 0)?;
+    }
+    let mut slots: Array<_, IfaceSlot> = Array::try_from(map(ebpf, names::IFACE_SLOTS)?)?;
+    for (idx, mac, _) in &nics {
+        let slot = IfaceSlot::index(*idx);
+        if slots.get(&slot, 0)?.ifindex == 0 {
+            slots.set(slot, IfaceSlot::new(*idx, *mac), 0)?;
+        }
+    }
+    let mut devmap: DevMapHash<_> = DevMapHash::try_from(map(ebpf, names::REDIRECT)?)?;
+    for (idx, _, _) in &nics {
+        devmap.insert(*idx, *idx, None, 0)?;
+    }
+    Ok(())
 }

@@ -27,7 +27,7 @@ use aya::{
     programs::{TestRun, Xdp, xdp::XdpMode},
 };
 use floatip_common::{
-    FrameSample, GenState, IfaceInfo, SINK_SAMPLE_SLOTS, maps as names, outcome, programs,
+    FrameSample, GenState, IfaceSlot, SINK_SAMPLE_SLOTS, maps as names, outcome, programs,
 };
 
 use super::{
@@ -648,41 +648,18 @@ impl CostRig {
                 .load()
                 .with_context(|| format!("the kernel rejected {name}"))?;
         }
-        {
-            let mut ifaces: HashMap<_, u32, IfaceInfo> =
-                HashMap::try_from(ebpf.map_mut(names::IFACES).unwrap())?;
-            for (idx, mac, role) in nics {
-                ifaces.insert(
-                    idx,
-                    IfaceInfo {
-                        mac: *mac,
-                        role: role.to_map(),
-                        _pad: 0,
-                    },
-                    0,
-                )?;
-            }
-        }
-        {
-            let mut devmap: DevMapHash<_> =
-                DevMapHash::try_from(ebpf.map_mut(names::REDIRECT).unwrap())?;
-            for (idx, _, _) in nics {
-                devmap.insert(*idx, *idx, None, 0)?;
-            }
-        }
+        super::attach::register_nics(&mut ebpf, nics.iter().map(|(i, m, r)| (*i, *m, *r)))?;
         let mut bench = BenchObject::load_sized(zipf_len, max_associations)?;
         {
             // The staircase's MAC check and lease: the rig's NICs, a lease that never ends.
-            let mut ifaces: HashMap<_, u32, u64> = HashMap::try_from(
+            let mut ifaces: Array<_, IfaceSlot> = Array::try_from(
                 bench
                     .ebpf
                     .map_mut("BENCH_IFACES")
                     .ok_or_else(|| anyhow!("bench object lacks BENCH_IFACES"))?,
             )?;
             for (idx, mac, _) in nics {
-                let mut bits = [0u8; 8];
-                bits[..6].copy_from_slice(mac);
-                ifaces.insert(idx, u64::from_le_bytes(bits), 0)?;
+                ifaces.set(IfaceSlot::index(*idx), IfaceSlot::new(*idx, *mac), 0)?;
             }
             let mut lease: Array<_, u64> = Array::try_from(
                 bench

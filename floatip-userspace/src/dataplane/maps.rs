@@ -14,8 +14,9 @@ use aya::maps::{
     Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use floatip_common::{
-    AssocStats, IfaceInfo, MAP_LAYOUT_VERSION, Meta, NatEntry, NextHop, POOL_EXCLUDED, POOL_MEMBER,
-    PoolValue, SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket, spoof_filter_buckets,
+    AssocStats, IfaceInfo, IfaceSlot, MAP_LAYOUT_VERSION, Meta, NatEntry, NextHop, POOL_EXCLUDED,
+    POOL_MEMBER, PoolValue, SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket,
+    spoof_filter_buckets,
 };
 
 use super::{
@@ -43,6 +44,7 @@ pub struct Dataplane {
     pub(super) slot_owners: Array<MapData, u32>,
     pub(super) outcomes: PerCpuArray<MapData, u64>,
     pub(super) ifaces: HashMap<MapData, u32, IfaceInfo>,
+    iface_slots: Array<MapData, IfaceSlot>,
     pub(super) meta: Array<MapData, Meta>,
     pub(super) max_associations: u32,
 }
@@ -152,6 +154,7 @@ impl Dataplane {
             spoof_filter: Array::try_from(open_map(bpffs, names::SPOOF_FILTER)?)?,
             outcomes: PerCpuArray::try_from(open_map(bpffs, names::OUTCOMES)?)?,
             ifaces: HashMap::try_from(open_map(bpffs, names::IFACES)?)?,
+            iface_slots: Array::try_from(open_map(bpffs, names::IFACE_SLOTS)?)?,
             meta,
         })
     }
@@ -686,6 +689,19 @@ impl Dataplane {
     }
 
     /// Managed NICs of the given role: (ifindex, MAC).
+    /// Forgets NIC `idx` (detached): its `IFACES` entry and the `IFACE_SLOTS` slot it holds.
+    pub(super) fn forget_nic(&mut self, idx: u32) {
+        let _ = self.ifaces.remove(&idx);
+        let slot = IfaceSlot::index(idx);
+        if self
+            .iface_slots
+            .get(&slot, 0)
+            .is_ok_and(|s| s.ifindex == idx)
+        {
+            let _ = self.iface_slots.set(slot, IfaceSlot::default(), 0);
+        }
+    }
+
     pub fn nics(&self, role: Role) -> Result<Vec<(u32, [u8; 6])>> {
         let want = role.to_map();
         let mut out = Vec::new();

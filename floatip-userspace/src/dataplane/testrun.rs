@@ -10,10 +10,9 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use aya::{
     Ebpf, TestRunOptions,
-    maps::HashMap,
     programs::{ProgramError, SchedClassifier, TestRun, Xdp},
 };
-use floatip_common::{IfaceInfo, maps as names, programs};
+use floatip_common::programs;
 
 use super::{
     Counters, Dataplane, Role,
@@ -107,24 +106,8 @@ impl TestPrograms {
                 _ => bail!("unexpected program type for {name}"),
             }
         }
-        {
-            let mut ifaces: HashMap<_, u32, IfaceInfo> =
-                HashMap::try_from(ebpf.map_mut(names::IFACES).unwrap())?;
-            for (ifindex, mac, role) in nics {
-                let info = IfaceInfo {
-                    mac: *mac,
-                    role: role.to_map(),
-                    _pad: 0,
-                };
-                ifaces.insert(ifindex, info, 0)?;
-            }
-            // Redirect targets, as attach makes them.
-            let mut devmap: aya::maps::DevMapHash<_> =
-                aya::maps::DevMapHash::try_from(ebpf.map_mut(names::REDIRECT).unwrap())?;
-            for (ifindex, _, _) in nics {
-                devmap.insert(*ifindex, *ifindex, None, 0)?;
-            }
-        }
+        // Managed NICs and redirect targets, as attach makes them.
+        super::attach::register_nics(&mut ebpf, nics.iter().map(|(i, m, r)| (*i, *m, *r)))?;
         Ok(Self {
             ebpf,
             bpffs: bpffs.to_path_buf(),
