@@ -15,7 +15,9 @@
 //! The runs happen in a namespace of their own where the FIB lookup of a
 //! translated packet succeeds (routes and static neighbours behind two
 //! veths the programs manage), so a hit takes the full path up to the
-//! redirect. Association addresses are 10.128.0.0/9 (floating) and
+//! redirect. The next-hop follower runs there as on a gateway, so a hit
+//! takes the cached path (no FIB call); the `FIB path` cases are measured
+//! after it stopped and withdrew the cache: what a hit costs without it. Association addresses are 10.128.0.0/9 (floating) and
 //! 10.0.0.0/9 (fixed): map keys only, no packet ever leaves a test run.
 
 use std::{
@@ -32,6 +34,7 @@ use floatip::{
             CostRig, CostTarget, GenSpec, MinNatEntry, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread,
         },
     },
+    follower::Follower,
     iface,
 };
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -43,6 +46,8 @@ use super::env::{self, check_stop, in_ns, link_up, median, netns_path, sh};
 const FLOATING_BASE: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 1);
 const FIXED_BASE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// Behind the default route (via `REMOTE`): where an instance's outbound traffic goes.
+const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 /// Neither associated nor in a pool: the miss case.
 const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
 /// Draws in the popularity table (a power of two): more than the repetitions
@@ -73,6 +78,9 @@ pub enum Case {
     MinimalNatZipf,
     DnatZipf,
     SnatZipf,
+    /// The hits without the next-hop cache (the follower stopped): a FIB call each.
+    DnatFib,
+    SnatFib,
 }
 
 impl Case {
@@ -94,6 +102,8 @@ impl Case {
             Case::MinimalNatZipf => "minimal-nat hit, zipf",
             Case::DnatZipf => "dnat-hit, zipf",
             Case::SnatZipf => "snat-hit, zipf",
+            Case::DnatFib => "dnat-hit, FIB path",
+            Case::SnatFib => "snat-hit, FIB path",
         }
     }
 
@@ -116,7 +126,7 @@ pub const CASES: [Case; 2 + DELTA_CASES.len()] = {
 
 /// The cases reported as a difference to [`Case::Pass`]: everything behind
 /// the same wrapper.
-pub const DELTA_CASES: [Case; 14] = [
+pub const DELTA_CASES: [Case; 16] = [
     Case::LookupFloor,
     Case::FibFloor,
     Case::MinimalNat,
@@ -131,7 +141,14 @@ pub const DELTA_CASES: [Case; 14] = [
     Case::MinimalNatZipf,
     Case::DnatZipf,
     Case::SnatZipf,
+    Case::DnatFib,
+    Case::SnatFib,
 ];
+
+/// The cases measured without the follower, after the others.
+fn uncached(case: Case) -> bool {
+    matches!(case, Case::DnatFib | Case::SnatFib)
+}
 
 /// The medians of one association count.
 #[derive(Clone, Debug)]
@@ -189,6 +206,18 @@ impl CostNs {
             "dev",
             "ci",
         ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.2",
+            "dev",
+            "cx",
+        ])?;
         for (ip, dev) in [("198.51.100.2", "cxp"), ("10.255.0.2", "cip")] {
             let peer_mac = env::fmt_mac(&env::mac(&ns, dev)?);
             let ours = if dev == "cxp" { "cx" } else { "ci" };
@@ -238,6 +267,68 @@ pub fn run(counts: &[u32], repeat: u32, rounds: usize) -> Result<Vec<CostResult>
         results.push(r);
     }
     Ok(results)
+}
+
+/// The next-hop follower on a thread of the cost namespace (a thread spawned there stays
+/// in it), as the agent runs it on a gateway. Stopping it withdraws the cache.
+struct FollowerThread {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl FollowerThread {
+    fn start(bpffs: &std::path::Path) -> Result<Self> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut follower = Follower::new(bpffs, false)?;
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            follower.run(&|| flag.load(std::sync::atomic::Ordering::Relaxed))
+        });
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Until every pair's hop and the default route's are cached.
+    fn wait_cached(&self, rig: &CostRig, n: u32) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let st = rig.dataplane()?.next_hop_status()?;
+            if st.cached == n as usize && st.default_route {
+                return Ok(());
+            }
+            if Instant::now() > deadline || self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                bail!(
+                    "the follower cached {} of {n} next hops (default route: {})",
+                    st.cached,
+                    st.default_route
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it and waits until it has withdrawn the cache.
+    fn stop(&mut self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the follower panicked"))?
+                .context("the follower"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for FollowerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 struct PinGuard(PathBuf);
@@ -321,10 +412,20 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
         rig.set_zipf(&zipf_table(n)?)?;
         let map_memory = rig.map_memory()?;
         let mut samples: Vec<(Case, Vec<f64>)> = CASES.iter().map(|c| (*c, Vec::new())).collect();
-        for _ in 0..rounds {
-            for (case, list) in samples.iter_mut() {
-                check_stop()?;
-                list.push(run_case(&mut rig, *case, n, &nics, repeat)?);
+        let mut follower = FollowerThread::start(bpffs)?;
+        follower.wait_cached(&rig, n)?;
+        for cached in [true, false] {
+            if !cached {
+                follower.stop()?;
+            }
+            for _ in 0..rounds {
+                for (case, list) in samples.iter_mut() {
+                    if uncached(*case) == cached {
+                        continue;
+                    }
+                    check_stop()?;
+                    list.push(run_case(&mut rig, *case, n, &nics, repeat)?);
+                }
             }
         }
         Ok(CostResult {
@@ -350,7 +451,7 @@ fn run_case(
     let (ext, int) = (nics[0].0, nics[1].0);
     let half = n / 2;
     let dnat = spec(REMOTE, 1, FLOATING_BASE, n, 0);
-    let snat = spec(FIXED_BASE, n, REMOTE, 1, 0);
+    let snat = spec(FIXED_BASE, n, INTERNET, 1, 0);
     let (target, spec, ingress, action, translated) = match case {
         Case::BarePass => {
             let r = rig.run_bare_pass(&dnat.template(), ext, repeat)?;
@@ -386,8 +487,12 @@ fn run_case(
             XDP_PASS,
             false,
         ),
-        Case::Dnat | Case::DnatZipf => (CostTarget::External, dnat, ext, XDP_REDIRECT, true),
-        Case::Snat | Case::SnatZipf => (CostTarget::Internal, snat, int, XDP_REDIRECT, true),
+        Case::Dnat | Case::DnatZipf | Case::DnatFib => {
+            (CostTarget::External, dnat, ext, XDP_REDIRECT, true)
+        }
+        Case::Snat | Case::SnatZipf | Case::SnatFib => {
+            (CostTarget::Internal, snat, int, XDP_REDIRECT, true)
+        }
         // Source pair i, destination pair i + n/2: another instance's floating IP.
         Case::Hairpin => (
             CostTarget::Internal,

@@ -81,6 +81,10 @@ struct Args {
     /// Rounds of the throughput matrix (default 3 with --quick, else 5).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Association counts of the program cost (repeatable, 1..=1,000,000; default 1,
+    /// 10,000 and 1,000,000, or 1 and 10,000 with --quick).
+    #[arg(long = "associations", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    associations: Vec<u32>,
     /// Measure only these throughput modes (repeatable), e.g. `--mode floatip-xdp`.
     #[arg(long = "mode", value_name = "MODE")]
     modes: Vec<String>,
@@ -160,7 +164,9 @@ fn run(args: &Args) -> Result<()> {
 
     if want(Part::Cost) {
         eprintln!("program cost (BPF_PROG_TEST_RUN)");
-        let counts: &[u32] = if args.quick {
+        let counts: &[u32] = if !args.associations.is_empty() {
+            &args.associations
+        } else if args.quick {
             &[1, 10_000]
         } else {
             &[1, 10_000, 1_000_000]
