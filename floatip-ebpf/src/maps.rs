@@ -97,18 +97,22 @@ pub fn routing() -> Option<Routing> {
 /// no other route overlaps `dst`'s /16 (so the FIB would answer with the
 /// default route too).
 #[inline(always)]
-pub fn default_hop(routing: &Routing, dst: u32) -> Option<NextHop> {
+pub fn default_hop(routing: &Routing, dst: u32) -> Option<&'static NextHop> {
     let (word, bit) = route_filter_bit(dst);
     if ROUTE_FILTER.get(word).is_none_or(|w| (*w >> bit) & 1 != 0) {
         return None;
     }
-    DEFAULT_HOP.get(routing.default_index & 1).copied()
+    DEFAULT_HOP
+        .get_ptr(routing.default_index & 1)
+        .map(|h| unsafe { &*h })
 }
 
-/// Floating IP -> its fixed IP and counter slot.
+/// Floating IP -> its fixed IP, counter slot and next hop: the entry in the
+/// map's memory, read where used rather than copied (a copy of its 32 bytes
+/// costs a hit more than the fields it reads).
 #[inline(always)]
-pub fn fixed_of(floating: u32) -> Option<NatEntry> {
-    FIP_TO_FIXED.get_ptr(floating).map(|e| unsafe { *e })
+pub fn fixed_of(floating: u32) -> Option<&'static NatEntry> {
+    FIP_TO_FIXED.get_ptr(floating).map(|e| unsafe { &*e })
 }
 
 /// Whether `addr` may be a fixed or floating IP of an association or a pool
@@ -122,10 +126,10 @@ pub fn maybe_managed(addr: u32) -> bool {
         .is_none_or(|n| *n != 0)
 }
 
-/// Fixed IP -> its floating IP and counter slot.
+/// Fixed IP -> its floating IP and counter slot (in place, as [`fixed_of`]).
 #[inline(always)]
-pub fn floating_of(fixed: u32) -> Option<NatEntry> {
-    FIXED_TO_FIP.get_ptr(fixed).map(|e| unsafe { *e })
+pub fn floating_of(fixed: u32) -> Option<&'static NatEntry> {
+    FIXED_TO_FIP.get_ptr(fixed).map(|e| unsafe { &*e })
 }
 
 /// Whether `addr` lies in a floating IP pool (and is not excluded from it).

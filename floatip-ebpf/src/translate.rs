@@ -104,7 +104,7 @@ fn rewrite_quote<F: Frame>(f: &F, ip: &Ipv4, field: usize, old: u32, new: u32) -
 /// Destination NAT: floating `fip` -> fixed `fixed`, with the quote of an
 /// ICMP error (whose source was the floating IP) translated back too.
 #[inline(always)]
-fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, to: NatEntry) -> Result<(), ()> {
+fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, to: &NatEntry) -> Result<(), ()> {
     rewrite_address(f, ip, DST, fip, to.addr)?;
     rewrite_quote(f, ip, SRC, fip, to.addr)?;
     stats::count_assoc(to.slot, true, f.packet_len() as u64);
@@ -114,7 +114,7 @@ fn dnat<F: Frame>(f: &mut F, ip: &Ipv4, fip: u32, to: NatEntry) -> Result<(), ()
 /// Source NAT: fixed `fixed` -> floating `fip`, with the quote of an ICMP
 /// error the instance sends (whose destination was the fixed IP).
 #[inline(always)]
-fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, to: NatEntry) -> Result<(), ()> {
+fn snat<F: Frame>(f: &mut F, ip: &Ipv4, fixed: u32, to: &NatEntry) -> Result<(), ()> {
     rewrite_address(f, ip, SRC, fixed, to.addr)?;
     rewrite_quote(f, ip, DST, fixed, to.addr)?;
     stats::count_assoc(to.slot, false, f.packet_len() as u64);
@@ -180,14 +180,14 @@ fn route_via<F: Frame>(
     ip: &Ipv4,
     ifindex: u32,
     (src, dst): (u32, u32),
-    hop: Option<(NextHop, Routing)>,
+    hop: Option<(&NextHop, Routing)>,
 ) -> Result<Route, Miss> {
     if ip.has_options() {
         return route(f, l2, ifindex, src, dst).and(Err(Miss::OPTIONS));
     }
     if !l2.vlan
         && let Some((hop, routing)) = hop
-        && let Some(cached) = forward::cached(&hop, routing.epoch, ip.tot_len)
+        && let Some(cached) = forward::cached(hop, routing.epoch, ip.tot_len)
     {
         return Ok(cached);
     }
@@ -260,7 +260,7 @@ pub fn external<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
                     why: Miss::TTL_EXPIRES,
                 });
             }
-            let hop = maps::routing().map(|r| (fixed.hop, r));
+            let hop = maps::routing().map(|r| (&fixed.hop, r));
             let route = route_via(f, &l2, &ip, ifindex, (ip.src, fixed.addr), hop);
             if let Some(error) = unforwardable(f, &l2, &ip, &route)? {
                 return Ok(error);
@@ -314,7 +314,7 @@ pub fn internal<F: Frame>(f: &mut F, ifindex: u32) -> Result<Verdict, ()> {
     // translated source alone by the default route's, unless another route
     // may cover the destination.
     let hop = maps::routing().and_then(|r| match dst_fixed {
-        Some(e) => Some((e.hop, r)),
+        Some(e) => Some((&e.hop, r)),
         None => maps::default_hop(&r, ip.dst).map(|h| (h, r)),
     });
     let route = route_via(f, &l2, &ip, ifindex, (src, dst), hop);

@@ -84,7 +84,7 @@ static BENCH_IFACES: Array<IfaceSlot> = Array::with_max_entries(IFACE_SLOTS, 0);
 #[map(name = "BENCH_OUTCOMES")]
 static BENCH_OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
 
-/// One slot per pair (the new address's low bits); the loader sizes it (a power of two).
+/// One slot per pair (a hash of the new address); the loader sizes it (a power of two).
 #[map(name = "BENCH_PAIR_STATS")]
 static BENCH_PAIR_STATS: PerCpuArray<AssocStats> = PerCpuArray::with_max_entries(1, 0);
 
@@ -320,8 +320,11 @@ fn nat<const STEPS: u32>(ctx: &XdpContext) -> u32 {
         if let Some(n) = BENCH_OUTCOMES.get_ptr_mut(0) {
             unsafe { *n += 1 };
         }
+        // Scattered by a hash of the address, as the loader scatters the data plane's
+        // slots: consecutive pairs in consecutive slots would let the prefetcher hide
+        // the misses a real spread of pairs has.
         let mask = unsafe { core::ptr::read_volatile(&PAIR_SLOT_MASK) };
-        let slot = u32::from_be(e.addr) & mask;
+        let slot = u32::from_be(e.addr).wrapping_mul(0x9e37_79b1) & mask;
         if let Some(s) = BENCH_PAIR_STATS.get_ptr_mut(slot) {
             unsafe {
                 (*s).in_packets += 1;

@@ -46,7 +46,9 @@ use super::env::{self, check_stop, in_ns, link_up, median, netns_path, sh};
 const FLOATING_BASE: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 1);
 const FIXED_BASE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-/// Behind the default route (via `REMOTE`): where an instance's outbound traffic goes.
+/// Behind the default route (via `REMOTE`): where an instance's outbound traffic goes and
+/// inbound traffic comes from. Its /16 holds no address the gateway manages, so the
+/// anti-spoofing filter clears it with one array read.
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 /// Neither associated nor in a pool: the miss case.
 const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
@@ -78,6 +80,9 @@ pub enum Case {
     MinimalNatZipf,
     DnatZipf,
     SnatZipf,
+    /// A DNAT hit from `REMOTE`, in the /16 of the gateway's own address: the filter cannot
+    /// clear the source, so the exact anti-spoofing lookups run.
+    DnatNear,
     /// The hits without the next-hop cache (the follower stopped): a FIB call each.
     DnatFib,
     SnatFib,
@@ -102,6 +107,7 @@ impl Case {
             Case::MinimalNatZipf => "minimal-nat hit, zipf",
             Case::DnatZipf => "dnat-hit, zipf",
             Case::SnatZipf => "snat-hit, zipf",
+            Case::DnatNear => "dnat-hit, source near the gateway",
             Case::DnatFib => "dnat-hit, FIB path",
             Case::SnatFib => "snat-hit, FIB path",
         }
@@ -126,7 +132,7 @@ pub const CASES: [Case; 2 + DELTA_CASES.len()] = {
 
 /// The cases reported as a difference to [`Case::Pass`]: everything behind
 /// the same wrapper.
-pub const DELTA_CASES: [Case; 16] = [
+pub const DELTA_CASES: [Case; 17] = [
     Case::LookupFloor,
     Case::FibFloor,
     Case::MinimalNat,
@@ -141,6 +147,7 @@ pub const DELTA_CASES: [Case; 16] = [
     Case::MinimalNatZipf,
     Case::DnatZipf,
     Case::SnatZipf,
+    Case::DnatNear,
     Case::DnatFib,
     Case::SnatFib,
 ];
@@ -450,7 +457,7 @@ fn run_case(
 ) -> Result<f64> {
     let (ext, int) = (nics[0].0, nics[1].0);
     let half = n / 2;
-    let dnat = spec(REMOTE, 1, FLOATING_BASE, n, 0);
+    let dnat = spec(INTERNET, 1, FLOATING_BASE, n, 0);
     let snat = spec(FIXED_BASE, n, INTERNET, 1, 0);
     let (target, spec, ingress, action, translated) = match case {
         Case::BarePass => {
@@ -490,6 +497,13 @@ fn run_case(
         Case::Dnat | Case::DnatZipf | Case::DnatFib => {
             (CostTarget::External, dnat, ext, XDP_REDIRECT, true)
         }
+        Case::DnatNear => (
+            CostTarget::External,
+            spec(REMOTE, 1, FLOATING_BASE, n, 0),
+            ext,
+            XDP_REDIRECT,
+            true,
+        ),
         Case::Snat | Case::SnatZipf | Case::SnatFib => {
             (CostTarget::Internal, snat, int, XDP_REDIRECT, true)
         }

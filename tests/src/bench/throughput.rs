@@ -44,7 +44,12 @@ use super::env::{
 
 pub const FLOATING: &str = "203.0.113.10";
 pub const FIXED: &str = "10.0.0.11";
-const GEN_IP: &str = "198.51.100.2";
+/// The generator's own address: the upstream router of the gateway's default route.
+const ROUTER_IP: &str = "198.51.100.2";
+/// Where the offered traffic comes from: a client behind that router, as a gateway's
+/// traffic does (its /16 holds nothing the gateway manages, so the anti-spoofing filter
+/// clears it with one array read).
+const GEN_IP: &str = "192.0.2.77";
 const FIRST_PORT: u16 = 1024;
 const DPORT: u16 = 9;
 
@@ -307,7 +312,7 @@ impl Rig {
         let addr = |ns: &str, ifname: &str, cidr: &str| {
             sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", ifname]).map(drop)
         };
-        addr(&gen_ns, &gen_if, "198.51.100.2/24")?;
+        addr(&gen_ns, &gen_if, &format!("{ROUTER_IP}/24"))?;
         addr(&gw_ns, &gwx, "198.51.100.1/24")?;
         addr(&gw_ns, &gwi, "10.0.0.1/24")?;
         addr(&sink_ns, &sink_if, "10.0.0.11/24")?;
@@ -324,6 +329,9 @@ impl Rig {
                 ],
             )?;
         }
+        sh(&[
+            "ip", "-n", &gw_ns, "route", "add", "default", "via", ROUTER_IP, "dev", &gwx,
+        ])?;
         let gen_mac = env::mac(&gen_ns, &gen_if)?;
         let gwx_mac = env::mac(&gw_ns, &gwx)?;
         let gwi_mac = env::mac(&gw_ns, &gwi)?;
@@ -331,7 +339,7 @@ impl Rig {
         for (ip, dev, mac) in [
             (FIXED, &gwi, sink_mac),
             (FLOATING, &gwi, sink_mac),
-            (GEN_IP, &gwx, gen_mac),
+            (ROUTER_IP, &gwx, gen_mac),
         ] {
             sh(&[
                 "ip",
