@@ -10,7 +10,7 @@
 
 /// Version of the pinned map layout. Bumped whenever a key, value or map
 /// changes shape, so a newer loader never misreads older pinned maps.
-pub const MAP_LAYOUT_VERSION: u32 = 9;
+pub const MAP_LAYOUT_VERSION: u32 = 10;
 
 /// Map names, shared so the loader opens exactly what the programs declare.
 pub mod maps {
@@ -113,6 +113,9 @@ pub mod globals {
     /// `u32`, 1 when the association counters are `ASSOC_STATS_SHARED`,
     /// 0 when they are the per-CPU `ASSOC_STATS`.
     pub const SHARED_COUNTERS: &str = "SHARED_COUNTERS";
+    /// `u32`, the counter slots ([`super::stats_slots`]): the stride between two CPUs'
+    /// copies in the flat per-CPU `ASSOC_STATS`.
+    pub const STATS_SLOTS: &str = "STATS_SLOTS";
 }
 
 /// Program names (the function names in `floatip-ebpf`).
@@ -174,11 +177,17 @@ pub const fn stats_slots(max_associations: u32) -> u32 {
 /// associations up to 7.
 pub const PER_CPU_COUNTERS_BUDGET: u64 = 256 << 20;
 
-/// What the kernel charges for the per-CPU counters of `max_associations`
-/// on `cpus` possible CPUs: per slot a pointer and the value per CPU.
+/// What the per-CPU counters of `max_associations` take on `cpus` possible
+/// CPUs: one value per slot per CPU, in one flat array (`ASSOC_STATS`).
 pub const fn per_cpu_counters_bytes(max_associations: u32, cpus: u32) -> u64 {
     let value = core::mem::size_of::<AssocStats>() as u64;
-    stats_slots(max_associations) as u64 * (8 + value * cpus as u64)
+    stats_slots(max_associations) as u64 * value * cpus as u64
+}
+
+/// Entries of `ASSOC_STATS` for per-CPU counters: every CPU's copy of every slot, CPU c's
+/// copy of slot s at `c * stats_slots + s`.
+pub const fn per_cpu_counter_entries(max_associations: u32, cpus: u32) -> u32 {
+    stats_slots(max_associations).saturating_mul(cpus)
 }
 
 /// Whether the loader chooses per-CPU counters (else shared ones) for
@@ -299,7 +308,7 @@ pub struct PoolValue {
     pub fenced: u32,
 }
 
-/// Counters of one association (per CPU in `ASSOC_STATS`, shared in
+/// Counters of one association (one per CPU in the flat `ASSOC_STATS`, shared in
 /// `ASSOC_STATS_SHARED`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

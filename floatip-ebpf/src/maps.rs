@@ -29,9 +29,11 @@ pub static SPOOF_FILTER: Array<u32> = Array::pinned(SPOOF_FILTER_BUCKETS, 0);
 #[map(name = "POOLS")]
 pub static POOLS: LpmTrie<u32, PoolValue> = LpmTrie::pinned(MAX_POOL_PREFIXES, 0);
 
+// Per-CPU counters as one flat array, CPU c's copy of slot s at c * STATS_SLOTS + s: one
+// cache line per count, where a PERCPU_ARRAY reads its pointer table first (a second
+// miss per packet once the slots outgrow the caches). The loader sizes it.
 #[map(name = "ASSOC_STATS")]
-pub static ASSOC_STATS: PerCpuArray<AssocStats> =
-    PerCpuArray::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), 0);
+pub static ASSOC_STATS: Array<AssocStats> = Array::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), 0);
 
 // One entry unless the loader chose shared counters (and then ASSOC_STATS has one).
 #[map(name = "ASSOC_STATS_SHARED")]
@@ -41,6 +43,18 @@ pub static ASSOC_STATS_SHARED: Array<AssocStats> = Array::pinned(1, 0);
 // sees a constant and drops the counting branch not taken.
 #[unsafe(no_mangle)]
 static SHARED_COUNTERS: u32 = 0;
+
+// Set by the loader: the counter slots, the stride of `ASSOC_STATS` between CPUs.
+#[unsafe(no_mangle)]
+static STATS_SLOTS: u32 = 0;
+
+/// Where CPU `cpu`'s counters of `slot` lie in `ASSOC_STATS` (an index the map's own bound
+/// check refuses if it is out of range).
+#[inline(always)]
+pub fn per_cpu_slot(cpu: u32, slot: u32) -> u32 {
+    let slots = unsafe { core::ptr::read_volatile(&STATS_SLOTS) };
+    cpu.wrapping_mul(slots).wrapping_add(slot)
+}
 
 /// Whether the association counters are the shared ones.
 #[inline(always)]

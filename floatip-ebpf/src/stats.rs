@@ -3,9 +3,12 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
 use floatip_common::AssocStats;
 
-use crate::maps::{ASSOC_STATS, ASSOC_STATS_SHARED, OUTCOMES, SEND_DROPS, shared_counters};
+use crate::maps::{
+    ASSOC_STATS, ASSOC_STATS_SHARED, OUTCOMES, SEND_DROPS, per_cpu_slot, shared_counters,
+};
 
 #[inline(always)]
 pub fn count(outcome: u32) {
@@ -16,7 +19,8 @@ pub fn count(outcome: u32) {
 
 /// Counts a packet for the association whose counters are at `slot`;
 /// `inbound` when it arrived for the floating IP, otherwise sent from it.
-/// Per-CPU counters take plain adds; shared ones (where per-CPU copies would
+/// Per-CPU counters (this CPU's copy in the flat `ASSOC_STATS`) take plain
+/// adds: a program runs to its end on one CPU; shared ones (where per-CPU copies would
 /// not fit the memory budget, the loader's choice) atomic adds, since CPUs
 /// count the same association at once.
 #[inline(always)]
@@ -36,7 +40,9 @@ pub fn count_assoc(slot: u32, inbound: bool, bytes: u64) {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(octets, bytes);
             }
         }
-    } else if let Some(s) = ASSOC_STATS.get_ptr_mut(slot) {
+    } else if let Some(s) =
+        ASSOC_STATS.get_ptr_mut(per_cpu_slot(unsafe { bpf_get_smp_processor_id() }, slot))
+    {
         let s: &mut AssocStats = unsafe { &mut *s };
         if inbound {
             s.in_packets += 1;

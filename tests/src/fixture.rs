@@ -20,7 +20,9 @@ use aya::{
 use floatip::dataplane::{
     BENCH_OBJECT, Counters, EBPF_OBJECT, Role, TestProgram, TestPrograms, bench::pin_thread,
 };
-use floatip_common::{POOL_ANY_NIC, globals, maps as names, programs, stats_slots};
+use floatip_common::{
+    POOL_ANY_NIC, globals, maps as names, per_cpu_counter_entries, programs, stats_slots,
+};
 
 use crate::pkt::MAC_A;
 
@@ -262,9 +264,16 @@ impl Fixture {
             .default_map_pin_directory(format!("{}/maps", self.1))
             .map_max_entries(names::FIP_TO_FIXED, self.2)
             .map_max_entries(names::FIXED_TO_FIP, self.2)
-            .map_max_entries(names::ASSOC_STATS, slots)
+            .map_max_entries(
+                names::ASSOC_STATS,
+                per_cpu_counter_entries(
+                    self.2,
+                    floatip::dataplane::possible_cpus().unwrap() as u32,
+                ),
+            )
             .map_max_entries(names::SLOT_OWNERS, slots)
             .override_global(globals::SHARED_COUNTERS, &shared, true)
+            .override_global(globals::STATS_SLOTS, &slots, true)
             .load(EBPF_OBJECT)
             .expect("load the data-plane object")
     }

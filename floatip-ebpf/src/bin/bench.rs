@@ -36,7 +36,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_skb_vlan_push},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_skb_vlan_push,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
@@ -84,9 +86,10 @@ static BENCH_IFACES: Array<IfaceSlot> = Array::with_max_entries(IFACE_SLOTS, 0);
 #[map(name = "BENCH_OUTCOMES")]
 static BENCH_OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
 
-/// One slot per pair (a hash of the new address); the loader sizes it (a power of two).
+/// One slot per pair (a hash of the new address) per CPU, flat as the data plane's
+/// `ASSOC_STATS`; the loader sizes it (a power of two per CPU).
 #[map(name = "BENCH_PAIR_STATS")]
-static BENCH_PAIR_STATS: PerCpuArray<AssocStats> = PerCpuArray::with_max_entries(1, 0);
+static BENCH_PAIR_STATS: Array<AssocStats> = Array::with_max_entries(1, 0);
 
 /// The lease deadline the staircase's last step compares the coarse clock with.
 // Set by the loader: BENCH_PAIR_STATS's size less one.
@@ -325,7 +328,9 @@ fn nat<const STEPS: u32>(ctx: &XdpContext) -> u32 {
         // the misses a real spread of pairs has.
         let mask = unsafe { core::ptr::read_volatile(&PAIR_SLOT_MASK) };
         let slot = u32::from_be(e.addr).wrapping_mul(0x9e37_79b1) & mask;
-        if let Some(s) = BENCH_PAIR_STATS.get_ptr_mut(slot) {
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        if let Some(s) = BENCH_PAIR_STATS.get_ptr_mut(cpu.wrapping_mul(mask + 1).wrapping_add(slot))
+        {
             unsafe {
                 (*s).in_packets += 1;
                 (*s).in_bytes += (end - data) as u64;

@@ -16,7 +16,7 @@ use aya::{
 };
 use floatip_common::{
     DEFAULT_MAX_ASSOCIATIONS, IfaceInfo, IfaceSlot, MAP_LAYOUT_VERSION, Meta, globals,
-    maps as names, programs, stats_slots,
+    maps as names, per_cpu_counter_entries, programs, stats_slots,
 };
 
 use super::{
@@ -54,7 +54,10 @@ pub(super) fn load(
     };
     let slots = stats_slots(max_associations);
     let (per_cpu, shared) = match counters {
-        Counters::PerCpu => (slots, 1),
+        Counters::PerCpu => (
+            per_cpu_counter_entries(max_associations, possible_cpus()? as u32),
+            1,
+        ),
         Counters::Shared => (1, slots),
     };
     let shared_flag = u32::from(counters == Counters::Shared);
@@ -67,6 +70,7 @@ pub(super) fn load(
         .map_max_entries(names::ASSOC_STATS_SHARED, shared)
         .map_max_entries(names::SLOT_OWNERS, slots)
         .override_global(globals::SHARED_COUNTERS, &shared_flag, true)
+        .override_global(globals::STATS_SLOTS, &slots, true)
         .load(EBPF_OBJECT)
         .context("cannot load the floatip eBPF object")?;
     let mut meta: Array<_, Meta> = Array::try_from(

@@ -348,13 +348,13 @@ impl BenchObject {
         if zipf_len != 0 && !zipf_len.is_power_of_two() {
             bail!("the popularity table's length must be a power of two");
         }
-        // The staircase's per-pair counters: a power of two, one slot per pair.
+        // The staircase's per-pair counters: a power of two, one slot per pair, per CPU.
         let slots = min_nat.max(1).next_power_of_two();
         let mask = slots - 1;
         let ebpf = EbpfLoader::new()
             .map_max_entries(GEN_ZIPF, zipf_len.max(1))
             .map_max_entries(MIN_NAT, min_nat.max(1024))
-            .map_max_entries("BENCH_PAIR_STATS", slots)
+            .map_max_entries("BENCH_PAIR_STATS", slots * possible_cpus()? as u32)
             .override_global("PAIR_SLOT_MASK", &mask, true)
             .load(BENCH_OBJECT)
             .context("cannot load the bench object")?;

@@ -10,9 +10,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
-};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use floatip_common::{
     AssocStats, IfaceInfo, IfaceSlot, MAP_LAYOUT_VERSION, Meta, NatEntry, NextHop, POOL_EXCLUDED,
     POOL_MEMBER, PoolValue, SPOOF_FILTER_BUCKETS, maps as names, spoof_filter_bucket,
@@ -51,7 +49,12 @@ pub struct Dataplane {
 
 /// The per-association counters, where the loader put them.
 pub(super) enum Stats {
-    PerCpu(PerCpuArray<MapData, AssocStats>),
+    /// The flat per-CPU array: CPU c's copy of slot s at `c * slots + s`.
+    PerCpu {
+        map: Array<MapData, AssocStats>,
+        slots: u32,
+        cpus: u32,
+    },
     Shared(Array<MapData, AssocStats>),
 }
 
@@ -64,13 +67,20 @@ impl Stats {
                 bpffs,
                 names::ASSOC_STATS_SHARED,
             )?)?),
-            _ => Stats::PerCpu(PerCpuArray::try_from(open_map(bpffs, names::ASSOC_STATS)?)?),
+            _ => {
+                let map: Array<MapData, AssocStats> =
+                    Array::try_from(open_map(bpffs, names::ASSOC_STATS)?)?;
+                let cpus = possible_cpus()? as u32;
+                // The loader sized it to every slot on every CPU.
+                let slots = map.len() / cpus.max(1);
+                Stats::PerCpu { map, slots, cpus }
+            }
         })
     }
 
     fn kind(&self) -> Counters {
         match self {
-            Stats::PerCpu(_) => Counters::PerCpu,
+            Stats::PerCpu { .. } => Counters::PerCpu,
             Stats::Shared(_) => Counters::Shared,
         }
     }
@@ -78,9 +88,10 @@ impl Stats {
     /// Zeroes the counters at `slot`.
     fn clear(&mut self, slot: u32) -> Result<()> {
         match self {
-            Stats::PerCpu(m) => {
-                let zero = PerCpuValues::try_from(vec![AssocStats::default(); possible_cpus()?])?;
-                m.set(slot, zero, 0)?;
+            Stats::PerCpu { map, slots, cpus } => {
+                for cpu in 0..*cpus {
+                    map.set(cpu * *slots + slot, AssocStats::default(), 0)?;
+                }
             }
             Stats::Shared(m) => m.set(slot, AssocStats::default(), 0)?,
         }
@@ -90,15 +101,20 @@ impl Stats {
     /// The counters at `slot`, summed over CPUs (`None`: no such slot).
     pub(super) fn get(&self, slot: u32) -> Option<AssocStats> {
         match self {
-            Stats::PerCpu(m) => m.get(&slot, 0).ok().map(|values| {
-                values.iter().fold(AssocStats::default(), |mut s, v| {
-                    s.in_packets += v.in_packets;
-                    s.in_bytes += v.in_bytes;
-                    s.out_packets += v.out_packets;
-                    s.out_bytes += v.out_bytes;
-                    s
-                })
-            }),
+            Stats::PerCpu { map, slots, cpus } => {
+                if slot >= *slots {
+                    return None;
+                }
+                let mut sum = AssocStats::default();
+                for cpu in 0..*cpus {
+                    let v = map.get(&(cpu * *slots + slot), 0).ok()?;
+                    sum.in_packets += v.in_packets;
+                    sum.in_bytes += v.in_bytes;
+                    sum.out_packets += v.out_packets;
+                    sum.out_bytes += v.out_bytes;
+                }
+                Some(sum)
+            }
             Stats::Shared(m) => m.get(&slot, 0).ok(),
         }
     }

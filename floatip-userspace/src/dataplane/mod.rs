@@ -104,7 +104,7 @@ impl Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Counters {
-    /// One copy per CPU (`ASSOC_STATS`): plain adds, no cache line shared
+    /// One copy per CPU (the flat `ASSOC_STATS`): plain adds, no cache line shared
     /// between CPUs; memory grows with the CPU count.
     PerCpu,
     /// One copy for all CPUs (`ASSOC_STATS_SHARED`), atomic adds.

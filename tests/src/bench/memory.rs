@@ -29,6 +29,7 @@ use floatip::dataplane::{
     Counters,
     bench::{MapFacts, MapKind, map_facts_for, possible_cpus},
 };
+use floatip_common::maps as names;
 
 /// The association count the figures are for.
 pub const ASSOCIATIONS: u32 = 1_000_000;
@@ -205,7 +206,15 @@ fn compute(per_cpu: &[MapFacts], shared: &[MapFacts], cpus_here: u64) -> MemoryR
         Counters::PerCpu => per_cpu,
         Counters::Shared => shared,
     };
-    let named = |cpus: u64, name: &str| variant(cpus).iter().find(|g| g.name == name).cloned();
+    // The per-CPU counters are one flat array of every slot on every CPU: the facts of this
+    // machine's, rescaled to `cpus`.
+    let named = |cpus: u64, name: &str| {
+        let mut g = variant(cpus).iter().find(|g| g.name == name).cloned()?;
+        if g.name == names::ASSOC_STATS && choice(cpus) == Counters::PerCpu {
+            g.max_entries = (u64::from(g.max_entries) / cpus_here.max(1) * cpus) as u32;
+        }
+        Some(g)
+    };
     let maps = variant(cpus_here)
         .iter()
         .map(|f| {
@@ -279,11 +288,11 @@ mod tests {
         };
         let variant = |per_cpu, shared| {
             vec![
-                named("ASSOC_STATS", MapKind::PerCpuArray, per_cpu),
+                named("ASSOC_STATS", MapKind::Array, per_cpu),
                 named("ASSOC_STATS_SHARED", MapKind::Array, shared),
             ]
         };
-        let m = compute(&variant(slots, 1), &variant(1, slots), 2);
+        let m = compute(&variant(2 * slots, 1), &variant(1, slots), 2);
         assert_eq!(m.counters_here, Counters::PerCpu);
         assert_eq!(
             m.counters,
@@ -293,14 +302,15 @@ mod tests {
                 (128, Counters::Shared)
             ]
         );
-        let array = |max: u64, per_cpu: Option<u64>| {
-            ARRAY_HEADER + max * per_cpu.map_or(32, |cpus| 8 + 32 * cpus)
-        };
+        let array = |max: u64, per_cpu: Option<u64>| ARRAY_HEADER + max * 32 * per_cpu.unwrap_or(1);
         let slots = u64::from(slots);
         assert_eq!(m.total(2), array(slots, Some(2)) + array(1, None));
-        assert_eq!(m.total(64), array(1, Some(64)) + array(slots, None));
-        assert_eq!(m.total(128), array(1, Some(128)) + array(slots, None));
-        assert_eq!(m.maps[0].entries, vec![(2, 1_062_501), (64, 1), (128, 1)]);
+        assert_eq!(m.total(64), array(1, None) + array(slots, None));
+        assert_eq!(m.total(128), array(1, None) + array(slots, None));
+        assert_eq!(
+            m.maps[0].entries,
+            vec![(2, 2 * 1_062_501), (64, 1), (128, 1)]
+        );
     }
 
     #[test]
