@@ -2,6 +2,7 @@
 //! maps' size at attach time.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
@@ -33,7 +34,9 @@ pub static POOLS: LpmTrie<u32, PoolValue> = LpmTrie::pinned(MAX_POOL_PREFIXES, 0
 // cache line per count, where a PERCPU_ARRAY reads its pointer table first (a second
 // miss per packet once the slots outgrow the caches). The loader sizes it.
 #[map(name = "ASSOC_STATS")]
-pub static ASSOC_STATS: Array<AssocStats> = Array::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), 0);
+// Mmapable: the loader sums a slot over the CPUs by reading memory, not one system call per CPU.
+pub static ASSOC_STATS: Array<AssocStats> =
+    Array::pinned(stats_slots(DEFAULT_MAX_ASSOCIATIONS), BPF_F_MMAPABLE);
 
 // One entry unless the loader chose shared counters (and then ASSOC_STATS has one).
 #[map(name = "ASSOC_STATS_SHARED")]

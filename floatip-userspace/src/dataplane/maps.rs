@@ -4,7 +4,9 @@
 
 use std::{
     io::ErrorKind,
+    mem::size_of,
     net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -49,9 +51,12 @@ pub struct Dataplane {
 
 /// The per-association counters, where the loader put them.
 pub(super) enum Stats {
-    /// The flat per-CPU array: CPU c's copy of slot s at `c * slots + s`.
+    /// The flat per-CPU array: CPU c's copy of slot s at `c * slots + s`. Written through
+    /// the map (a claim zeroes a slot); read through a read-only mapping of its values
+    /// (the map is mmapable), so summing a slot over 128 CPUs costs no system call.
     PerCpu {
         map: Array<MapData, AssocStats>,
+        values: memmap2::Mmap,
         slots: u32,
         cpus: u32,
     },
@@ -68,12 +73,28 @@ impl Stats {
                 names::ASSOC_STATS_SHARED,
             )?)?),
             _ => {
-                let map: Array<MapData, AssocStats> =
-                    Array::try_from(open_map(bpffs, names::ASSOC_STATS)?)?;
+                let data = open_data(bpffs, names::ASSOC_STATS)?;
+                let entries = data.info()?.max_entries();
+                let len = entries as usize * size_of::<AssocStats>();
+                // SAFETY: the kernel keeps the values' pages alive while mapped; they are
+                // only read, as plain u64 loads (a counter read while a program adds to it
+                // is the old or the new value, never torn, on 64-bit machines).
+                let values = unsafe {
+                    memmap2::MmapOptions::new()
+                        .len(len)
+                        .map(data.fd().as_fd().as_raw_fd())
+                }
+                .map_err(|e| anyhow!("cannot map {}: {e}", names::ASSOC_STATS))?;
+                let map: Array<MapData, AssocStats> = Array::try_from(Map::from_map_data(data)?)?;
                 let cpus = possible_cpus()? as u32;
                 // The loader sized it to every slot on every CPU.
-                let slots = map.len() / cpus.max(1);
-                Stats::PerCpu { map, slots, cpus }
+                let slots = entries / cpus.max(1);
+                Stats::PerCpu {
+                    map,
+                    values,
+                    slots,
+                    cpus,
+                }
             }
         })
     }
@@ -88,7 +109,9 @@ impl Stats {
     /// Zeroes the counters at `slot`.
     fn clear(&mut self, slot: u32) -> Result<()> {
         match self {
-            Stats::PerCpu { map, slots, cpus } => {
+            Stats::PerCpu {
+                map, slots, cpus, ..
+            } => {
                 for cpu in 0..*cpus {
                     map.set(cpu * *slots + slot, AssocStats::default(), 0)?;
                 }
@@ -101,13 +124,22 @@ impl Stats {
     /// The counters at `slot`, summed over CPUs (`None`: no such slot).
     pub(super) fn get(&self, slot: u32) -> Option<AssocStats> {
         match self {
-            Stats::PerCpu { map, slots, cpus } => {
+            Stats::PerCpu {
+                values,
+                slots,
+                cpus,
+                ..
+            } => {
                 if slot >= *slots {
                     return None;
                 }
                 let mut sum = AssocStats::default();
                 for cpu in 0..*cpus {
-                    let v = map.get(&(cpu * *slots + slot), 0).ok()?;
+                    let at = (cpu * *slots + slot) as usize * size_of::<AssocStats>();
+                    let v = values.get(at..at + size_of::<AssocStats>())?;
+                    // SAFETY: in bounds (checked above); AssocStats is plain u64s.
+                    let v: AssocStats =
+                        unsafe { core::ptr::read_volatile(v.as_ptr().cast::<AssocStats>()) };
                     sum.in_packets += v.in_packets;
                     sum.in_bytes += v.in_bytes;
                     sum.out_packets += v.out_packets;

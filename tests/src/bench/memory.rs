@@ -48,6 +48,8 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// empty map less its entries, on 6.18).
 const HTAB_HEADER: u64 = 896;
 const ARRAY_HEADER: u64 = 312;
+const PAGE: u64 = 4096;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 const DTAB_HEADER: u64 = 344;
 
 fn round8(n: u32) -> u64 {
@@ -86,6 +88,10 @@ pub fn kernel_bytes(m: &MapFacts, cpus: u64, in_use: u64) -> Option<u64> {
         MapKind::PerCpuHash => hash(true, false),
         MapKind::LruHash => hash(false, true),
         MapKind::LruPerCpuHash => hash(true, true),
+        // An mmapable array's values start on a page of their own and fill whole pages.
+        MapKind::Array if m.flags & BPF_F_MMAPABLE != 0 => {
+            ARRAY_HEADER.next_multiple_of(PAGE) + (max * value).next_multiple_of(PAGE)
+        }
         MapKind::Array => ARRAY_HEADER + max * value,
         MapKind::PerCpuArray => ARRAY_HEADER + max * (8 + value * cpus),
         MapKind::LpmTrie => {
@@ -311,6 +317,15 @@ mod tests {
             m.maps[0].entries,
             vec![(2, 2 * 1_062_501), (64, 1), (128, 1)]
         );
+    }
+
+    #[test]
+    fn mmapable_arrays_take_whole_pages() {
+        let mut a = facts(MapKind::Array, 4, 32, 2 * 1_062_501);
+        a.flags = BPF_F_MMAPABLE;
+        assert_eq!(kernel_bytes(&a, 2, 0), Some(4096 + 68_001_792));
+        a.max_entries = 1;
+        assert_eq!(kernel_bytes(&a, 2, 0), Some(8192));
     }
 
     #[test]
