@@ -8,11 +8,7 @@ mod worker;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -23,7 +19,13 @@ pub use self::{
     config::{AgentArgs, Config, DEFAULT_CONFIG, DEFAULT_LISTEN},
     worker::Worker,
 };
-use crate::{api, control::Gateway, dataplane::AttachOptions, garp::Announcer, store::StoreSpec};
+use crate::{
+    api,
+    control::{Gateway, follow_in_background},
+    dataplane::AttachOptions,
+    garp::Announcer,
+    store::StoreSpec,
+};
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<()> {
@@ -88,31 +90,6 @@ pub fn run(config: Config) -> Result<()> {
     served
 }
 
-/// Runs the next-hop follower on a thread of its own until the returned flag
-/// is set; while the data plane is not attached (or was detached), it
-/// retries every second.
-fn follow(bpffs: PathBuf) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let stopped = || flag.load(Ordering::SeqCst);
-        let mut last_error = String::new();
-        while !stopped() {
-            if let Err(e) = Gateway::new(&bpffs).follow(false, &stopped) {
-                // Not attached (yet, or any more) is a state the API reports (503), not news.
-                let quiet = crate::error::kind_of(&e) == crate::error::ErrorKind::Unavailable;
-                let e = format!("{e:#}");
-                if !quiet && e != last_error {
-                    eprintln!("floatip agent: next-hop follower: {e}; retrying");
-                    last_error = e;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    });
-    (stop, thread)
-}
-
 async fn serve(config: Config, worker: Worker) -> Result<()> {
     let tls = match &config.tls {
         Some((cert, key)) => {
@@ -154,7 +131,9 @@ async fn serve(config: Config, worker: Worker) -> Result<()> {
     }
     // Only once the configuration and the listeners are good, so a bad
     // start fails in one line and changes nothing.
-    let follower = config.follow.then(|| follow(config.bpffs.clone()));
+    let follower = config
+        .follow
+        .then(|| follow_in_background(config.bpffs.clone(), "floatip agent"));
     tokio::spawn(async move {
         shutdown_signal().await;
         eprintln!("floatip agent: stopping");

@@ -37,7 +37,7 @@ use std::{
 use anyhow::Result;
 
 pub use self::{
-    gateway::{AttachReport, Gateway, GatewayStatus},
+    gateway::{AttachReport, Gateway, GatewayStatus, follow_in_background},
     group::{Fence, TenantGateway, owns, preferred_owner, set_owned},
     ips::MAX_TAGS,
     records::{Associate, FloatingIp, IpChange, IpQuery, IpStatus, Pool, Quota},

@@ -13,16 +13,14 @@ use std::{
 };
 
 use aya::{
-    EbpfLoader, TestRunOptions,
+    TestRunOptions,
     maps::ProgramArray,
     programs::{SchedClassifier, TestRun},
 };
 use floatip::dataplane::{
-    BENCH_OBJECT, Counters, EBPF_OBJECT, Role, TestProgram, TestPrograms, bench::pin_thread,
+    BENCH_OBJECT, Counters, Role, TestProgram, TestPrograms, bench::pin_thread,
 };
-use floatip_common::{
-    POOL_ANY_NIC, globals, maps as names, per_cpu_counter_entries, programs, stats_slots,
-};
+use floatip_common::{POOL_ANY_NIC, programs};
 
 use crate::pkt::MAC_A;
 
@@ -257,24 +255,8 @@ impl Fixture {
     /// A second instance of the data-plane object, sharing this fixture's
     /// pinned maps (and counting where they keep the counters).
     fn second_instance(&self) -> aya::Ebpf {
-        let slots = stats_slots(self.2);
-        let counters = self.progs().dataplane().unwrap().counters();
-        let shared = u32::from(counters == Counters::Shared);
-        EbpfLoader::new()
-            .default_map_pin_directory(format!("{}/maps", self.1))
-            .map_max_entries(names::FIP_TO_FIXED, self.2)
-            .map_max_entries(names::FIXED_TO_FIP, self.2)
-            .map_max_entries(
-                names::ASSOC_STATS,
-                per_cpu_counter_entries(
-                    self.2,
-                    floatip::dataplane::possible_cpus().unwrap() as u32,
-                ),
-            )
-            .map_max_entries(names::SLOT_OWNERS, slots)
-            .override_global(globals::SHARED_COUNTERS, &shared, true)
-            .override_global(globals::STATS_SLOTS, &slots, true)
-            .load(EBPF_OBJECT)
+        self.progs()
+            .second_instance(self.2)
             .expect("load the data-plane object")
     }
 }

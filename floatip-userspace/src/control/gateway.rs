@@ -5,6 +5,10 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -286,4 +290,32 @@ pub(super) fn announce(
         }
         Err(e) => eprintln!("floatip: warning: cannot list external NICs: {e:#}"),
     }
+}
+
+/// Runs the next-hop follower on a thread of its own until the returned flag is set; while
+/// the data plane is not attached (or was detached), it retries every second. What fails
+/// otherwise is reported once per distinct error, prefixed with `who`.
+pub fn follow_in_background(
+    bpffs: PathBuf,
+    who: &'static str,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let stopped = || flag.load(Ordering::SeqCst);
+        let mut last_error = String::new();
+        while !stopped() {
+            if let Err(e) = Gateway::new(&bpffs).follow(false, &stopped) {
+                // Not attached (yet, or any more) is a state the API reports (503), not news.
+                let quiet = crate::error::kind_of(&e) == crate::error::ErrorKind::Unavailable;
+                let e = format!("{e:#}");
+                if !quiet && e != last_error {
+                    eprintln!("{who}: next-hop follower: {e}; retrying");
+                    last_error = e;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    });
+    (stop, thread)
 }

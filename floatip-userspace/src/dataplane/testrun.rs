@@ -114,6 +114,13 @@ impl TestPrograms {
         })
     }
 
+    /// Another instance of the data-plane object on these pinned maps, loaded as `attach`
+    /// loads it (its programs not yet in the kernel), for tests that put a program of
+    /// their own in front of one.
+    pub fn second_instance(&self, max_associations: u32) -> Result<aya::Ebpf> {
+        load(&self.bpffs, max_associations, None)
+    }
+
     /// The map handle for filling associations and pools.
     pub fn dataplane(&self) -> Result<Dataplane> {
         Dataplane::open(&self.bpffs)

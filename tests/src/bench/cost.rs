@@ -23,18 +23,23 @@
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use floatip::{
+    control::follow_in_background,
     dataplane::{
         Pair, Role,
         bench::{
             CostRig, CostTarget, GenSpec, MinNatEntry, XDP_PASS, XDP_REDIRECT, in_netns, pin_thread,
         },
     },
-    follower::Follower,
     iface,
 };
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -201,30 +206,14 @@ impl CostNs {
         for (cidr, dev) in [("198.51.100.1/24", "cx"), ("10.255.0.1/16", "ci")] {
             sh(&["ip", "-n", &ns, "addr", "add", cidr, "dev", dev])?;
         }
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "10.0.0.0/9",
-            "via",
-            "10.255.0.2",
-            "dev",
-            "ci",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.51.100.2",
-            "dev",
-            "cx",
-        ])?;
+        // The fixed IPs behind the internal neighbour; everything else (the DNAT sources,
+        // the SNAT destinations) behind the external one.
+        for (dst, via, dev) in [
+            ("10.0.0.0/9", "10.255.0.2", "ci"),
+            ("default", "198.51.100.2", "cx"),
+        ] {
+            sh(&["ip", "-n", &ns, "route", "add", dst, "via", via, "dev", dev])?;
+        }
         for (ip, dev) in [("198.51.100.2", "cxp"), ("10.255.0.2", "cip")] {
             let peer_mac = env::fmt_mac(&env::mac(&ns, dev)?);
             let ours = if dev == "cxp" { "cx" } else { "ci" };
@@ -279,22 +268,17 @@ pub fn run(counts: &[u32], repeat: u32, rounds: usize) -> Result<Vec<CostResult>
 /// The next-hop follower on a thread of the cost namespace (a thread spawned there stays
 /// in it), as the agent runs it on a gateway. Stopping it withdraws the cache.
 struct FollowerThread {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Result<()>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
 }
 
 impl FollowerThread {
-    fn start(bpffs: &std::path::Path) -> Result<Self> {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut follower = Follower::new(bpffs, false)?;
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            follower.run(&|| flag.load(std::sync::atomic::Ordering::Relaxed))
-        });
-        Ok(Self {
+    fn start(bpffs: &std::path::Path) -> Self {
+        let (stop, handle) = follow_in_background(bpffs.to_path_buf(), "bench");
+        Self {
             stop,
             handle: Some(handle),
-        })
+        }
     }
 
     /// Until every pair's hop and the default route's are cached.
@@ -305,7 +289,7 @@ impl FollowerThread {
             if st.cached == n as usize && st.default_route {
                 return Ok(());
             }
-            if Instant::now() > deadline || self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+            if Instant::now() > deadline {
                 bail!(
                     "the follower cached {} of {n} next hops (default route: {})",
                     st.cached,
@@ -317,24 +301,17 @@ impl FollowerThread {
     }
 
     /// Stops it and waits until it has withdrawn the cache.
-    fn stop(&mut self) -> Result<()> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        match self.handle.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the follower panicked"))?
-                .context("the follower"),
-            None => Ok(()),
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
     }
 }
 
 impl Drop for FollowerThread {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.stop();
     }
 }
 
@@ -419,11 +396,11 @@ fn measure(bpffs: &std::path::Path, n: u32, repeat: u32, rounds: usize) -> Resul
         rig.set_zipf(&zipf_table(n)?)?;
         let map_memory = rig.map_memory()?;
         let mut samples: Vec<(Case, Vec<f64>)> = CASES.iter().map(|c| (*c, Vec::new())).collect();
-        let mut follower = FollowerThread::start(bpffs)?;
+        let mut follower = FollowerThread::start(bpffs);
         follower.wait_cached(&rig, n)?;
         for cached in [true, false] {
             if !cached {
-                follower.stop()?;
+                follower.stop();
             }
             for _ in 0..rounds {
                 for (case, list) in samples.iter_mut() {
